@@ -1,0 +1,51 @@
+# Two commands do everything: `make demo` and `make test` (see README.md).
+# Each trainer gets its own pinned virtual environment (requirements/*.lock); both are built on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+LF_VENV := .venv-llamafactory
+SWIFT_VENV := .venv-swift
+LF_PY := $(LF_VENV)/bin/python
+SWIFT_PY := $(SWIFT_VENV)/bin/python
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: install demo test lock tiny-models clean help
+
+help:
+	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
+	@echo "make test   run the test suite (installs the environments first if needed)"
+	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"
+
+install: $(LF_VENV)/.installed $(SWIFT_VENV)/.installed
+
+# A venv is rebuilt when its lock changes; the stamp is written last, so an interrupted install is redone.
+$(LF_VENV)/.installed: requirements/llamafactory.lock
+	@test -x $(LF_PY) || $(PYTHON) -m venv $(LF_VENV)
+	$(LF_PY) -m pip install $(PIP_FLAGS) -r $<
+	@touch $@
+
+$(SWIFT_VENV)/.installed: requirements/swift.lock
+	@test -x $(SWIFT_PY) || $(PYTHON) -m venv $(SWIFT_VENV)
+	$(SWIFT_PY) -m pip install $(PIP_FLAGS) -r $<
+	@touch $@
+
+demo: install
+	$(LF_PY) -m tools.demo --out reports/demo
+
+test: install
+	$(LF_PY) -m pytest -q tests
+
+tiny-models: $(LF_VENV)/.installed
+	$(LF_PY) -m tools.tiny_models --out .cache/tiny-models
+
+# Resolve the human-edited pins into full locks (every transitive package pinned).
+lock:
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install $(PIP_FLAGS) -r requirements/llamafactory.txt
+	.cache/lock-venv/bin/pip freeze --exclude-editable | sort -f > requirements/llamafactory.lock
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install $(PIP_FLAGS) -r requirements/swift.txt
+	.cache/lock-venv/bin/pip freeze --exclude-editable | sort -f > requirements/swift.lock
+	rm -rf .cache/lock-venv
+
+clean:
+	rm -rf $(LF_VENV) $(SWIFT_VENV) .cache reports outputs
