@@ -1,0 +1,121 @@
+"""File I/O at the edges: atomic writes, checksums, image headers, content-addressed image copies."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from converters.schema import SkipRecord
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w"):
+    """Write to a temp file next to `path` and os.replace it in place only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "\n") as f:
+            yield f
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image_size(path: str, field: str = "image") -> tuple[int, int]:
+    """(width, height) from the image header only (PIL opens lazily; no pixels are decoded)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise SkipRecord(f"missing image {path}", field) from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise SkipRecord(f"unreadable image {path}: {error}", field) from None
+
+
+def resolve_image(images_dir: Path | None, name: str) -> str:
+    """Absolute path of an image named relative to `images_dir` (or already absolute).
+
+    Absolute paths because the trainers disagree on relative ones: LLaMA-Factory joins them to
+    media_dir (default: dataset_dir), ms-swift to the working directory (or ROOT_IMAGE_DIR).
+    """
+    path = Path(name)
+    if not path.is_absolute() and images_dir is not None:
+        path = images_dir / path
+    return os.path.abspath(path)
+
+
+def existing_image(images_dir: Path | None, name: str, field: str = "image") -> str:
+    path = resolve_image(images_dir, name)
+    if not os.path.isfile(path):
+        raise SkipRecord(f"missing image {path}", field)
+    return path
+
+
+def find_coco_image(images_dir: Path | None, name: str, field: str = "image") -> str:
+    """<images>/<name>, else the COCO split folder the name implies (<images>/train2014/COCO_train2014_...)."""
+    try:
+        return existing_image(images_dir, name, field)
+    except SkipRecord:
+        folder = re.match(r"COCO_([a-z]+\d{4})_", os.path.basename(name))
+        if images_dir is None or folder is None:
+            raise
+        return existing_image(images_dir / folder.group(1), os.path.basename(name), field)
+
+
+def store_image_bytes(data: bytes, images_out: Path, field: str = "image") -> tuple[str, tuple[int, int]]:
+    """Write embedded image bytes once, named by content hash; return (absolute path, (w, h))."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size, fmt = image.size, (image.format or "png").lower()
+    except (UnidentifiedImageError, OSError) as error:
+        raise SkipRecord(f"unreadable embedded image: {error}", field) from None
+    ext = {"jpeg": "jpg"}.get(fmt, fmt)
+    path = images_out / f"{hashlib.sha256(data).hexdigest()}.{ext}"
+    if not path.exists():
+        with atomic_open(path, "wb") as f:
+            f.write(data)
+    return os.path.abspath(path), size
+
+
+def resized_copy(source: str, size: tuple[int, int], images_out: Path, images_root: Path | None) -> str:
+    """A resized copy of `source` under `images_out`, mirroring its path below `images_root`; made once."""
+    root = os.path.abspath(images_root) if images_root else os.path.dirname(source)
+    relative = os.path.relpath(source, root)
+    if relative.startswith(".."):
+        relative = hashlib.sha256(source.encode()).hexdigest()[:16] + "_" + os.path.basename(source)
+    stem, ext = os.path.splitext(relative)
+    target = images_out / f"{stem}_{size[0]}x{size[1]}{ext or '.png'}"
+    if not target.exists():
+        try:
+            with Image.open(source) as image:
+                resized = image.convert("RGB").resize(size, Image.BICUBIC)
+        except (UnidentifiedImageError, OSError) as error:
+            raise SkipRecord(f"unreadable image {source}: {error}", "image") from None
+        buffer = io.BytesIO()
+        resized.save(buffer, format="PNG" if ext.lower() == ".png" else "JPEG", quality=95)
+        with atomic_open(target, "wb") as f:
+            f.write(buffer.getvalue())
+    return os.path.abspath(target)

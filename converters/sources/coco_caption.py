@@ -1,0 +1,240 @@
+"""COCO-2014 captions: official captions_*.json, Karpathy dataset_coco.json, image_path,caption CSV,
+and modelscope MsDataset rows.
+
+Every reader yields image groups (one image with its captions); `expand_groups` applies the shared
+policy (limit, one seeded caption or all, resize, missing images) and yields records for `to_sample`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from converters.files import find_coco_image, image_size, resized_copy, store_image_bytes
+from converters.schema import Sample, Skip, SkipRecord, Turn
+
+DEFAULT_PROMPT = "Describe the image in one sentence."
+MODELSCOPE_PREFIX = "modelscope:"
+MODELSCOPE_SPLITS = {"train": "train", "validation": "val"}
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    prompt: str = DEFAULT_PROMPT
+
+
+@dataclass(frozen=True)
+class ImageGroup:
+    """One image and its captions as read from a source, before policy is applied."""
+
+    split: str
+    key: str                        # image id used in sample ids
+    image: str                      # path relative to --images, absolute path, or "" with `data`
+    captions: tuple[tuple[str, object], ...]   # (caption id, raw caption)
+    size: tuple[int, int] | None = None
+    data: bytes | None = None       # embedded image bytes (modelscope rows)
+    source: str = ""
+
+
+def clean_caption(caption: object) -> str:
+    """Caption text with stray whitespace (leading/trailing, runs, newlines) collapsed."""
+    if not isinstance(caption, str):
+        return ""
+    return " ".join(caption.split())
+
+
+def to_sample(record: dict, opts: CaptionOptions, resize_path: str = "hf") -> Sample:
+    """record: {"id", "image" (abs path), "size" (w, h), "caption"} -> one caption conversation."""
+    caption = clean_caption(record["caption"])
+    if not caption:
+        raise SkipRecord("empty caption", "caption")
+    return Sample(id=record["id"], images=(record["image"],),
+                  turns=(Turn("user", "<image>" + opts.prompt), Turn("assistant", caption)),
+                  image_sizes=(tuple(record["size"]),))
+
+
+# ---- policy shared by all readers -------------------------------------------------------------------
+
+
+def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir: Path | None, out: Path,
+                  captions_per_image: str, seed: int, limit: int | None, resize: tuple[int, int] | None,
+                  only_split: str | None = None) -> Iterator[tuple[str, object]]:
+    """Image groups -> (split, record | Skip). `limit` counts images per split."""
+    images_per_split: dict[str, int] = {}
+    for group in groups:
+        split = group[0] if isinstance(group, tuple) else group.split
+        if only_split is not None and split != only_split:
+            continue
+        if isinstance(group, tuple):
+            yield group
+            continue
+        if limit is not None and images_per_split.get(group.split, 0) >= limit:
+            continue
+        images_per_split[group.split] = images_per_split.get(group.split, 0) + 1
+        if captions_per_image == "one":
+            chosen = [random.Random(f"{seed}:{group.key}").choice(group.captions)] if group.captions else []
+            ids = [group.key]
+        else:
+            chosen = list(group.captions)
+            ids = [f"{group.key}_{cid}" for cid, _ in chosen]
+        try:
+            image, size = _locate_image(group, images_dir, out, resize)
+        except SkipRecord as skip:
+            for record_id in ids:
+                yield group.split, Skip(record_id, skip.reason, group.source, skip.field)
+            continue
+        for record_id, (_, caption) in zip(ids, chosen):
+            yield group.split, {"id": record_id, "image": image, "size": size, "caption": caption,
+                                "source": group.source}
+
+
+def _locate_image(group: ImageGroup, images_dir: Path | None, out: Path,
+                  resize: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
+    if group.data is not None:
+        image, size = store_image_bytes(group.data, out / "images")
+    else:
+        image = find_coco_image(images_dir, group.image)
+        size = group.size or image_size(image)
+    if resize is not None:
+        image = resized_copy(image, resize, out / "images", images_dir)
+        size = resize
+    return image, size
+
+
+# ---- readers ----------------------------------------------------------------------------------------
+
+
+def split_from_filename(path: Path) -> str:
+    match = re.search(r"(train|val|test|restval)", path.stem)
+    return match.group(1) if match else "train"
+
+
+def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Skip]]:
+    """captions_<split>2014.json: images joined to annotations by image_id, file order kept."""
+    split = split_from_filename(path)
+    source = path.name
+    images: dict[object, dict] = {}
+    for image in data.get("images", []):
+        if image.get("id") in images:
+            yield split, Skip(str(image.get("id")), "duplicate image id", source, "images[].id")
+            continue
+        images[image.get("id")] = image
+    captions: dict[object, list] = {}
+    for ann in data.get("annotations", []):
+        image_id = ann.get("image_id")
+        if image_id not in images:
+            yield split, Skip(f"{image_id}_{ann.get('id')}", f"unknown image_id {image_id}", source,
+                              "annotations[].image_id")
+            continue
+        captions.setdefault(image_id, []).append((ann.get("id"), ann.get("caption")))
+    del data  # only the indexes above stay alive while groups stream out
+    for image_id, image in images.items():
+        if image_id not in captions:
+            continue
+        size = (image["width"], image["height"]) if image.get("width") and image.get("height") else None
+        yield ImageGroup(split, str(image_id), image.get("file_name", ""), tuple(captions.pop(image_id)), size,
+                         source=source)
+
+
+def read_karpathy(path: Path, data: dict) -> Iterator[ImageGroup]:
+    """dataset_coco.json: each image carries its split (train/val/test/restval) and sentences."""
+    source = path.name
+    for image in data["images"]:
+        name = os.path.join(image.get("filepath", ""), image["filename"])
+        key = str(image.get("cocoid", image.get("imgid")))
+        sentences = tuple((s.get("sentid", i), s.get("raw")) for i, s in enumerate(image.get("sentences", [])))
+        yield ImageGroup(image.get("split", "train"), key, name, sentences, source=source)
+
+
+def read_csv(path: Path) -> Iterator[ImageGroup]:
+    """image_path,caption[,split] rows; rows of one image are grouped, first-appearance order kept."""
+    source = path.name
+    groups: dict[tuple[str, str], list] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image_path", "caption"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: CSV header lacks column(s) {sorted(missing)}; expected image_path,caption")
+        for row_number, row in enumerate(reader, start=2):
+            key = (row.get("split") or "train", row["image_path"])
+            groups.setdefault(key, []).append((f"row{row_number}", row["caption"]))
+    for (split, image), captions in groups.items():
+        yield ImageGroup(split, image, image, tuple(captions), source=source)
+
+
+def read_modelscope(dataset_id: str, subset: str, splits: Iterable[str],
+                    load_rows: Callable[[str, str, str], Iterable[dict]] | None = None) -> Iterator[ImageGroup]:
+    """modelscope MsDataset rows {"image": PIL | {"bytes","path"} | path, "caption" ('&&'-joined), "image_id"}.
+
+    `load_rows(dataset_id, subset, split)` defaults to MsDataset.load; tests pass a fake row iterator.
+    """
+    load_rows = load_rows or _ms_rows
+    for ms_split in splits:
+        split = MODELSCOPE_SPLITS.get(ms_split, ms_split)
+        source = f"{MODELSCOPE_PREFIX}{dataset_id}/{subset}/{ms_split}"
+        for index, row in enumerate(load_rows(dataset_id, subset, ms_split)):
+            key = str(row.get("image_id", index))
+            captions = tuple((i, c) for i, c in enumerate(str(row.get("caption") or "").split("&&")))
+            path, data = _ms_image(row.get("image"))
+            yield ImageGroup(split, key, path, captions, data=data, source=f"{source}[{index}]")
+
+
+def _ms_rows(dataset_id: str, subset: str, split: str) -> Iterable[dict]:
+    from modelscope.msdatasets import MsDataset  # heavy, optional: only for modelscope inputs
+
+    return MsDataset.load(dataset_id, subset_name=subset, split=split)
+
+
+def _ms_image(image) -> tuple[str, bytes | None]:
+    if isinstance(image, str):
+        return image, None
+    if isinstance(image, dict):
+        if image.get("bytes"):
+            return "", image["bytes"]
+        return image.get("path") or "", None
+    filename = getattr(image, "filename", "")
+    if filename and os.path.isfile(filename):
+        return filename, None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "", buffer.getvalue()
+
+
+def input_files(spec: str) -> list[Path]:
+    """The files an input names: itself, or a directory's captions_*.json (else dataset_*.json)."""
+    if spec.startswith(MODELSCOPE_PREFIX):
+        return []
+    path = Path(spec)
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("captions_*.json")) or sorted(path.glob("dataset_*.json"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no captions_*.json or dataset_*.json in this directory")
+    return files
+
+
+def read_input(spec: str, ms_splits: Iterable[str]) -> Iterator[ImageGroup | tuple[str, Skip]]:
+    """Pick the reader by input kind: modelscope:<id>[:<subset>], a directory of jsons, .csv, Karpathy
+    or official json."""
+    if spec.startswith(MODELSCOPE_PREFIX):
+        dataset_id, _, subset = spec[len(MODELSCOPE_PREFIX):].partition(":")
+        return read_modelscope(dataset_id, subset or "coco_2014_caption", ms_splits)
+    files = input_files(spec)
+    if len(files) > 1:
+        return (group for file in files for group in read_input(str(file), ms_splits))
+    path = files[0]
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not a COCO captions json (no 'images' list)")
+    if "annotations" in data:
+        return read_official(path, data)
+    return read_karpathy(path, data)

@@ -1,0 +1,90 @@
+"""Image forgery: list JSON {"image_path", "label" 0 real | 1 fake, "mask_path" png | "HxW"} -> one-word answer.
+
+The LM target is exactly the label word. `label` (0/1) and `mask` (absolute png path, or null for real
+images and for fakes whose mask is missing) ride in both outputs for the detection head; a real image's
+mask is all zeros of its size. A fake without its mask is kept and listed as maskless in the manifest.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from converters.files import existing_image, image_size, resolve_image
+from converters.schema import Sample, Skip, SkipRecord, Turn
+from converters.sources.tables import read_rows
+
+SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ForgeryOptions:
+    real_word: str = "real"
+    fake_word: str = "fake"
+
+    @property
+    def prompt(self) -> str:
+        return (f"<image>Is this image real or manipulated? Answer with one word: "
+                f"{self.real_word} or {self.fake_word}.")
+
+
+def parse_label(value: object) -> int:
+    if isinstance(value, bool) or str(value).strip() not in ("0", "1"):
+        raise SkipRecord(f"label must be 0 (real) or 1 (fake), got {value!r}", "label")
+    return int(str(value).strip())
+
+
+def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sample:
+    """record: {"id", "image", "size", "label", "mask" (abs path or None)}."""
+    label = parse_label(record["label"])
+    word = opts.fake_word if label else opts.real_word
+    return Sample(id=record["id"], images=(record["image"],),
+                  turns=(Turn("user", opts.prompt), Turn("assistant", word)),
+                  image_sizes=(tuple(record["size"]),), extra={"label": label, "mask": record["mask"]})
+
+
+def read_list(path: Path, images_dir: Path | None, only_split: str | None = None,
+              limit: int | None = None) -> Iterator[tuple[str, object]]:
+    per_split: dict[str, int] = {}
+    for number, row in read_rows(path):
+        split = str(row.get("split") or "train")
+        if (only_split is not None and split != only_split) or per_split.get(split, 0) == limit:
+            continue
+        per_split[split] = per_split.get(split, 0) + 1
+        record_id = str(row.get("id") or row.get("image_path") or f"row{number}")
+        source = f"{path.name}[{number}]"
+        try:
+            if not row.get("image_path"):
+                raise SkipRecord("empty image_path", "image_path")
+            image = existing_image(images_dir, str(row["image_path"]), "image_path")
+            size = image_size(image, "image_path")
+            label = parse_label(row.get("label"))
+            mask, note = _mask(row.get("mask_path"), label, size, images_dir)
+        except SkipRecord as skip:
+            yield split, Skip(record_id, skip.reason, source, skip.field)
+            continue
+        record = {"id": record_id, "source": source, "image": image, "size": size, "label": label, "mask": mask}
+        if note:
+            record["note"] = note
+        yield split, record
+
+
+def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path | None):
+    """(mask path or None, manifest note or None) after checking the mask against the image."""
+    text = "" if mask_path is None else str(mask_path)
+    if label == 0:
+        match = SIZE_TEXT.match(text)
+        if text and not match:
+            raise SkipRecord(f"a real image's mask_path must be 'HxW', got {text!r}", "mask_path")
+        if match and (int(match.group(2)), int(match.group(1))) != tuple(size):
+            raise SkipRecord(f"mask_path {text!r} (HxW) differs from the image's {size[1]}x{size[0]}", "mask_path")
+        return None, None
+    path = resolve_image(images_dir, text) if text and not SIZE_TEXT.match(text) else ""
+    if not path or not os.path.isfile(path):
+        return None, f"maskless: fake image without a mask file ({text or 'no mask_path'})"
+    mask_size = image_size(path, "mask_path")
+    if mask_size != tuple(size):
+        raise SkipRecord(f"mask {path} is {mask_size[0]}x{mask_size[1]}, image is {size[0]}x{size[1]}", "mask_path")
+    return path, None

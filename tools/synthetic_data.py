@@ -1,0 +1,224 @@
+"""Deterministic small datasets in the REAL source formats, for tests, the demo and CI.
+
+    python -m tools.synthetic_data <coco_caption|refcoco|microscopy|forgery|all> --out DIR [--n N] [--seed S]
+
+Each make_<task>(out_dir, n=..., seed=...) returns the path to pass to `python -m converters <task> --input`
+(relative image paths resolve against that input's directory, so --images can be left out):
+- coco_caption: <out>/captions_train2014.json + captions_val2014.json (official layout, images in
+  <out>/train2014, <out>/val2014); returns <out> (the converter reads every captions_*.json in it).
+- refcoco: refer layout <out>/refs(umd).p (plain pickle, protocol 2 like the Python 2 originals) +
+  instances.json, images in <out>/train2014; a ref's file_name carries the _<ann_id> suffix.
+- microscopy: <out>/pairs.jsonl (image1,image2,direction,distance,analysis) and <out>/zstack.csv
+  (stack_id,image,z,focus_z); returns pairs.jsonl (pass zstack.csv for the z-stack input).
+- forgery: <out>/list.json ({image_path, label, mask_path png | "HxW"}) with spliced fakes + png masks.
+Images are 64-128 px so CPU training on tiny models stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pickle
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
+SIZES = ((128, 96), (96, 128), (112, 112), (128, 64))
+
+
+def _draw_shapes(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, str, list[tuple[str, str, list]]]:
+    """An image with 1-3 distinct colored shapes; returns (image, background, [(color, shape, xywh box)])."""
+    background = rng.choice(sorted(BACKGROUNDS))
+    image = Image.new("RGB", size, BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    kinds = rng.sample([(c, s) for c in sorted(COLORS) for s in SHAPES], rng.randint(1, 3))
+    shapes = []
+    width, height = size
+    for i, (color, shape) in enumerate(kinds):
+        side = rng.randint(16, min(width, height) // 2)
+        # spread shapes over horizontal bands so they rarely overlap
+        band = width // len(kinds)
+        x = rng.randint(i * band, max(i * band, (i + 1) * band - side))
+        x = min(x, width - side)
+        y = rng.randint(0, height - side)
+        box = [x, y, x + side, y + side]
+        if shape == "circle":
+            draw.ellipse(box, fill=COLORS[color])
+        elif shape == "square":
+            draw.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[color])
+        else:
+            draw.polygon([(x + side / 2, y), (x, y + side), (x + side, y + side)], fill=COLORS[color])
+        shapes.append((color, shape, [float(x), float(y), float(side), float(side)]))
+    return image, background, shapes
+
+
+def _position(box: list, width: int) -> str:
+    center = box[0] + box[2] / 2
+    return "on the left" if center < width / 3 else "on the right" if center > 2 * width / 3 else "in the middle"
+
+
+def _captions(rng: random.Random, background: str, shapes: list, width: int) -> list[str]:
+    """Five captions from a tiny grammar describing the drawn shapes."""
+    things = [f"a {c} {s}" for c, s, _ in shapes]
+    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
+    count = {1: "one shape", 2: "two shapes", 3: "three shapes"}[len(shapes)]
+    color, shape, box = shapes[0]
+    return [f"{listed.capitalize()} on a {background} background.",
+            f"A {background} picture with {count}.",
+            f"{things[0].capitalize()} {_position(box, width)} of the image.",
+            f"Simple shapes: {listed}.",
+            f"  An image   showing {listed}  "]  # stray whitespace, as real captions have
+
+
+def make_coco_caption(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    for split, count in (("train", n), ("val", max(2, n // 4))):
+        folder = out_dir / f"{split}2014"
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            image_id = (1 if split == "train" else 500000) + i
+            size = rng.choice(SIZES)
+            image, background, shapes = _draw_shapes(rng, size)
+            file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
+            image.save(folder / file_name, quality=90)
+            images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
+            for caption in _captions(rng, background, shapes, size[0]):
+                annotations.append({"id": len(annotations) + 10 * image_id, "image_id": image_id, "caption": caption})
+        data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images,
+                "annotations": annotations}
+        (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+    return out_dir
+
+
+def make_refcoco(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    folder = out_dir / "train2014"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations, refs = [], [], []
+    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    splits = ["train"] * max(1, n - n // 4 - n // 6) + ["val"] * (n // 4) + ["test"] * (n // 6)
+    for i in range(n):
+        image_id = 1000 + i
+        size = rng.choice(SIZES)
+        image, _, shapes = _draw_shapes(rng, size)
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        image.save(folder / file_name, quality=90)
+        images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
+        for color, shape, box in shapes:
+            ann_id = 50000 + len(annotations)
+            annotations.append({"id": ann_id, "image_id": image_id, "bbox": box, "area": box[2] * box[3],
+                                "category_id": SHAPES.index(shape) + 1, "iscrowd": 0})
+            sentences = [f"the {color} {shape}", f"{color} {shape} {_position(box, size[0])}"]
+            sent_ids = [10 * ann_id + k for k in range(len(sentences))]
+            refs.append({"ref_id": len(refs), "ann_id": ann_id, "image_id": image_id, "split": splits[i],
+                         "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+                         "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
+                         "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
+                                       for s, t in zip(sent_ids, sentences)]})
+    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                        "categories": categories}), encoding="utf-8")
+    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+    return out_dir
+
+
+def _texture(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    image = Image.new("L", size, 30)
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        x, y, r = rng.randrange(size[0]), rng.randrange(size[1]), rng.randint(2, 6)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=rng.randint(120, 255))
+    return image.convert("RGB")
+
+
+def make_microscopy(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
+    """n stacks of 5 z slices; blur grows with distance from focus, slices shift slightly."""
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    folder = out_dir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    stack_rows, pairs = [], []
+    for s in range(n):
+        base = _texture(rng, (96, 96))
+        focus_z = rng.randint(0, 4) * 10
+        split = "val" if s % 4 == 3 else "train"
+        names = []
+        for z in range(0, 50, 10):
+            blurred = base.filter(ImageFilter.GaussianBlur(abs(z - focus_z) / 8))
+            shifted = blurred.transform(blurred.size, Image.AFFINE, (1, 0, (z - 20) / 10, 0, 1, 0))
+            name = f"images/stack{s:03d}_z{z:02d}.png"
+            shifted.save(out_dir / name)
+            names.append((z, name))
+            stack_rows.append({"stack_id": f"stack{s:03d}", "image": name, "z": z, "focus_z": focus_z, "split": split})
+        for (z_a, a), (z_b, b) in zip(names, names[1:]):
+            delta = focus_z - z_b
+            pairs.append({"id": f"stack{s:03d}_{z_a}_{z_b}", "image1": a, "image2": b,
+                          "direction": "+" if delta > 0 else "-", "distance": abs(delta),
+                          "analysis": "第二张图像更清晰。" if abs(z_b - focus_z) < abs(z_a - focus_z) else "第二张图像更模糊。",
+                          "split": split})
+    with open(out_dir / "zstack.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["stack_id", "image", "z", "focus_z", "split"])
+        writer.writeheader()
+        writer.writerows(stack_rows)
+    (out_dir / "pairs.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs),
+                                         encoding="utf-8")
+    return out_dir / "pairs.jsonl"
+
+
+def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
+    """Half real textures, half fakes with a spliced patch of different statistics and its png mask."""
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        size = rng.choice(SIZES)
+        image = _texture(rng, size)
+        name = f"images/{i:04d}.png"
+        split = "val" if i % 4 == 3 else "train"
+        if i % 2 == 0:
+            image.save(out_dir / name)
+            rows.append({"image_path": name, "label": 0, "mask_path": f"{size[1]}x{size[0]}", "split": split})
+            continue
+        w, h = rng.randint(16, size[0] // 2), rng.randint(16, size[1] // 2)
+        x, y = rng.randint(0, size[0] - w), rng.randint(0, size[1] - h)
+        noise = Image.effect_noise((w, h), 60).convert("RGB")
+        tint = Image.new("RGB", (w, h), (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255)))
+        image.paste(Image.blend(noise, tint, 0.5), (x, y))
+        mask = Image.new("L", size, 0)
+        ImageDraw.Draw(mask).rectangle([x, y, x + w - 1, y + h - 1], fill=255)
+        image.save(out_dir / name)
+        mask_name = f"masks/{i:04d}.png"
+        mask.save(out_dir / mask_name)
+        rows.append({"image_path": name, "label": 1, "mask_path": mask_name, "split": split})
+    (out_dir / "list.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return out_dir / "list.json"
+
+
+MAKERS = {"coco_caption": make_coco_caption, "refcoco": make_refcoco, "microscopy": make_microscopy,
+          "forgery": make_forgery}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.synthetic_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=[*MAKERS, "all"])
+    parser.add_argument("--out", type=Path, required=True, help="output dir (a subdir per task with 'all')")
+    parser.add_argument("--n", type=int, help="number of images / stacks (default: per task)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for task in (MAKERS if args.task == "all" else [args.task]):
+        out = args.out / task if args.task == "all" else args.out
+        kwargs = {"seed": args.seed} if args.n is None else {"seed": args.seed, "n": args.n}
+        print(f"{task}: --input {MAKERS[task](out, **kwargs)}")
+
+
+if __name__ == "__main__":
+    main()
