@@ -1,0 +1,107 @@
+"""python -m eval run|score|compare — see `python -m eval <command> --help`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from converters.boxes import MODEL_FAMILIES
+from eval.score import TASKS
+
+
+def _run(args) -> None:
+    from eval.run import run_eval
+    metrics = run_eval(args.task, args.model, args.data, args.out, adapter=args.adapter, split=args.split,
+                       limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       backend=args.backend, device=args.device, dtype=args.dtype,
+                       java_metrics=not args.no_java_metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "run"}, indent=2))
+
+
+def _score(args) -> None:
+    from eval.score import score_predictions
+    metrics = score_predictions(args.task, args.model_family, args.predictions, args.out,
+                                min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                reference_resize_path=args.reference_resize_path, real_word=args.real_word,
+                                fake_word=args.fake_word, java_metrics=not args.no_java_metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def _compare(args) -> None:
+    from eval.compare import compare_runs
+    names = tuple(args.names) if args.names else None
+    print(compare_runs(args.run_a, args.run_b, args.out, names=names, max_rows=args.max_rows,
+                       max_images=args.max_images))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    java = dict(action="store_true", help="skip METEOR/SPICE even when Java is installed (they take seconds to start)")
+
+    run = commands.add_parser("run", help="generate answers for a converter split and score them",
+                              description="Batched greedy generation (left padding, the model's chat template, "
+                              "optional peft adapter), predictions appended to <out>/predictions.jsonl as they "
+                              "come (a rerun with the same --out resumes), then <out>/metrics.json and "
+                              "<out>/samples.jsonl. Model family, pixel limits and real/fake words come from "
+                              "the converter's manifest.json.")
+    run.add_argument("--task", required=True, choices=TASKS)
+    run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
+    run.add_argument("--adapter", help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
+                     "(newest vX-*/checkpoint-N is used)")
+    run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json file)")
+    run.add_argument("--split", help="val | test | train (default: val if present, else test, else train)")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--limit", type=int, help="first N samples only")
+    run.add_argument("--batch-size", type=int, default=4)
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                     help="vllm: text only (forgery then scores from the answer words)")
+    run.add_argument("--device", help="default: cuda when available, else cpu")
+    run.add_argument("--dtype", help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
+    run.add_argument("--no-java-metrics", **java)
+    run.set_defaults(func=_run)
+
+    score = commands.add_parser("score", help="metrics from any predictions JSONL",
+                                description="Each line: {prediction, reference, id?, image_size? [w,h], "
+                                "score? (P(fake)), label? (forgery 0/1)}. Writes <out>/metrics.json and "
+                                "<out>/samples.jsonl.")
+    score.add_argument("--task", required=True, choices=TASKS)
+    score.add_argument("--model-family", required=True, choices=MODEL_FAMILIES,
+                       help="box convention of predictions and references (grounding)")
+    score.add_argument("--predictions", required=True)
+    score.add_argument("--out", required=True)
+    score.add_argument("--min-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
+    score.add_argument("--max-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
+    score.add_argument("--reference-resize-path", default="hf", choices=("hf", "swift", "llamafactory"),
+                       help="qwen2_5_vl: the resize the converter rendered reference boxes with")
+    score.add_argument("--real-word", default="real")
+    score.add_argument("--fake-word", default="fake")
+    score.add_argument("--no-java-metrics", **java)
+    score.set_defaults(func=_score)
+
+    compare = commands.add_parser("compare", help="markdown report comparing two run dirs",
+                                  description="Writes <out>/report.md with a metrics table, failure kinds, "
+                                  "per-sample disagreements and PNG plots (grounding: images with boxes).")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--out", required=True)
+    compare.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the directory names)")
+    compare.add_argument("--max-rows", type=int, default=20, help="disagreements listed")
+    compare.add_argument("--max-images", type=int, default=4, help="grounding pictures drawn")
+    compare.set_defaults(func=_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Read a converter output directory (sharegpt `<name>_<split>.json` + `manifest.json`) into eval samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from eval.io import read_json
+
+SPLIT_PREFERENCE = ("val", "test", "train")
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class EvalSample:
+    id: str
+    prompt: list[dict]          # sharegpt messages before the answer
+    reference: str | list[str]  # the dataset's answer text (a list for captions pooled per image)
+    images: list[str]           # resolved paths
+    extra: dict = field(default_factory=dict)
+
+    def image_size(self) -> list[int] | None:
+        """[width, height] of the first image as stored (boxes are in its pixels)."""
+        if not self.images:
+            return None
+        with Image.open(self.images[0]) as image:
+            return list(image.size)
+
+
+def find_split_file(data: Path, split: str | None) -> Path:
+    """`data` may be the split file itself or a converter output dir holding `<name>_<split>.json`."""
+    data = Path(data)
+    if data.is_file():
+        return data
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data {data}: no such file or directory")
+    for candidate in ([split] if split else SPLIT_PREFERENCE):
+        files = sorted(data.glob(f"*_{candidate}.json"))
+        if len(files) > 1:
+            raise ValueError(f"{data}: several {candidate} files ({', '.join(f.name for f in files)}); "
+                             "pass one of them as --data")
+        if files:
+            return files[0]
+    wanted = split or "/".join(SPLIT_PREFERENCE)
+    raise FileNotFoundError(f"{data}: no <name>_{wanted}.json split file")
+
+
+def read_manifest_options(data_file: Path) -> dict:
+    """The converter's options (model family, min/max pixels, words...); {} when there is no manifest."""
+    manifest = data_file.parent / "manifest.json"
+    if not manifest.exists():
+        return {}
+    options = read_json(manifest).get("options", {})
+    if not isinstance(options, dict):
+        raise ValueError(f"{manifest}: 'options' must be an object")
+    return options
+
+
+def _resolve_image(path: str, data_dir: Path, where: str) -> str:
+    for candidate in (Path(path), data_dir / path):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise FileNotFoundError(f"{where}: image {path!r} not found (absolute, or relative to {data_dir})")
+
+
+def _to_sample(row: dict, index: int, data_file: Path, stem: str) -> EvalSample:
+    where = f"{data_file}, record {index}"
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list")
+    if messages[-1].get("role") != "assistant":
+        raise ValueError(f"{where}: the last message must be the assistant's answer")
+    prompt = messages[:-1]
+    images = row.get("images") or []
+    placeholders = sum(str(m.get("content", "")).count(IMAGE_TOKEN) for m in prompt)
+    if placeholders != len(images):
+        raise ValueError(f"{where}: {placeholders} {IMAGE_TOKEN} placeholders but {len(images)} images")
+    extra = {k: v for k, v in row.items() if k not in ("messages", "images", "id")}
+    return EvalSample(id=str(row.get("id", f"{stem}-{index:06d}")), prompt=prompt,
+                      reference=messages[-1]["content"],
+                      images=[_resolve_image(p, data_file.parent, where) for p in images], extra=extra)
+
+
+def pool_captions(samples: list[EvalSample]) -> list[EvalSample]:
+    """One sample per (images, prompt) with every caption as a reference: a converter keeping all five
+    COCO captions writes five rows for one image, which is one caption to generate."""
+    pooled: dict[tuple, EvalSample] = {}
+    for s in samples:
+        key = (tuple(s.images), repr(s.prompt))
+        if key in pooled:
+            pooled[key].reference.append(s.reference)
+        else:
+            pooled[key] = EvalSample(s.id, s.prompt, [s.reference], s.images, s.extra)
+    return list(pooled.values())
+
+
+def load_samples(data_file: Path, task: str, limit: int | None = None) -> list[EvalSample]:
+    rows = read_json(data_file)
+    if not isinstance(rows, list):
+        raise ValueError(f"{data_file}: expected a JSON list of sharegpt records")
+    samples = [_to_sample(row, i, data_file, data_file.stem) for i, row in enumerate(rows)]
+    if task == "caption":
+        samples = pool_captions(samples)
+    return samples[:limit] if limit else samples

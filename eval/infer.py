@@ -1,0 +1,161 @@
+"""Batched generation with transformers (left padding, the family's chat template, peft adapters from
+LLaMA-Factory or ms-swift), and an optional vLLM backend."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.data import IMAGE_TOKEN, EvalSample
+
+FAMILY_BY_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """A peft adapter dir: LLaMA-Factory's output_dir, or ms-swift's output/ tree, whose newest
+    `vX-<date>/checkpoint-N` (highest version, then highest step) is taken."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        return path
+    found = [p.parent for p in path.glob("**/checkpoint-*/adapter_config.json")]
+    if not found:
+        raise FileNotFoundError(f"--adapter {path}: no adapter_config.json in it or in any checkpoint-*/ below it")
+
+    def order(p: Path):
+        version = re.match(r"v(\d+)-", p.parent.name)
+        return (int(version.group(1)) if version else -1, int(p.name.split("-")[-1]))
+    return max(found, key=order)
+
+
+def chat_messages(prompt: list[dict]) -> list[dict]:
+    """sharegpt messages with `<image>` placeholders -> the content-list form the chat templates read."""
+    messages = []
+    for m in prompt:
+        parts = []
+        for i, text in enumerate(str(m["content"]).split(IMAGE_TOKEN)):
+            if i:
+                parts.append({"type": "image"})
+            if text:
+                parts.append({"type": "text", "text": text})
+        messages.append({"role": m["role"], "content": parts})
+    return messages
+
+
+@dataclass
+class Generation:
+    text: str
+    score: float | None = None  # P(fake) for forgery
+
+
+class TransformersGenerator:
+    def __init__(self, model: str, adapter: str | None, *, min_pixels: int, max_pixels: int,
+                 device: str | None = None, dtype: str | None = None):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.startswith("cuda")
+                                                           else torch.float32)
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor.tokenizer.padding_side = "left"  # generation continues every row at the same column
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(self.device)
+        model_type = self.model.config.model_type
+        if model_type not in FAMILY_BY_MODEL_TYPE:
+            raise ValueError(f"--model {model}: model_type {model_type!r} is not a Qwen-VL family "
+                             f"({', '.join(FAMILY_BY_MODEL_TYPE)})")
+        self.family = FAMILY_BY_MODEL_TYPE[model_type]
+        self.adapter = None
+        if adapter:
+            from peft import PeftModel
+            self.adapter = resolve_adapter(adapter)
+            self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
+        self.model.eval()
+        # The processor resizes exactly as the converter assumed (manifest min/max pixels).
+        self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        tokenizer = self.processor.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids |= {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id}
+
+    def first_token_id(self, word: str) -> int:
+        ids = self.processor.tokenizer.encode(word, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"word {word!r} encodes to no token")
+        return ids[0]
+
+    def prompt_text(self, sample: EvalSample) -> str:
+        return self.processor.apply_chat_template(chat_messages(sample.prompt), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def generate(self, batch: list[EvalSample], max_new_tokens: int,
+                 score_words: tuple[str, str] | None = None) -> list[Generation]:
+        """Greedy answers; with score_words=(real, fake), also P(fake) from the first answer token's logits
+        restricted to the two words' first tokens."""
+        from PIL import Image
+
+        torch = self.torch
+        images = [Image.open(p).convert("RGB") for s in batch for p in s.images]
+        inputs = self.processor(text=[self.prompt_text(s) for s in batch], images=images or None,
+                                padding=True, return_tensors="pt", size=self.size).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.processor.tokenizer.pad_token_id,
+                                      output_logits=score_words is not None, return_dict_in_generate=True)
+        new_tokens = out.sequences[:, inputs["input_ids"].shape[1]:].tolist()
+        scores = [None] * len(batch)
+        if score_words is not None:
+            real_id, fake_id = (self.first_token_id(w) for w in score_words)
+            if real_id == fake_id:
+                raise ValueError(f"real/fake words {score_words} start with the same token; "
+                                 "their first-token probabilities cannot tell them apart")
+            pair = out.logits[0][:, [fake_id, real_id]].float()
+            scores = torch.softmax(pair, dim=-1)[:, 0].tolist()
+        generations = []
+        for ids, score in zip(new_tokens, scores):
+            cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+            # Special tokens stay: Qwen2-VL boxes are written with <|box_start|> and friends.
+            text = self.processor.tokenizer.decode(ids[:cut], skip_special_tokens=False)
+            generations.append(Generation(text=text, score=score))
+        return generations
+
+
+class VllmGenerator:
+    """vLLM backend (only when vllm is installed). Text only: forgery scores then come from the answer words."""
+
+    def __init__(self, model: str, adapter: str | None, *, min_pixels: int, max_pixels: int, max_images: int):
+        from transformers import AutoConfig, AutoProcessor
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        self.family = FAMILY_BY_MODEL_TYPE.get(AutoConfig.from_pretrained(model).model_type)
+        if self.family is None:
+            raise ValueError(f"--model {model}: not a Qwen-VL family ({', '.join(FAMILY_BY_MODEL_TYPE)})")
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.adapter = resolve_adapter(adapter) if adapter else None
+        lora = {}
+        if self.adapter:
+            rank = json.loads((self.adapter / "adapter_config.json").read_text())["r"]
+            lora = {"enable_lora": True, "max_lora_rank": max(8, rank)}
+        self.llm = LLM(model=model, limit_mm_per_prompt={"image": max(1, max_images)},
+                       mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels}, **lora)
+        self.lora_request = LoRARequest("adapter", 1, str(self.adapter)) if self.adapter else None
+
+    def generate(self, batch: list[EvalSample], max_new_tokens: int,
+                 score_words: tuple[str, str] | None = None) -> list[Generation]:
+        from PIL import Image
+        from vllm import SamplingParams
+
+        prompts = []
+        for s in batch:
+            text = self.processor.apply_chat_template(chat_messages(s.prompt), tokenize=False,
+                                                      add_generation_prompt=True)
+            prompt = {"prompt": text}
+            if s.images:
+                prompt["multi_modal_data"] = {"image": [Image.open(p).convert("RGB") for p in s.images]}
+            prompts.append(prompt)
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=False)
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
+        return [Generation(text=o.outputs[0].text) for o in outputs]
+
