@@ -103,12 +103,13 @@ def build_tokenizer(family: str):
     return tokenizer
 
 
-def build_processor(family: str, tokenizer):
+def build_processor(family: str, tokenizer, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The family's processor; pixel limits default to the tiny ones (pass the real ones for full-size runs)."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    pixels = dict(min_pixels=TINY_MIN_PIXELS[family], max_pixels=TINY_MAX_PIXELS[family])
+    pixels = dict(min_pixels=min_pixels or TINY_MIN_PIXELS[family], max_pixels=max_pixels or TINY_MAX_PIXELS[family])
     if family == "qwen3_vl":
         half = [0.5, 0.5, 0.5]
         image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
