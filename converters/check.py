@@ -14,7 +14,8 @@ from converters.targets import TARGETS
 BOX_TOLERANCE = 1.5  # px: integer model coordinates round to at most half a model unit
 
 
-def _rows(path: Path) -> Iterator[tuple[int, object]]:
+def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """(row number, row) of a written .json list (0-based) or .jsonl file (1-based lines)."""
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
@@ -93,7 +94,7 @@ def check_dir(out: Path) -> list[str]:
         if not path.is_file():
             continue
         try:
-            for number, row in _rows(path):
+            for number, row in read_output_rows(path):
                 problems += check_row(row, f"{name} row {number}", entry.get("task"), entry.get("options", {}),
                                       resize_by_suffix.get(path.suffix, "hf"), sizes)
         except json.JSONDecodeError as error:
