@@ -6,6 +6,7 @@ import json
 import sys
 
 from converters.boxes import MODEL_FAMILIES
+from converters.geometry import RESIZE_PATHS
 from eval.score import TASKS
 
 
@@ -13,7 +14,8 @@ def _run(args) -> None:
     from eval.run import run_eval
     metrics = run_eval(args.task, args.model, args.data, args.out, adapter=args.adapter, split=args.split,
                        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       backend=args.backend, device=args.device, dtype=args.dtype,
+                       backend=args.backend, device=args.device, dtype=args.dtype, min_pixels=args.min_pixels,
+                       max_pixels=args.max_pixels, resize_path=args.resize_path,
                        java_metrics=not args.no_java_metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "run"}, indent=2))
 
@@ -22,7 +24,7 @@ def _score(args) -> None:
     from eval.score import score_predictions
     metrics = score_predictions(args.task, args.model_family, args.predictions, args.out,
                                 min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                                reference_resize_path=args.reference_resize_path, real_word=args.real_word,
+                                resize_path=args.resize_path, real_word=args.real_word,
                                 fake_word=args.fake_word, java_metrics=not args.no_java_metrics)
     print(json.dumps(metrics, indent=2))
 
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vllm: text only (forgery then scores from the answer words)")
     run.add_argument("--device", help="default: cuda when available, else cpu")
     run.add_argument("--dtype", help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
+    run.add_argument("--min-pixels", type=int, help="override the manifest's (must match training)")
+    run.add_argument("--max-pixels", type=int, help="override the manifest's (must match training)")
+    run.add_argument("--resize-path", choices=RESIZE_PATHS,
+                     help="how images are resized before the model (default: the path of the trainer the "
+                          "data file was written for: .json llamafactory, .jsonl swift)")
     run.add_argument("--no-java-metrics", **java)
     run.set_defaults(func=_run)
 
@@ -73,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True)
     score.add_argument("--min-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
     score.add_argument("--max-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
-    score.add_argument("--reference-resize-path", default="hf", choices=("hf", "swift", "llamafactory"),
-                       help="qwen2_5_vl: the resize the converter rendered reference boxes with")
+    score.add_argument("--resize-path", default="hf", choices=RESIZE_PATHS,
+                       help="qwen2_5_vl: the resize path boxes were rendered and predicted under "
+                            "(llamafactory / swift for their converter files; default %(default)s)")
     score.add_argument("--real-word", default="real")
     score.add_argument("--fake-word", default="fake")
     score.add_argument("--no-java-metrics", **java)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.io import read_json
+from converters.targets import TARGETS
+from eval.io import read_json, read_jsonl
 
 SPLIT_PREFERENCE = ("val", "test", "train")
 IMAGE_TOKEN = "<image>"
@@ -29,7 +30,8 @@ class EvalSample:
 
 
 def find_split_file(data: Path, split: str | None) -> Path:
-    """`data` may be the split file itself or a converter output dir holding `<name>_<split>.json`."""
+    """`data` may be the split file itself (.json sharegpt or .jsonl swift rows) or a converter output dir
+    holding `<name>_<split>.json`."""
     data = Path(data)
     if data.is_file():
         return data
@@ -46,15 +48,25 @@ def find_split_file(data: Path, split: str | None) -> Path:
     raise FileNotFoundError(f"{data}: no <name>_{wanted}.json split file")
 
 
-def read_manifest_options(data_file: Path) -> dict:
-    """The converter's options (model family, min/max pixels, words...); {} when there is no manifest."""
+def read_manifest_entry(data_file: Path) -> dict:
+    """The converter's manifest entry for this file (options: model family, pixel limits, words...);
+    {} when the directory has no manifest.json."""
     manifest = data_file.parent / "manifest.json"
     if not manifest.exists():
         return {}
-    options = read_json(manifest).get("options", {})
-    if not isinstance(options, dict):
-        raise ValueError(f"{manifest}: 'options' must be an object")
-    return options
+    for entry in read_json(manifest).get("datasets", {}).values():
+        if data_file.name in entry.get("files", {}).values():
+            return entry
+    raise ValueError(f"{manifest}: no dataset entry lists {data_file.name}")
+
+
+def trainer_resize_path(data_file: Path, entry: dict) -> str:
+    """The resize path of the trainer this file was written for (converters.targets.TARGETS): how that
+    trainer fed images in training and, for qwen2_5_vl, how the converter rendered its boxes."""
+    for target, name in entry.get("files", {}).items():
+        if name == data_file.name and target in TARGETS:
+            return TARGETS[target][1]
+    return "hf"
 
 
 def _resolve_image(path: str, data_dir: Path, where: str) -> str:
@@ -95,11 +107,11 @@ def pool_captions(samples: list[EvalSample]) -> list[EvalSample]:
     return list(pooled.values())
 
 
-def load_samples(data_file: Path, task: str, limit: int | None = None) -> list[EvalSample]:
-    rows = read_json(data_file)
+def load_samples(data_file: Path, task: str) -> list[EvalSample]:
+    rows = read_jsonl(data_file) if data_file.suffix == ".jsonl" else read_json(data_file)
     if not isinstance(rows, list):
         raise ValueError(f"{data_file}: expected a JSON list of sharegpt records")
     samples = [_to_sample(row, i, data_file, data_file.stem) for i, row in enumerate(rows)]
     if task == "caption":
         samples = pool_captions(samples)
-    return samples[:limit] if limit else samples
+    return samples

@@ -7,7 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from eval.data import IMAGE_TOKEN, EvalSample
+from eval.parse import BoxConvention
 
 FAMILY_BY_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 
@@ -42,6 +45,21 @@ def chat_messages(prompt: list[dict]) -> list[dict]:
     return messages
 
 
+def load_resized(path: str, convention: BoxConvention) -> Image.Image:
+    """The image at the size the trainer fed it (converters.geometry): boxes in resized pixels then
+    mean the same thing in training, references and eval."""
+    with Image.open(path) as image:
+        return image.convert("RGB").resize(convention.resized(image.size), Image.Resampling.BICUBIC)
+
+
+def passthrough_size(images: list[Image.Image]) -> dict:
+    """Processor limits that keep already-resized images as they are (smart_resize is then the identity)."""
+    if not images:
+        return {}
+    return {"size": {"shortest_edge": min(w * h for w, h in (i.size for i in images)),
+                     "longest_edge": max(w * h for w, h in (i.size for i in images))}}
+
+
 @dataclass
 class Generation:
     text: str
@@ -49,7 +67,7 @@ class Generation:
 
 
 class TransformersGenerator:
-    def __init__(self, model: str, adapter: str | None, *, min_pixels: int, max_pixels: int,
+    def __init__(self, model: str, adapter: str | None, *, convention: BoxConvention,
                  device: str | None = None, dtype: str | None = None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -72,8 +90,7 @@ class TransformersGenerator:
             self.adapter = resolve_adapter(adapter)
             self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
         self.model.eval()
-        # The processor resizes exactly as the converter assumed (manifest min/max pixels).
-        self.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        self.convention = convention
         tokenizer = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -93,12 +110,10 @@ class TransformersGenerator:
                  score_words: tuple[str, str] | None = None) -> list[Generation]:
         """Greedy answers; with score_words=(real, fake), also P(fake) from the first answer token's logits
         restricted to the two words' first tokens."""
-        from PIL import Image
-
         torch = self.torch
-        images = [Image.open(p).convert("RGB") for s in batch for p in s.images]
+        images = [load_resized(p, self.convention) for s in batch for p in s.images]
         inputs = self.processor(text=[self.prompt_text(s) for s in batch], images=images or None,
-                                padding=True, return_tensors="pt", size=self.size).to(self.device)
+                                padding=True, return_tensors="pt", **passthrough_size(images)).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.processor.tokenizer.pad_token_id,
@@ -124,7 +139,7 @@ class TransformersGenerator:
 class VllmGenerator:
     """vLLM backend (only when vllm is installed). Text only: forgery scores then come from the answer words."""
 
-    def __init__(self, model: str, adapter: str | None, *, min_pixels: int, max_pixels: int, max_images: int):
+    def __init__(self, model: str, adapter: str | None, *, convention: BoxConvention, max_images: int):
         from transformers import AutoConfig, AutoProcessor
         from vllm import LLM
         from vllm.lora.request import LoRARequest
@@ -138,13 +153,14 @@ class VllmGenerator:
         if self.adapter:
             rank = json.loads((self.adapter / "adapter_config.json").read_text())["r"]
             lora = {"enable_lora": True, "max_lora_rank": max(8, rank)}
+        self.convention = convention
+        # Images arrive resized by load_resized; wide limits let vLLM's processor keep them as they are.
         self.llm = LLM(model=model, limit_mm_per_prompt={"image": max(1, max_images)},
-                       mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels}, **lora)
+                       mm_processor_kwargs={"min_pixels": 1, "max_pixels": 4 * convention.max_pixels}, **lora)
         self.lora_request = LoRARequest("adapter", 1, str(self.adapter)) if self.adapter else None
 
     def generate(self, batch: list[EvalSample], max_new_tokens: int,
                  score_words: tuple[str, str] | None = None) -> list[Generation]:
-        from PIL import Image
         from vllm import SamplingParams
 
         prompts = []
@@ -153,7 +169,7 @@ class VllmGenerator:
                                                       add_generation_prompt=True)
             prompt = {"prompt": text}
             if s.images:
-                prompt["multi_modal_data"] = {"image": [Image.open(p).convert("RGB") for p in s.images]}
+                prompt["multi_modal_data"] = {"image": [load_resized(p, self.convention) for p in s.images]}
             prompts.append(prompt)
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=False)
         outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from converters.boxes import parse_boxes
+from converters.geometry import resized_size
 from converters.schema import Box
 
 _FENCE = re.compile(r"^```[A-Za-z]*\s*\n?(.*?)\n?\s*```$", re.S)
@@ -54,21 +55,32 @@ def parse_real_fake(text: str, real_word: str, fake_word: str) -> WordAnswer:
 
 @dataclass(frozen=True)
 class BoxConvention:
-    """How one family's box text maps to original-image pixels; every grounding score names one."""
+    """How one family sees an image and writes boxes; every grounding score names one.
+
+    resize_path is the trainer's (converters.geometry): eval feeds images resized exactly that way and
+    reads boxes back with the same geometry that rendered the references."""
 
     family: str
     min_pixels: int
     max_pixels: int
     resize_path: str = "hf"
+    processor_pixels: tuple[int, int] | None = None
+
+    def resized(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) of the image as the model sees it."""
+        return resized_size(*image_size, self.family, self.resize_path, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels, processor_pixels=self.processor_pixels)
 
     def parse(self, text: str, image_size: tuple[int, int]) -> list[Box]:
         return parse_boxes(text, self.family, tuple(image_size), min_pixels=self.min_pixels,
-                           max_pixels=self.max_pixels, resize_path=self.resize_path)
+                           max_pixels=self.max_pixels, resize_path=self.resize_path,
+                           processor_pixels=self.processor_pixels)
 
     def describe(self) -> str:
         if self.family == "qwen2_5_vl":
-            units = (f"absolute pixels of the image resized by smart_resize (factor 28, min_pixels "
-                     f"{self.min_pixels}, max_pixels {self.max_pixels}, {self.resize_path} resize path)")
+            limits = f", processor pixels {list(self.processor_pixels)}" if self.processor_pixels else ""
+            units = (f"JSON bbox_2d in absolute pixels of the image as resized by the {self.resize_path} path "
+                     f"(factor 28, min_pixels {self.min_pixels}, max_pixels {self.max_pixels}{limits})")
         elif self.family == "qwen2_vl":
             units = "<|box_start|>(x1,y1),(x2,y2)<|box_end|> ints 0..1000 relative to the image"
         else:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from converters.boxes import MODEL_FAMILIES, default_pixels
-from eval.data import find_split_file, load_samples, read_manifest_options
+from converters.boxes import MODEL_FAMILIES
+from eval.data import find_split_file, load_samples, read_manifest_entry, trainer_resize_path
 from eval.io import read_json, write_json_atomic, write_text_atomic
 from eval.score import TASKS, ScoreSettings, normalize_records, score_records, write_scores
 
@@ -42,50 +42,73 @@ def _check_same_run(out: Path, run_info: dict) -> None:
     write_json_atomic(path, run_info)
 
 
-def _family_settings(options: dict, data_file: Path) -> tuple[str, int, int]:
+# --task -> the converter task whose files it reads (manifest entry "task").
+CONVERTER_TASKS = {"caption": "coco_caption", "grounding": "refcoco", "microscopy": "microscopy", "forgery": "forgery"}
+
+
+def data_settings(task: str, data_file: Path, entry: dict, *, min_pixels: int | None = None,
+                  max_pixels: int | None = None, resize_path: str | None = None,
+                  java_metrics: bool = True) -> ScoreSettings:
+    """Family, pixel limits, resize path and words from the converter manifest entry (flags override)."""
+    where = f"{data_file.parent / 'manifest.json'} entry for {data_file.name}"
+    if entry.get("task") not in (None, CONVERTER_TASKS[task]):
+        raise ValueError(f"{where}: holds {entry['task']!r} data, not {CONVERTER_TASKS[task]!r} for --task {task}")
+    options = entry.get("options", {})
     family = options.get("model")
     if family not in MODEL_FAMILIES:
-        raise ValueError(f"{data_file.parent / 'manifest.json'}: options.model must be one of {MODEL_FAMILIES}, "
-                         f"got {family!r}")
-    default_min, default_max = default_pixels(family)
-    return family, int(options.get("min_pixels") or default_min), int(options.get("max_pixels") or default_max)
+        raise ValueError(f"{where}: options.model must be one of {MODEL_FAMILIES}, got {family!r}")
+    return ScoreSettings(family=family, min_pixels=min_pixels or options.get("min_pixels"),
+                         max_pixels=max_pixels or options.get("max_pixels"),
+                         resize_path=resize_path or trainer_resize_path(data_file, entry),
+                         processor_pixels=options.get("processor_pixels"),
+                         real_word=options.get("real_word") or "real", fake_word=options.get("fake_word") or "fake",
+                         java_metrics=java_metrics)
 
 
 def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapter: str | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 4, max_new_tokens: int = 128,
              backend: str = "transformers", device: str | None = None, dtype: str | None = None,
+             min_pixels: int | None = None, max_pixels: int | None = None, resize_path: str | None = None,
              java_metrics: bool = True) -> dict:
-    """Generate, write <out>/predictions.jsonl (resuming), score; returns the metrics.json content."""
+    """Generate, write <out>/predictions.jsonl (resuming), score; returns the metrics.json content.
+
+    min_pixels / max_pixels / resize_path override the converter manifest (they must match training)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
     out = Path(out)
     data_file = find_split_file(Path(data), split)
-    options = read_manifest_options(data_file)
-    family, min_pixels, max_pixels = _family_settings(options, data_file)
-    words = (options.get("real_word", "real"), options.get("fake_word", "fake"))
-    samples = load_samples(data_file, task, limit)
+    settings = data_settings(task, data_file, read_manifest_entry(data_file), min_pixels=min_pixels,
+                             max_pixels=max_pixels, resize_path=resize_path, java_metrics=java_metrics)
+    convention = settings.box_convention()
+    samples = load_samples(data_file, task)
+    left_out = 0
+    if task == "grounding":
+        # A refcoco file may mix REC rows (answer = box) with REG rows (answer = phrase); only REC is grounding.
+        rec = [s for s in samples if convention.parse(s.reference, s.image_size())]
+        left_out, samples = len(samples) - len(rec), rec
+    samples = samples[:limit] if limit else samples
 
     if backend == "vllm":
         from eval.infer import VllmGenerator
-        generator = VllmGenerator(model, adapter, min_pixels=min_pixels, max_pixels=max_pixels,
+        generator = VllmGenerator(model, adapter, convention=convention,
                                   max_images=max((len(s.images) for s in samples), default=1))
     else:
         from eval.infer import TransformersGenerator
-        generator = TransformersGenerator(model, adapter, min_pixels=min_pixels, max_pixels=max_pixels,
-                                          device=device, dtype=dtype)
-    if generator.family != family and task == "grounding":
-        raise ValueError(f"{data_file} was rendered for {family} boxes but --model is a {generator.family} model")
+        generator = TransformersGenerator(model, adapter, convention=convention, device=device, dtype=dtype)
+    if generator.family != settings.family and task == "grounding":
+        raise ValueError(f"{data_file} holds {settings.family} boxes but --model is a {generator.family} model")
 
     out.mkdir(parents=True, exist_ok=True)
     _check_same_run(out, {"task": task, "model": str(model), "adapter": str(generator.adapter or ""),
                           "data_file": str(data_file.resolve()), "model_family": generator.family,
-                          "data_family": family, "min_pixels": min_pixels, "max_pixels": max_pixels,
+                          "data_family": settings.family, "box_convention": convention.describe(),
                           "max_new_tokens": max_new_tokens, "backend": backend})
     predictions = out / "predictions.jsonl"
     done_ids = {row["id"] for row in read_done(predictions)}
     todo = [s for s in samples if s.id not in done_ids]
+    words = (settings.real_word, settings.fake_word)
     score_words = words if task == "forgery" and backend == "transformers" else None
     with open(predictions, "a", encoding="utf-8") as f, \
             tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {task}", unit="sample") as bar:
@@ -105,10 +128,9 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     wanted = {s.id for s in samples}
     rows = [row for row in read_done(predictions) if row["id"] in wanted]
     records = normalize_records(rows, str(predictions))
-    settings = ScoreSettings(family=family, min_pixels=min_pixels, max_pixels=max_pixels,
-                             reference_resize_path=options.get("resize_path", "hf"), real_word=words[0],
-                             fake_word=words[1], java_metrics=java_metrics)
     metrics, judged = score_records(task, records, settings)
     metrics["run"] = read_json(out / "run.json")
+    if left_out:
+        metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"
     write_scores(out, metrics, judged)
     return metrics

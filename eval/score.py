@@ -35,10 +35,11 @@ class ScoreSettings:
     family: str
     min_pixels: int | None = None  # None: the family's recipe default (converters.boxes.default_pixels)
     max_pixels: int | None = None
-    # How the reference text was rendered (the converter's resize path for that file) and how the
-    # model saw the image when it answered (eval's HF processor).
-    reference_resize_path: str = "hf"
-    prediction_resize_path: str = "hf"
+    # How the converter rendered the reference boxes for this file, which is also how `eval run` feeds
+    # the model its images (converters.geometry resize paths), and the checkpoint processor limits
+    # that the llamafactory path applies (None: the official checkpoints').
+    resize_path: str = "hf"
+    processor_pixels: tuple[int, int] | None = None
     real_word: str = "real"
     fake_word: str = "fake"
     java_metrics: bool = True
@@ -47,9 +48,10 @@ class ScoreSettings:
         if self.family not in MODEL_FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; expected one of {MODEL_FAMILIES}")
 
-    def pixels(self) -> tuple[int, int]:
+    def box_convention(self) -> BoxConvention:
         default_min, default_max = default_pixels(self.family)
-        return (self.min_pixels or default_min, self.max_pixels or default_max)
+        return BoxConvention(self.family, self.min_pixels or default_min, self.max_pixels or default_max,
+                             self.resize_path, tuple(self.processor_pixels) if self.processor_pixels else None)
 
 
 def _where(record: dict) -> str:
@@ -71,9 +73,7 @@ def _score_caption(records: list[dict], settings: ScoreSettings):
 
 
 def _score_grounding(records: list[dict], settings: ScoreSettings):
-    min_pixels, max_pixels = settings.pixels()
-    reference_convention = BoxConvention(settings.family, min_pixels, max_pixels, settings.reference_resize_path)
-    prediction_convention = BoxConvention(settings.family, min_pixels, max_pixels, settings.prediction_resize_path)
+    convention = settings.box_convention()
     sized = [r.get("image_size") is not None for r in records]
     if any(sized) and not all(sized):
         raise ValueError("grounding predictions: give image_size on every line or on none")
@@ -85,10 +85,10 @@ def _score_grounding(records: list[dict], settings: ScoreSettings):
         # Without sizes, 0..1000 boxes are scored in their own units: IoU is unchanged by the
         # per-axis scaling to pixels (up to rounding).
         size = tuple(r["image_size"]) if all(sized) else (1000, 1000)
-        reference = reference_convention.parse(r["reference"], size)
+        reference = convention.parse(r["reference"], size)
         if not reference:
             raise ValueError(f"{_where(r)}: no box in the reference answer {r['reference']!r}")
-        predicted = prediction_convention.parse(r["prediction"], size)
+        predicted = convention.parse(r["prediction"], size)
         value = iou(predicted[0], reference[0]) if predicted else 0.0
         ious.append(value)
         parsed.append(bool(predicted))
@@ -97,11 +97,9 @@ def _score_grounding(records: list[dict], settings: ScoreSettings):
                         "pred_box": predicted[0].as_list() if predicted else None,
                         "ref_box": reference[0].as_list(), "image_size": list(size)})
     units = "original-image pixels" if all(sized) else "the model's 0..1000 units (no image_size given)"
-    convention = {"family": settings.family, "boxes": prediction_convention.describe(),
-                  "reference_resize_path": settings.reference_resize_path,
-                  "prediction_resize_path": settings.prediction_resize_path,
-                  "scored_in": units, "box_used": "first box of each answer"}
-    return grounding_metrics(ious, parsed), samples, convention
+    statement = {"family": settings.family, "boxes": convention.describe(), "scored_in": units,
+                 "box_used": "first box of each answer (references and answers read the same way)"}
+    return grounding_metrics(ious, parsed), samples, statement
 
 
 def _score_microscopy(records: list[dict], settings: ScoreSettings):
