@@ -189,7 +189,7 @@ def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
             continue
         w, h = rng.randint(16, size[0] // 2), rng.randint(16, size[1] // 2)
         x, y = rng.randint(0, size[0] - w), rng.randint(0, size[1] - h)
-        noise = Image.effect_noise((w, h), 60).convert("RGB")
+        noise = Image.frombytes("L", (w, h), rng.randbytes(w * h)).convert("RGB")  # seeded, unlike effect_noise
         tint = Image.new("RGB", (w, h), (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255)))
         image.paste(Image.blend(noise, tint, 0.5), (x, y))
         mask = Image.new("L", size, 0)

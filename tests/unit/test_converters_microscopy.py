@@ -1,0 +1,78 @@
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from converters.__main__ import main
+from converters.check import read_output_rows
+from converters.schema import SkipRecord
+from converters.sources.microscopy import DEFAULT_PROMPT, MicroscopyOptions, to_sample
+from tools.synthetic_data import make_microscopy
+
+
+def rows(path: Path) -> list:
+    return [row for _, row in read_output_rows(path)]
+
+
+def test_pair_sample_exact():
+    record = {"id": "p1", "images": ["/a.png", "/b.png"], "sizes": [(96, 96), (96, 96)], "direction": "-",
+              "distance": "20", "analysis": " 第二张更模糊。 "}
+    sample = to_sample(record, MicroscopyOptions())
+    assert sample.images == ("/a.png", "/b.png")
+    assert sample.turns[0].content == "<image><image>" + DEFAULT_PROMPT
+    assert sample.turns[1].content == '{"analysis": "第二张更模糊。", "direction": "-", "distance": 20}'
+
+
+@pytest.mark.parametrize("field,value,match", [("direction", "up", "direction must be"),
+                                               ("distance", "-3", "whole number"),
+                                               ("distance", "2.5", "whole number"),
+                                               ("distance", "far", "number of steps")])
+def test_invalid_direction_or_distance(field, value, match):
+    record = {"id": "p", "images": ["/a", "/b"], "sizes": [(1, 1)] * 2, "direction": "+", "distance": 3,
+              field: value}
+    with pytest.raises(SkipRecord, match=match) as info:
+        to_sample(record, MicroscopyOptions())
+    assert info.value.field == field
+
+
+def test_pairs_file_end_to_end(tmp_path):
+    source = make_microscopy(tmp_path / "syn", n=4, seed=0)
+    lines = source.read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[0]) | {"id": "bad", "direction": "?"}
+    gone = json.loads(lines[0]) | {"id": "gone", "image2": "images/nope.png"}
+    source.write_text("\n".join(lines + [json.dumps(bad), json.dumps(gone)]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(source), "--out", str(out)]) == 0
+    first = json.loads(lines[0])
+    row = rows(out / "microscopy_train.json")[0]
+    assert row["images"] == [str((source.parent / first["image1"]).resolve()),
+                             str((source.parent / first["image2"]).resolve())]
+    assert json.loads(row["messages"][1]["content"]) == {"analysis": first["analysis"],
+                                                         "direction": first["direction"], "distance": first["distance"]}
+    skipped = json.loads((out / "manifest.json").read_text())["datasets"]["microscopy_train"]["skipped"]
+    assert [(s["id"], s["field"]) for s in skipped] == [("bad", "direction"), ("gone", "image2")]
+    assert main(["check", str(out)]) == 0
+
+
+def test_zstack_pairs_are_consecutive_slices_towards_focus(tmp_path):
+    for z in (0, 10, 20, 30):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"z{z}.png")
+    (tmp_path / "stack.csv").write_text("stack_id,image,z,focus_z\n" + "".join(
+        f"s1,z{z}.png,{z},20\n" for z in (30, 0, 20, 10)))
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(tmp_path / "stack.csv"), "--out", str(out), "--steps-per-z", "2",
+                 "--target", "swift"]) == 0
+    converted = rows(out / "microscopy_train.jsonl")
+    assert [[Path(p).name for p in r["images"]] for r in converted] == [
+        ["z0.png", "z10.png"], ["z10.png", "z20.png"], ["z20.png", "z30.png"]]
+    answers = [json.loads(r["messages"][1]["content"]) for r in converted]
+    assert [(a["direction"], a["distance"]) for a in answers] == [("+", 20), ("-", 0), ("-", 20)]
+
+
+def test_synthetic_zstack_converts_and_checks(tmp_path):
+    source = make_microscopy(tmp_path / "syn", n=4, seed=0)
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(source.parent / "zstack.csv"), "--out", str(out)]) == 0
+    assert len(rows(out / "microscopy_train.json")) == 12  # 3 training stacks x 4 neighbour pairs
+    assert main(["check", str(out)]) == 0
