@@ -1,0 +1,65 @@
+"""`eval compare` on two scored runs: tables, failure kinds, disagreements, pictures."""
+import json
+
+import pytest
+from PIL import Image
+
+from eval.compare import compare_runs
+from eval.score import score_predictions
+
+
+def _run(tmp_path, name, task, family, rows, **settings):
+    predictions = tmp_path / f"{name}.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    score_predictions(task, family, predictions, tmp_path / name, java_metrics=False, **settings)
+    return tmp_path / name
+
+
+def test_grounding_report(tmp_path):
+    image = tmp_path / "img.png"
+    Image.new("RGB", (200, 100), "gray").save(image)
+    reference = "<|object_ref_start|>box<|object_ref_end|><|box_start|>(100,100),(500,800)<|box_end|>"
+    common = {"reference": reference, "image_size": [200, 100], "images": [str(image)]}
+    base = _run(tmp_path, "base", "grounding", "qwen2_vl", [
+        {"id": "a", "prediction": "I see a box", **common},
+        {"id": "b", "prediction": "<|box_start|>(600,0),(1300,500)<|box_end|>", **common},
+        {"id": "c", "prediction": "<|box_start|>(100,100),(500,800)<|box_end|>", **common}])
+    tuned = _run(tmp_path, "tuned", "grounding", "qwen2_vl", [
+        {"id": "a", "prediction": "<|box_start|>(100,100),(500,800)<|box_end|>", **common},
+        {"id": "b", "prediction": "<|box_start|>(120,100),(500,790)<|box_end|>", **common},
+        {"id": "c", "prediction": "<|box_start|>(100,100),(500,800)<|box_end|>", **common}])
+
+    report = compare_runs(base, tuned, tmp_path / "report")
+    text = report.read_text()
+    assert "| acc@0.5 | 0.3333 | 1.0000 | 0.6667 ↑ |" in text
+    assert "| parse_fail_rate (lower is better) | 0.3333 | 0.0000 | -0.3333 ↑ |" in text
+    assert "| no box parsed | 1 (33%) | 0 (0%) |" in text
+    assert "| box outside the image | 1 (33%) | 0 (0%) |" in text
+    assert "2 of 3 shared samples judged differently." in text
+    assert "&lt;\\|box_start\\|>(600,0),(1300,500)&lt;\\|box_end\\|>" in text  # escaped for markdown tables
+    assert "scored_in: original-image pixels" in text
+    for name in ("metrics.png", "boxes_0.png", "boxes_1.png", "boxes_2.png"):
+        assert f"]({name})" in text
+        with Image.open(tmp_path / "report" / name) as png:
+            assert png.format == "PNG" and png.width >= 200
+
+
+def test_caption_disagreements_sorted_by_cider_gap(tmp_path):
+    refs = {"1": "a red circle", "2": "a blue square", "3": "a green triangle"}
+    base = _run(tmp_path, "base", "caption", "qwen3_vl",
+                [{"id": i, "prediction": "", "reference": r} for i, r in refs.items()])
+    tuned = _run(tmp_path, "tuned", "caption", "qwen3_vl",
+                 [{"id": "1", "prediction": "a red circle", "reference": refs["1"]},
+                  {"id": "2", "prediction": "a blue", "reference": refs["2"]},
+                  {"id": "3", "prediction": "", "reference": refs["3"]}])
+    text = compare_runs(base, tuned, tmp_path / "report", names=("base", "tuned")).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # largest CIDEr gap first
+    assert "| empty answer | 3 (100%) | 1 (33%) |" in text
+
+
+def test_compare_refuses_different_tasks(tmp_path):
+    a = _run(tmp_path, "a", "forgery", "qwen2_vl", [{"prediction": "real", "reference": "real"}])
+    b = _run(tmp_path, "b", "caption", "qwen2_vl", [{"prediction": "x", "reference": "y"}])
+    with pytest.raises(ValueError, match="cannot compare a forgery run with a caption run"):
+        compare_runs(a, b, tmp_path / "r")
