@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 from converters import pipeline
@@ -144,7 +143,7 @@ def _convert(args: argparse.Namespace) -> int:
             coco_caption.read_input(args.input, ms_splits), images_dir=images, out=args.out,
             captions_per_image=args.captions_per_image, seed=args.seed, limit=args.limit, resize=args.resize,
             only_split=args.split)
-        convert = partial(coco_caption.to_sample, opts=coco_caption.CaptionOptions(args.prompt))
+        source_fn, opts = coco_caption.to_sample, coco_caption.CaptionOptions(args.prompt)
         options = _options(args, resize=list(args.resize) if args.resize else None)
     elif args.command == "refcoco":
         name, task = args.name or "refcoco", "refcoco"
@@ -161,7 +160,7 @@ def _convert(args: argparse.Namespace) -> int:
             items = refcoco.read_parquet(source, images, args.out, bbox_format=args.bbox_format, tasks=tasks,
                                          only_split=args.split, limit=args.limit, tolerance=args.box_tolerance)
             inputs = refcoco.parquet_files(source)
-        convert = partial(refcoco.to_sample, opts=opts)
+        source_fn = refcoco.to_sample
         # Qwen2.5-VL boxes live in resized-image pixels, and the trainers resize differently.
         trainer_dependent = args.model == "qwen2_5_vl"
         options = _options(args, processor_pixels=list(args.processor_config) if args.processor_config else None)
@@ -173,15 +172,15 @@ def _convert(args: argparse.Namespace) -> int:
                                            limit=args.limit)
         else:
             items = microscopy.read_pairs(source, images, only_split=args.split, limit=args.limit)
-        convert = partial(microscopy.to_sample, opts=microscopy.MicroscopyOptions(args.prompt))
+        source_fn, opts = microscopy.to_sample, microscopy.MicroscopyOptions(args.prompt)
         options = _options(args)
     else:
         name, task = args.name or "forgery", "forgery"
         items = forgery.read_list(source, images, only_split=args.split, limit=args.limit)
-        convert = partial(forgery.to_sample, opts=forgery.ForgeryOptions(args.real_word, args.fake_word))
+        source_fn, opts = forgery.to_sample, forgery.ForgeryOptions(args.real_word, args.fake_word)
         options = _options(args)
 
-    entries = pipeline.run(name=name, task=task, items=items, convert=lambda r, p: convert(r, resize_path=p),
+    entries = pipeline.run(name=name, task=task, items=items, convert=lambda record, path: source_fn(record, opts, path),
                            out=args.out, targets=targets, inputs=inputs, options=options,
                            trainer_dependent=trainer_dependent, strict=args.strict)
     for key, entry in entries.items():

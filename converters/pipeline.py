@@ -42,6 +42,7 @@ class _Split:
     def __init__(self, out: Path, name: str, split: str, targets: tuple[str, ...]):
         self.files = {t: f"{name}_{split}{TARGETS[t][0]}" for t in targets}
         self.writers = {t: RowWriter(out / f) for t, f in self.files.items()}
+        self.writer_list = [self.writers[t] for t in targets]
         self.seen: set[str] = set()
         self.skipped: list[Skip] = []
         self.notes: list[dict] = []  # kept records worth a remark (e.g. a fake image without its mask)
@@ -71,15 +72,14 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
             state.seen.add(record_id)
             try:
                 if trainer_dependent:
-                    lines = {t: encode_row(convert(item, paths[t])) for t in targets}
+                    lines = [encode_row(convert(item, paths[t])) for t in targets]
                 else:
-                    line = encode_row(convert(item, "hf"))
-                    lines = dict.fromkeys(targets, line)
+                    lines = [encode_row(convert(item, "hf"))] * len(targets)
             except SkipRecord as skip:
                 state.skipped.append(Skip(record_id, skip.reason, item.get("source", ""), skip.field))
                 continue
-            for target, writer in state.writers.items():
-                writer.write(lines[target])
+            for writer, line in zip(state.writer_list, lines):
+                writer.write(line)
             state.count += 1
             if "note" in item:
                 state.notes.append({"id": record_id, "note": item["note"], "source": item.get("source", "")})

@@ -28,8 +28,11 @@ def sample_row(sample: Sample) -> dict:
     return row
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # built once: json.dumps(**kw) rebuilds it
+
+
 def encode_row(sample: Sample) -> str:
-    return json.dumps(sample_row(sample), ensure_ascii=False)
+    return _ENCODER.encode(sample_row(sample))
 
 
 def dataset_info_entry(file_name: str) -> dict:
@@ -45,13 +48,14 @@ class RowWriter:
         self.as_list = path.suffix == ".json"
         self._context = atomic_open(path)
         self._file = self._context.__enter__()
+        self._separator = "[\n" if self.as_list else ""
+        self._end = "" if self.as_list else "\n"
         self.count = 0
 
     def write(self, line: str) -> None:
+        self._file.write(self._separator + line + self._end)
         if self.as_list:
-            self._file.write(("[\n" if self.count == 0 else ",\n") + line)
-        else:
-            self._file.write(line + "\n")
+            self._separator = ",\n"
         self.count += 1
 
     def commit(self) -> None:

@@ -1,0 +1,75 @@
+"""Converter throughput on a generated full-size COCO captions json (no pixels are read).
+
+    python -m tools.bench_converters [--captions 400000] [--target both] [--keep DIR]
+
+Writes captions_train2014.json with captions/5 images (width/height in the json, as COCO has) and an
+empty placeholder file per image (the converter only checks existence), then times
+`python -m converters coco-caption` in-process and prints records/s (captions converted per second,
+by wall clock and per CPU-second of this process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from converters.__main__ import main as converters_main
+
+CAPTIONS_PER_IMAGE = 5
+
+
+def make_captions_json(root: Path, captions: int) -> Path:
+    images_dir = root / "train2014"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, captions // CAPTIONS_PER_IMAGE + 1):
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        (images_dir / file_name).touch()
+        images.append({"id": image_id, "file_name": file_name, "width": 640, "height": 480})
+        for k in range(CAPTIONS_PER_IMAGE):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "caption": f" A man riding a wave on top of surfboard number {image_id} take {k}. "})
+    path = root / "captions_train2014.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}), encoding="utf-8")
+    return path
+
+
+def bench(root: Path, captions: int, target: str) -> float:
+    source = make_captions_json(root, captions)
+    out = root / "out"
+    start, cpu_start = time.perf_counter(), time.process_time()
+    code = converters_main(["coco-caption", "--input", str(source), "--out", str(out), "--target", target])
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    if code != 0:
+        raise SystemExit(f"conversion failed with exit code {code}")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    converted = manifest["datasets"]["coco_caption_train"]["count"]
+    if converted != captions:
+        raise SystemExit(f"converted {converted} of {captions} captions")
+    rate = converted / elapsed
+    # Wall time is what a user waits; CPU time shows the converter's own cost when other jobs share the cores.
+    print(f"coco-caption --target {target}: {converted} records in {elapsed:.2f} s = {rate:,.0f} records/s "
+          f"(CPU {cpu:.2f} s = {converted / cpu:,.0f} records/s per CPU-second; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    return rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_converters", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captions", type=int, default=400_000)
+    parser.add_argument("--target", choices=("llamafactory", "swift", "both"), default="both")
+    parser.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
+    args = parser.parse_args(argv)
+    if args.keep:
+        bench(args.keep, args.captions, args.target)
+    else:
+        with tempfile.TemporaryDirectory() as root:
+            bench(Path(root), args.captions, args.target)
+
+
+if __name__ == "__main__":
+    main()
