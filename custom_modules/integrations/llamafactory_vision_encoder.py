@@ -1,0 +1,63 @@
+"""LLaMA-Factory side of the custom vision encoder (`qwenvl_recipes: {vision_encoder: {...}}`).
+
+LLaMA-Factory has no hook for replacing a vision tower, so `install` wraps three of its module-level names
+before `run_exp` runs (they are looked up at call time, so this also holds under torchrun):
+- `model.loader.patch_processor`: the processor gets the encoder's image processor, so the qwen3_vl mm_plugin
+  expands `<|image_pad|>` to the encoder's token count;
+- `model.loader.init_adapter`: the encoder + merger replace `model.visual` before LoRA is added, and the stage's
+  trainable set is enforced after (stage 1: merger; stage 2: merger + LoRA, encoder LoRA if asked);
+- `train.sft.trainer.create_custom_optimizer`: separate learning rates for merger, encoder and LM.
+It returns the callback that writes `vision_encoder/` next to each checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from transformers import Trainer
+
+from custom_modules.vision_encoder.processing import attach_image_processor
+from custom_modules.vision_encoder.settings import parse_settings
+from custom_modules.vision_encoder.training import (SaveVisionEncoderCallback, apply_stage, param_groups,
+                                                    prepare_model)
+
+logger = logging.getLogger(__name__)
+
+
+def install(section: dict) -> list:
+    """Patch LLaMA-Factory for the encoder described by `section`; returns the callbacks for run_exp."""
+    settings = parse_settings(section)
+    loader = importlib.import_module("llamafactory.model.loader")
+    sft_trainer = importlib.import_module("llamafactory.train.sft.trainer")
+    original_patch_processor = loader.patch_processor
+    original_init_adapter = loader.init_adapter
+    original_create_optimizer = sft_trainer.create_custom_optimizer
+
+    def patch_processor(processor, tokenizer, model_args):
+        original_patch_processor(processor, tokenizer, model_args)
+        attach_image_processor(processor, settings, processor.image_processor.merge_size)
+
+    def init_adapter(config, model, model_args, finetuning_args, is_trainable):
+        prepare_model(model, settings)
+        model = original_init_adapter(config, model, model_args, finetuning_args, is_trainable)
+        if is_trainable:
+            logger.info("vision_encoder stage %d trainable parameters: %s", settings.stage,
+                        apply_stage(model, settings))
+        return model
+
+    def create_custom_optimizer(model, training_args, finetuning_args):
+        optimizer = original_create_optimizer(model, training_args, finetuning_args)
+        if optimizer is not None:  # GaLore, BAdam, LoRA+ ... own the parameter groups
+            if any((settings.merger_lr, settings.encoder_lr, settings.lm_lr)):
+                raise ValueError("vision_encoder merger_lr / encoder_lr / lm_lr cannot combine with LLaMA-Factory's "
+                                 "custom optimizers (GaLore, APOLLO, BAdam, LoRA+, ...)")
+            return optimizer
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+        groups = param_groups(model, settings, training_args.learning_rate, training_args.weight_decay)
+        return optimizer_cls(groups, **optimizer_kwargs)
+
+    loader.patch_processor = patch_processor
+    loader.init_adapter = init_adapter
+    sft_trainer.create_custom_optimizer = create_custom_optimizer
+    return [SaveVisionEncoderCallback(settings)]

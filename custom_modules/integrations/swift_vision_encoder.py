@@ -1,0 +1,51 @@
+"""ms-swift side of the custom vision encoder: a model type, its arch, and the save callback.
+
+`register(section)` adds model_type `qwen3_vl_vision_encoder` (template qwen3_vl): the Qwen3-VL loader, then
+the encoder's image processor and the encoder + merger in place of `model.visual`. Its arch names
+`model.visual.encoder` the vision tower and `model.visual.merger` the aligner, so swift's own flags keep their
+meaning: `freeze_vit` freezes the encoder, `freeze_aligner: false` trains the merger (a modules_to_save under
+LoRA), `freeze_llm` the LM; `vit_lr` / `aligner_lr` / `learning_rate` are the encoder / merger / LM rates.
+Recipes list `callbacks: [vision_encoder_save]` so every checkpoint carries `vision_encoder/`.
+"""
+
+from __future__ import annotations
+
+from swift.callbacks import callbacks_map
+from swift.model import ModelGroup, ModelMeta, MultiModelKeys, register_model, register_model_arch
+from swift.model.models.qwen import Qwen3VLLoader
+from swift.template import TemplateType
+
+from custom_modules.vision_encoder.processing import attach_image_processor
+from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
+from custom_modules.vision_encoder.training import SaveVisionEncoderCallback, prepare_model
+
+MODEL_TYPE = "qwen3_vl_vision_encoder"
+CALLBACK = "vision_encoder_save"
+
+
+def register(section: dict) -> VisionEncoderSettings:
+    """Register the model type, arch and callback for the encoder described by `section`."""
+    settings = parse_settings(section)
+
+    class VisionEncoderLoader(Qwen3VLLoader):
+        def get_processor(self, model_dir, config):
+            processor = super().get_processor(model_dir, config)
+            return attach_image_processor(processor, settings, config.vision_config.spatial_merge_size)
+
+        def get_model(self, model_dir, config, processor, model_kwargs):
+            return prepare_model(super().get_model(model_dir, config, processor, model_kwargs), settings)
+
+    class SwiftSaveCallback(SaveVisionEncoderCallback):
+        def __init__(self, args, trainer):  # swift builds callbacks as cls(args, trainer)
+            super().__init__(settings)
+
+    register_model_arch(MultiModelKeys(MODEL_TYPE, language_model=["model.language_model", "lm_head"],
+                                       aligner=["model.visual.merger"], vision_tower=["model.visual.encoder"]),
+                        exist_ok=True)
+    register_model(ModelMeta(MODEL_TYPE, [ModelGroup([])], VisionEncoderLoader, template=TemplateType.qwen3_vl,
+                             model_arch=MODEL_TYPE, architectures=["Qwen3VLForConditionalGeneration"],
+                             is_multimodal=True, requires=["transformers>=4.57", "qwen_vl_utils>=0.0.14"],
+                             tags=["vision"]),
+                   exist_ok=True)
+    callbacks_map[CALLBACK] = SwiftSaveCallback
+    return settings

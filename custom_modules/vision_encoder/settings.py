@@ -1,0 +1,66 @@
+"""The `qwenvl_recipes: {vision_encoder: {...}}` section of a recipe, parsed into one checked dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+ENCODER_KINDS = ("dinov2", "timm", "module")
+MERGER_KINDS = ("mlp", "linear")
+ENCODER_TRAINING = ("frozen", "lora")
+STAGES = (1, 2)
+
+
+@dataclass
+class VisionEncoderSettings:
+    """How the custom encoder is built and trained; sizes left as None are read from the encoder itself.
+
+    encoder: `dinov2` (a Hugging Face Dinov2Model such as microsoft/rad-dino), `timm` (a timm model name) or
+    `module` ("package.module:factory", a callable returning a torch module that maps (B, 3, H, W) to (B, N, D)).
+    """
+
+    encoder: str
+    encoder_path: str
+    stage: int = 1
+    encoder_training: str = "frozen"  # stage 2 only: `lora` trains the LoRA the trainer puts on the encoder
+    merger: str = "mlp"
+    merger_hidden_size: int | None = None  # mlp width; default: the LM hidden size
+    merger_path: str | None = None  # a saved `vision_encoder/` folder (stage 1 output) that initialises the merger
+    image_size: int | None = None  # square input side in pixels
+    patch_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    prefix_tokens: int | None = None  # leading non-patch tokens (CLS, registers) dropped from the encoder output
+    merger_lr: float | None = None  # None: the trainer's learning_rate (LLaMA-Factory; swift uses aligner_lr)
+    encoder_lr: float | None = None  # (swift: vit_lr)
+    lm_lr: float | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+
+
+def parse_settings(raw: dict, source: str = "qwenvl_recipes.vision_encoder") -> VisionEncoderSettings:
+    """Check a settings dict from a recipe; errors name `source` and the offending field."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(VisionEncoderSettings)} - {"extra"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for required in ("encoder", "encoder_path"):
+        if not raw.get(required):
+            raise ValueError(f"{source}: field {required!r} is required")
+    settings = VisionEncoderSettings(**raw)
+    choices = {"encoder": ENCODER_KINDS, "merger": MERGER_KINDS, "encoder_training": ENCODER_TRAINING,
+               "stage": STAGES}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ValueError(f"{source}.{name}={getattr(settings, name)!r}; expected one of {list(allowed)}")
+    if settings.stage == 1 and settings.encoder_training != "frozen":
+        raise ValueError(f"{source}.encoder_training={settings.encoder_training!r}: stage 1 trains the merger only")
+    for name in ("image_mean", "image_std"):
+        value = getattr(settings, name)
+        if value is not None and (not isinstance(value, list) or len(value) != 3):
+            raise ValueError(f"{source}.{name}: expected a list of 3 numbers, got {value!r}")
+    return settings

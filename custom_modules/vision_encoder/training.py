@@ -1,0 +1,149 @@
+"""Stages, per-part learning rates, and the saved form of a trained custom encoder.
+
+Stage 1 trains the merger only (encoder and LM frozen). Stage 2 trains the merger and the LM's LoRA, plus the
+encoder's LoRA when `encoder_training: lora`. Whatever the trainer, a run's output folder holds
+`vision_encoder/` (settings.json: the encoder choice; merger.safetensors) next to the trainer's own files (its
+LoRA adapter in stage 2), and `load_trained` rebuilds the same model from base model + that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import TrainerCallback
+
+from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
+from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
+
+SAVED_FOLDER = "vision_encoder"
+MERGER = "visual.merger."
+ENCODER = "visual.encoder."
+PEFT_COPY = "modules_to_save.default."  # PEFT trains a copy of a modules_to_save module under this name
+
+
+def part_of(name: str) -> str:
+    """Which part a parameter belongs to: merger, encoder or lm."""
+    if MERGER in name:
+        return "merger"
+    if ENCODER in name:
+        return "encoder"
+    return "lm"
+
+
+def prepare_model(model: nn.Module, settings: VisionEncoderSettings) -> nn.Module:
+    """Attach the encoder + merger to a loaded Qwen3-VL, the merger initialised from `merger_path` if set."""
+    adapter = attach_vision_encoder(model, settings)
+    if settings.merger_path:
+        adapter.merger.load_state_dict(load_file(str(Path(settings.merger_path) / "merger.safetensors")))
+    return model
+
+
+def apply_stage(model: nn.Module, settings: VisionEncoderSettings) -> dict[str, int]:
+    """Set requires_grad for the stage (after the trainer has added its LoRA); returns trainable counts per part."""
+    counts = {"merger": 0, "encoder": 0, "lm": 0}
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        if part == "merger":
+            train = "original_module." not in name  # PEFT keeps an untrained original beside its copy
+        elif part == "encoder":
+            train = settings.stage == 2 and settings.encoder_training == "lora" and "lora_" in name
+        else:
+            train = settings.stage == 2 and "lora_" in name
+        param.requires_grad_(train)
+        counts[part] += param.numel() if train else 0
+    if settings.stage == 2 and counts["lm"] == 0:
+        raise ValueError("vision_encoder stage 2 trains the LM's LoRA, but the model has no LoRA parameters in the "
+                         "LM: use LoRA fine-tuning (finetuning_type: lora / tuner_type: lora)")
+    if settings.stage == 2 and settings.encoder_training == "lora" and counts["encoder"] == 0:
+        raise ValueError("vision_encoder.encoder_training is lora, but no LoRA sits on the encoder: add its linear "
+                         "layers (Dinov2: query, value) to the LoRA target modules")
+    return counts
+
+
+def param_groups(model: nn.Module, settings: VisionEncoderSettings, learning_rate: float,
+                 weight_decay: float = 0.0) -> list[dict]:
+    """Optimizer groups with the merger / encoder / LM learning rates (unset ones: `learning_rate`)."""
+    rates = {"merger": settings.merger_lr, "encoder": settings.encoder_lr, "lm": settings.lm_lr}
+    groups: dict[str, list] = {part: [] for part in rates}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[part_of(name)].append(param)
+    return [{"params": params, "lr": rates[part] or learning_rate, "weight_decay": weight_decay, "name": part}
+            for part, params in groups.items() if params]
+
+
+def merger_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The merger weights the model runs with (PEFT's trained copy when the merger is a modules_to_save)."""
+    state = {}
+    for name, param in model.named_parameters():
+        if MERGER in name and "original_module." not in name:
+            state[name.split(MERGER, 1)[1].replace(PEFT_COPY, "")] = param.detach().cpu().contiguous()
+    if not state:
+        raise ValueError("the model has no custom vision merger (visual.merger): was prepare_model applied?")
+    return state
+
+
+def save_vision_encoder(model: nn.Module, settings: VisionEncoderSettings, output_dir: str | os.PathLike) -> Path:
+    """Write `output_dir/vision_encoder/` (settings.json + merger.safetensors) atomically; returns its path."""
+    target = Path(output_dir) / SAVED_FOLDER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".vision_encoder.", dir=target.parent))
+    try:
+        save_file(merger_state(model), str(staging / "merger.safetensors"))
+        (staging / "settings.json").write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def saved_settings(output_dir: str | os.PathLike) -> VisionEncoderSettings:
+    path = Path(output_dir) / SAVED_FOLDER / "settings.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a custom vision encoder output (no {SAVED_FOLDER}/settings.json)")
+    return parse_settings(json.loads(path.read_text()), source=str(path))
+
+
+def load_trained(base_model: str | os.PathLike, output_dir: str | os.PathLike, dtype=torch.float32):
+    """(model, processor) of a trained run: base Qwen3-VL + saved encoder/merger + the LoRA adapter if any."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from custom_modules.vision_encoder.processing import attach_image_processor
+
+    output_dir = Path(output_dir)
+    settings = saved_settings(output_dir)
+    settings.merger_path = str(output_dir / SAVED_FOLDER)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(base_model, dtype=dtype)
+    prepare_model(model, settings)
+    if (output_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(output_dir))
+    processor = AutoProcessor.from_pretrained(base_model)
+    adapter = qwen3_vl_core(model.get_base_model() if hasattr(model, "get_base_model") else model).visual
+    attach_image_processor(processor, settings, adapter.spatial_merge_size)
+    return model.eval(), processor
+
+
+class SaveVisionEncoderCallback(TrainerCallback):
+    """Writes `vision_encoder/` into every checkpoint and into the output folder at the end of training."""
+
+    def __init__(self, settings: VisionEncoderSettings):
+        self.settings = settings
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            save_vision_encoder(model, self.settings, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            save_vision_encoder(model, self.settings, args.output_dir)
