@@ -39,7 +39,7 @@ def _compare(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    java = dict(action="store_true", help="skip METEOR/SPICE even when Java is installed (they take seconds to start)")
+    java = {"action": "store_true", "help": "skip METEOR/SPICE even when Java is installed (they take seconds to start)"}
 
     run = commands.add_parser("run", help="generate answers for a converter split and score them",
                               description="Batched greedy generation (left padding, the model's chat template, "

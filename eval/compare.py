@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image, ImageDraw
 
-from eval.io import read_json, read_jsonl, write_text_atomic  # noqa: E402
-from eval.score import HEADLINE  # noqa: E402
+from eval.io import read_json, read_jsonl, write_text_atomic
+from eval.score import HEADLINE
 
 COLORS = {"reference": (0, 170, 0), "a": (220, 40, 40), "b": (40, 90, 230)}
 # Metrics where lower is better; everything else in HEADLINE is higher-is-better.
@@ -133,8 +133,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, names
     if isinstance(convention, dict):
         lines += [f"- {k}: {_cell(v, 10_000)}" for k, v in convention.items()]
     if b["metrics"].get("convention") != convention:
-        lines += ["", f"**Warning**: {names[1]} was scored under another convention: "
-                      f"{_cell(b['metrics'].get('convention'), 10_000)}"]
+        lines += ["", (f"**Warning**: {names[1]} was scored under another convention: "
+                       f"{_cell(b['metrics'].get('convention'), 10_000)}")]
 
     values = {k: (a["metrics"].get(k), b["metrics"].get(k)) for k in HEADLINE[task]
               if k in a["metrics"] or k in b["metrics"]}

@@ -1,23 +1,11 @@
-"""Atomic writes and JSONL reading with errors that name file and line."""
+"""Atomic writes (converters.files does the temp file + os.replace) and JSON/JSONL reading with errors
+that name file and line."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+from converters.files import write_text_atomic
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -10,7 +10,7 @@ from converters.boxes import parse_boxes
 from converters.geometry import resized_size
 from converters.schema import Box
 
-_FENCE = re.compile(r"^```[A-Za-z]*\s*\n?(.*?)\n?\s*```$", re.S)
+_FENCE = re.compile(r"^```[A-Za-z]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class WordAnswer:
 
 def parse_real_fake(text: str, real_word: str, fake_word: str) -> WordAnswer:
     """1 when the answer says `fake_word`, 0 for `real_word` (whole words, any case)."""
-    said_real = re.search(rf"\b{re.escape(real_word)}\b", text, re.I) is not None
-    said_fake = re.search(rf"\b{re.escape(fake_word)}\b", text, re.I) is not None
+    said_real = re.search(rf"\b{re.escape(real_word)}\b", text, re.IGNORECASE) is not None
+    said_fake = re.search(rf"\b{re.escape(fake_word)}\b", text, re.IGNORECASE) is not None
     if said_real and said_fake:
         return WordAnswer(None, "both real and fake words")
     if not (said_real or said_fake):

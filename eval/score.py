@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.boxes import MODEL_FAMILIES, default_pixels
-from converters.schema import Box
 from eval.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from eval.metrics.caption import caption_failure, caption_scores
 from eval.metrics.forgery import forgery_metrics

@@ -21,7 +21,7 @@ SOURCES = {"caption": ("coco-caption", synthetic_data.make_coco_caption),
 SOURCE_SIZES = {"caption": 12}
 # The synthetic forgery val split holds fakes only (AUROC needs both classes): score its train split.
 SPLITS = {"forgery": "train"}
-FAST = dict(limit=3, batch_size=2, max_new_tokens=6, java_metrics=False)
+FAST = {"limit": 3, "batch_size": 2, "max_new_tokens": 6, "java_metrics": False}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_grounding_convention_is_the_trainers(converted, tiny_model_dir, tmp_pat
 def test_batched_answers_and_forgery_score_match_one_by_one(converted, tiny_model_dir, tmp_path):
     """Left padding changes nothing, and the score is P(fake word) vs P(real word) at the first answer token."""
     model, data = tiny_model_dir("qwen2_5_vl"), converted("forgery", "qwen2_5_vl")
-    settings = dict(split="train", limit=4, max_new_tokens=5, java_metrics=False)
+    settings = {"split": "train", "limit": 4, "max_new_tokens": 5, "java_metrics": False}
     run_eval("forgery", str(model), data, tmp_path / "b4", batch_size=4, **settings)
     run_eval("forgery", str(model), data, tmp_path / "b1", batch_size=1, **settings)
     batched, single = ([json.loads(line) for line in (tmp_path / b / "predictions.jsonl").read_text().splitlines()]
@@ -123,6 +123,7 @@ def test_batched_answers_and_forgery_score_match_one_by_one(converted, tiny_mode
     assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in single], abs=1e-4)
 
     import torch
+
     from converters.boxes import default_pixels
     from eval.parse import BoxConvention
     generator = TransformersGenerator(str(model), None, convention=BoxConvention(

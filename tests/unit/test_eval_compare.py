@@ -53,7 +53,7 @@ def test_caption_disagreements_sorted_by_cider_gap(tmp_path):
                   {"id": "2", "prediction": "a blue", "reference": refs["2"]},
                   {"id": "3", "prediction": "", "reference": refs["3"]}])
     text = compare_runs(base, tuned, tmp_path / "report", names=("base", "tuned")).read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 "))]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # largest CIDEr gap first
     assert "| empty answer | 3 (100%) | 1 (33%) |" in text
 

@@ -67,7 +67,7 @@ def test_grounding_qwen2_5_vl_needs_sizes(tmp_path, capsys):
 
 
 def test_microscopy(tmp_path):
-    ref = lambda d, n: json.dumps({"analysis": "blur", "direction": d, "distance": n})  # noqa: E731
+    ref = lambda d, n: json.dumps({"analysis": "blur", "direction": d, "distance": n})
     metrics, samples = _score(tmp_path, "microscopy", "qwen2_5_vl", [
         {"prediction": '```json\n{"direction": "+", "distance": 2}\n```', "reference": ref("+", 2)},
         {"prediction": '{"direction": "+", "distance": 4}', "reference": ref("-", 1)},
