@@ -1,0 +1,1 @@
+"""Per-task metrics: pure functions over parsed answers (caption through pycocoevalcap)."""
