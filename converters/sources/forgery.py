@@ -14,7 +14,7 @@ from typing import Iterator
 
 from converters.files import existing_image, image_size, resolve_image
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import read_rows
+from converters.sources.tables import split_rows
 
 SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -47,12 +47,7 @@ def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sa
 
 def read_list(path: Path, images_dir: Path | None, only_split: str | None = None,
               limit: int | None = None) -> Iterator[tuple[str, object]]:
-    per_split: dict[str, int] = {}
-    for number, row in read_rows(path):
-        split = str(row.get("split") or "train")
-        if (only_split is not None and split != only_split) or per_split.get(split, 0) == limit:
-            continue
-        per_split[split] = per_split.get(split, 0) + 1
+    for split, (number, row) in split_rows(path, only_split, limit):
         record_id = str(row.get("id") or row.get("image_path") or f"row{number}")
         source = f"{path.name}[{number}]"
         try:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from converters.files import existing_image, image_size
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import read_rows
+from converters.sources.tables import read_rows, split_rows
 
 DEFAULT_PROMPT = (
     "这两张图像是显微镜在相邻两个焦平面位置连续拍摄的（第一张为上一位置，第二张为当前位置）。"
@@ -83,12 +83,7 @@ def is_stack_table(path: Path) -> bool:
 
 def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = None,
                limit: int | None = None) -> Iterator[tuple[str, object]]:
-    per_split: dict[str, int] = {}
-    for number, row in read_rows(path):
-        split = str(row.get("split") or "train")
-        if (only_split is not None and split != only_split) or per_split.get(split, 0) == limit:
-            continue
-        per_split[split] = per_split.get(split, 0) + 1
+    for split, (number, row) in split_rows(path, only_split, limit):
         record_id = str(row.get("id") or f"pair{number}")
         source = f"{path.name}:{number}"
         missing = [c for c in PAIR_COLUMNS if row.get(c) in (None, "")]

@@ -18,6 +18,7 @@ from converters.files import existing_image, find_coco_image, image_size, store_
 from converters.geometry import clip_box, xywh_to_xyxy
 from converters.safe_pickle import load_plain_pickle
 from converters.schema import Box, Sample, Skip, SkipRecord, Turn
+from converters.sources.tables import select_splits
 
 SPLITBYS = ("umd", "google", "unc")
 TASKS = ("rec", "reg")
@@ -111,15 +112,8 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
     boxes = {ann["id"]: ann.get("bbox") for ann in instances.get("annotations", [])}
     del instances
     sizes: dict[object, tuple[str, tuple[int, int]] | SkipRecord] = {}
-    per_split: dict[str, int] = {}
     source = refs_path.name
-    for ref in refs:
-        split = str(ref.get("split", "train"))
-        if only_split is not None and split != only_split:
-            continue
-        if limit is not None and per_split.get(split, 0) >= limit:
-            continue
-        per_split[split] = per_split.get(split, 0) + 1
+    for split, ref in select_splits(((str(ref.get("split", "train")), ref) for ref in refs), only_split, limit):
         base = {"id": str(ref.get("ref_id")), "source": source, "bbox_format": "xywh"}
         phrases = [(s.get("sent_id", i), s.get("sent") or s.get("raw"))
                    for i, s in enumerate(ref.get("sentences", []))]
@@ -251,14 +245,8 @@ def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format:
     files = parquet_files(path)
     if bbox_format == "auto":
         bbox_format = detect_bbox_format(files, tolerance)
-    per_split: dict[str, int] = {}
-    for file, index, row in _iter_rows(files):
-        split = str(row.get("split") or split_of(file))
-        if only_split is not None and split != only_split:
-            continue
-        if limit is not None and per_split.get(split, 0) >= limit:
-            continue
-        per_split[split] = per_split.get(split, 0) + 1
+    rows = ((str(row.get("split") or split_of(file)), (file, index, row)) for file, index, row in _iter_rows(files))
+    for split, (file, index, row) in select_splits(rows, only_split, limit):
         key = row.get("ref_id", row.get("question_id", row.get("id", index)))
         source = f"{file.name}[{index}]"
         base = {"id": str(key), "source": source, "bbox_format": bbox_format}

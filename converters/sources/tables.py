@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -27,3 +29,19 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
         yield from enumerate(data)
+
+
+def select_splits(items: Iterable[tuple[str, T]], only_split: str | None, limit: int | None) -> Iterator[tuple[str, T]]:
+    """Keep items of `only_split` (all when None), at most `limit` per split."""
+    per_split: dict[str, int] = {}
+    for split, item in items:
+        if (only_split is not None and split != only_split) or per_split.get(split, 0) == limit:
+            continue
+        per_split[split] = per_split.get(split, 0) + 1
+        yield split, item
+
+
+def split_rows(path: Path, only_split: str | None, limit: int | None) -> Iterator[tuple[str, tuple[int, dict]]]:
+    """(split, (row number, row)) of a table whose rows may name their split (default "train")."""
+    return select_splits(((str(row.get("split") or "train"), (number, row)) for number, row in read_rows(path)),
+                         only_split, limit)
