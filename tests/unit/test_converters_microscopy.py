@@ -76,3 +76,15 @@ def test_synthetic_zstack_converts_and_checks(tmp_path):
     assert main(["microscopy", "--input", str(source.parent / "zstack.csv"), "--out", str(out)]) == 0
     assert len(rows(out / "microscopy_train.json")) == 12  # 3 training stacks x 4 neighbour pairs
     assert main(["check", str(out)]) == 0
+
+
+def test_duplicate_ids_keep_the_first_and_list_the_rest(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "pairs.csv").write_text("id,image1,image2,direction,distance\n"
+                                        "p,a.png,b.png,+,3\np,b.png,a.png,-,3\nq,a.png,b.png,+,1\n")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(tmp_path / "pairs.csv"), "--out", str(out)]) == 0
+    assert [json.loads(r["messages"][1]["content"])["distance"] for r in rows(out / "microscopy_train.json")] == [3, 1]
+    (skip,) = json.loads((out / "manifest.json").read_text())["datasets"]["microscopy_train"]["skipped"]
+    assert skip == {"id": "p", "reason": "duplicate id", "source": "pairs.csv:3", "field": "id"}
