@@ -32,6 +32,9 @@ def check_row(row: object, where: str, task: str | None, options: dict, resize_p
     images = row.get("images") or []
     contents = [m.get("content", "") if isinstance(m, dict) else "" for m in row["messages"]]
     problems = []
+    last = row["messages"][-1] if row["messages"] else {}
+    if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
+        problems.append(f"{where}: the last message is not a non-empty assistant answer")
     placeholders = sum(c.count("<image>") for c in contents)
     if placeholders != len(images):
         problems.append(f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s)")

@@ -56,7 +56,7 @@ def test_check_reports_each_kind_of_problem(tmp_path):
     rows[1]["messages"][1]["content"] = '{"bbox_2d": [900, 900, 1200, 1000]}'
     rows[2]["messages"][1]["content"] = "no box"
     rows[3]["images"] = [str(tmp_path / "gone.jpg")]
-    rows[3]["messages"][0]["content"] = rows[3]["messages"][0]["content"]
+    rows[4]["messages"][1]["content"] = " "
     (out / "refcoco_train.json").write_text(json.dumps(rows))
     info = json.loads((out / "dataset_info.json").read_text())
     info["extra"] = {"file_name": "missing.json", "formatting": "sharegpt", "columns": {"messages": "messages"}}
@@ -67,6 +67,8 @@ def test_check_reports_each_kind_of_problem(tmp_path):
     assert any("refcoco_train.json row 1: box" in p and "not inside" in p for p in problems)
     assert any("refcoco_train.json row 2: no box parses" in p for p in problems)
     assert any("refcoco_train.json row 3: missing image" in p for p in problems)
+    assert any("refcoco_train.json row 4: the last message is not a non-empty assistant answer" in p
+               for p in problems)
     assert main(["check", str(out)]) == 1
 
 
