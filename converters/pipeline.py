@@ -51,8 +51,7 @@ class _Split:
 
 def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
         convert: Callable[[dict, str], Sample], out: Path, targets: tuple[str, ...],
-        inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False,
-        for_training: bool = True) -> dict:
+        inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False) -> dict:
     """Convert everything, write outputs atomically, return the manifest entries of this run."""
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, _Split] = {}
@@ -97,11 +96,10 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
         for writer in state.writers.values():
             writer.commit()
 
-    if for_training:
-        for split in splits:
-            if split in TEST_SPLITS:
-                print(f"warning: converting the {split!r} split of {name} for training; evaluate on it instead",
-                      file=sys.stderr)
+    for split in splits:
+        if split in TEST_SPLITS:
+            print(f"warning: converting the {split!r} split of {name} for training; evaluate on it instead",
+                  file=sys.stderr)
 
     input_sums = [{"path": str(p), "sha256": sha256_file(p)} for p in inputs if Path(p).is_file()]
     entries = {}

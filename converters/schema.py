@@ -18,14 +18,6 @@ class Box:
     x2: float
     y2: float
 
-    @property
-    def width(self) -> float:
-        return self.x2 - self.x1
-
-    @property
-    def height(self) -> float:
-        return self.y2 - self.y1
-
     def as_list(self) -> list[float]:
         return [self.x1, self.y1, self.x2, self.y2]
 

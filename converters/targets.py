@@ -44,7 +44,6 @@ class RowWriter:
     """Streams encoded rows into one output file, atomically: a JSON list (.json) or JSON lines (.jsonl)."""
 
     def __init__(self, path: Path):
-        self.path = path
         self.as_list = path.suffix == ".json"
         self._context = atomic_open(path)
         self._file = self._context.__enter__()
