@@ -1,0 +1,238 @@
+"""Attach the forgery head (and fusion projector) to a loaded Qwen-VL model, PEFT-wrapped or not.
+
+`attach` registers the modules as the submodule `forgery` of the transformers model (so optimizers,
+`.to()` and DDP see them) and replaces that model's `forward` with one that
+- pops `forgery_labels`, `forgery_masks`, `forgery_mask_valid` from the batch,
+- in fusion modes inserts `fusion_tokens` placeholder tokens after each `<|vision_end|>` (attention 1,
+  label -100, M-RoPE positions recomputed) whose LM input embeddings become the projected head features,
+- runs only the vision tower when the mode needs no LM (T1, T4, head pretraining),
+- returns the combined loss (losses.forgery_loss) and the per-image scores; LM logits are computed only at
+  the answer positions.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from custom_modules.forgery.head import DetectionHead, FusionProjector, HeadOutput
+from custom_modules.forgery.losses import forgery_loss
+from custom_modules.forgery.settings import ForgerySettings, resolve_blocks
+from custom_modules.forgery.vit import BlockCapture, find_visual
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ForgeryOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    answer_logits: torch.Tensor | None = None  # (B, 2) LM logits of the (negative, positive) answer words
+    image_logits: torch.Tensor | None = None   # head logit per image (head modes)
+    lm_fake_prob: torch.Tensor | None = None   # P(positive word) / P(positive or negative word) (LM modes)
+    score: torch.Tensor | None = None          # the mode's final P(fake) per image
+
+
+class ForgeryModules(nn.Module):
+    """The trainable (or frozen) forgery parts plus per-forward state (captured ViT outputs, head output)."""
+
+    def __init__(self, settings: ForgerySettings, vit_dim: int, lm_dim: int, head_blocks: tuple[int, ...],
+                 answer_ids: tuple[int, int] | None):
+        super().__init__()
+        spec = settings.spec
+        self.settings, self.head_blocks, self.answer_ids = settings, head_blocks, answer_ids
+        self.head = DetectionHead(vit_dim, len(head_blocks), settings.head_dim) if spec.head else None
+        self.fusion = (FusionProjector(2 * settings.head_dim, lm_dim, settings.fusion_tokens,
+                                       settings.fusion_hidden_dropout) if spec.fusion else None)
+        self.global_step = 0          # set by the training loop / callback (heatmap warm-up)
+        self.maskless_fakes = 0       # fakes whose heatmap loss was skipped (no mask), since attach
+        self.capture: BlockCapture | None = None
+        self.fusion_positions: torch.Tensor | None = None
+        self.last_head: HeadOutput | None = None
+        self.last_parts: dict = {}
+
+    @property
+    def spec(self):
+        return self.settings.spec
+
+    def head_output(self) -> HeadOutput:
+        if self.last_head is None:
+            self.last_head = self.head(self.capture.grids())
+        return self.last_head
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT / DDP wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def find_modules(model: nn.Module) -> ForgeryModules:
+    for module in model.modules():
+        if isinstance(module, ForgeryModules):
+            return module
+    raise ValueError("no forgery modules attached to this model (call attach first)")
+
+
+def answer_token_ids(tokenizer, settings: ForgerySettings) -> tuple[int, int]:
+    """(negative, positive) first token ids of the answer words, as they follow `<|im_start|>assistant\\n`."""
+    ids = [tokenizer.encode(w, add_special_tokens=False)[0]
+           for w in (settings.negative_response, settings.positive_response)]
+    if ids[0] == ids[1]:
+        raise ValueError(f"answer words {settings.negative_response!r} and {settings.positive_response!r} "
+                         f"start with the same token {ids[0]}; choose words that differ in their first token")
+    return ids[0], ids[1]
+
+
+def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> ForgeryModules:
+    """Add the forgery modules and forward to `model` (call after LoRA is applied, so the head stays trainable)."""
+    hf = base_model(model)
+    visual = find_visual(hf)
+    head_blocks, _ = resolve_blocks(settings, len(visual.blocks))
+    spec = settings.spec
+    if spec.lm and tokenizer is None:
+        raise ValueError(f"mode {settings.mode} scores the answer word: attach needs the tokenizer")
+    answers = answer_token_ids(tokenizer, settings) if spec.lm else None
+    modules = ForgeryModules(settings, visual.config.hidden_size, hf.config.get_text_config().hidden_size,
+                             head_blocks, answers)
+    modules.to(device=next(visual.parameters()).device, dtype=torch.float32)
+    if modules.head is not None:
+        modules.capture = BlockCapture(visual, head_blocks)
+        modules.head.requires_grad_(spec.train_head)
+    # LoRA-only ViT training under reentrant checkpointing needs a grad-requiring input to the blocks
+    visual.patch_embed.register_forward_hook(
+        lambda m, a, out: out.requires_grad_(True) if torch.is_grad_enabled() and not out.requires_grad else None)
+    if modules.fusion is not None:
+        hf.model.language_model.register_forward_pre_hook(functools.partial(_inject_fusion, modules),
+                                                          with_kwargs=True)
+    hf.add_module("forgery", modules)
+    # the Trainer then scales the loss for gradient accumulation itself (our loss is a per-batch mean)
+    hf.accepts_loss_kwargs = False
+    hf.forward = functools.partial(_forgery_forward, hf, hf.forward, visual, modules)
+    return modules
+
+
+def _inject_fusion(modules: ForgeryModules, module, args, kwargs):
+    """language_model pre-hook: the placeholder positions' embeddings become the projected head features."""
+    positions, modules.fusion_positions = modules.fusion_positions, None  # one-shot: later decode steps pass
+    if positions is None:
+        return None
+    embeds = kwargs["inputs_embeds"]
+    tokens = modules.fusion(modules.head_output().features).to(embeds.dtype)
+    mask = positions.to(embeds.device).unsqueeze(-1).expand_as(embeds)
+    kwargs["inputs_embeds"] = embeds.masked_scatter(mask, tokens.reshape(-1))
+    return args, kwargs
+
+
+def insert_fusion_tokens(hf: nn.Module, kwargs: dict, count: int, token_id: int) -> tuple[dict, torch.Tensor]:
+    """Insert `count` placeholder tokens after each row's first <|vision_end|>; recompute M-RoPE positions."""
+    ids = kwargs["input_ids"]
+    cfg = hf.config
+    cut = []
+    for row in ids:
+        where = (row == cfg.vision_end_token_id).nonzero()
+        if len(where) == 0:
+            raise ValueError("fusion tokens go after the image: a batch row has no <|vision_end|> token")
+        cut.append(int(where[0]) + 1)
+
+    def grow(tensor: torch.Tensor, fill) -> torch.Tensor:
+        rows = [torch.cat([t[:c], torch.full((count,), fill, dtype=t.dtype, device=t.device), t[c:]])
+                for t, c in zip(tensor, cut)]
+        return torch.stack(rows)
+
+    out = dict(kwargs)
+    out["input_ids"] = grow(ids, token_id)
+    positions = grow(torch.zeros_like(ids, dtype=torch.bool), True)
+    attention = kwargs.get("attention_mask")
+    out["attention_mask"] = grow(attention if attention is not None else torch.ones_like(ids), 1)
+    if kwargs.get("labels") is not None:
+        out["labels"] = grow(kwargs["labels"], IGNORE_INDEX)
+    if kwargs.get("mm_token_type_ids") is not None:
+        out["mm_token_type_ids"] = grow(kwargs["mm_token_type_ids"], 0)
+        token_types = out["mm_token_type_ids"]
+    else:
+        token_types = (out["input_ids"] == cfg.image_token_id).long() + 2 * (out["input_ids"] == cfg.video_token_id).long()
+    out["position_ids"], _ = hf.model.get_rope_index(
+        input_ids=out["input_ids"], mm_token_type_ids=token_types, image_grid_thw=kwargs.get("image_grid_thw"),
+        video_grid_thw=kwargs.get("video_grid_thw"), attention_mask=out["attention_mask"])
+    out.pop("rope_deltas", None)
+    return out, positions
+
+
+def lm_pass(original_forward, kwargs: dict, answer_ids: tuple[int, int]):
+    """Run the LM computing logits only where needed: the answer-token positions when training (the LM
+    loss, mean over answer tokens), else each row's last attended position (a prompt ending in
+    `<|im_start|>assistant\\n`). With a 152k vocabulary this is most of the LM's activation memory.
+    Returns (lm loss or None, (B, 2) logits of the (negative, positive) answer words at the answer position)."""
+    kwargs = dict(kwargs)
+    labels = kwargs.pop("labels", None)
+    ids = kwargs["input_ids"]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    if labels is not None:
+        targets = torch.full_like(labels, IGNORE_INDEX)
+        targets[:, :-1] = labels[:, 1:]  # position i predicts token i + 1
+        need = targets != IGNORE_INDEX
+        if not need.any(1).all():
+            raise ValueError("a batch row has no answer tokens in its labels (truncated by cutoff_len?)")
+        first = need.int().argmax(1)
+    else:
+        attention = kwargs.get("attention_mask")
+        first = (attention.cumsum(1).argmax(1) if attention is not None
+                 else torch.full_like(rows, ids.shape[1] - 1))
+        need = torch.zeros_like(ids, dtype=torch.bool)
+        need[rows, first] = True
+    keep = need.any(0).nonzero().squeeze(1)
+    logits = original_forward(**kwargs, logits_to_keep=keep).logits
+    column = torch.full((ids.shape[1],), -1, dtype=torch.long, device=ids.device)
+    column[keep] = torch.arange(len(keep), device=ids.device)
+    loss = None
+    if labels is not None:
+        kept = need[:, keep]
+        loss = torch.nn.functional.cross_entropy(logits[kept].float(), targets[:, keep][kept])
+    answer_logits = logits[rows, column[first]][:, list(answer_ids)]
+    return loss, answer_logits
+
+
+def _forgery_forward(hf, original_forward, visual, modules: ForgeryModules, **kwargs):
+    labels = kwargs.pop("forgery_labels", None)
+    masks = kwargs.pop("forgery_masks", None)
+    mask_valid = kwargs.pop("forgery_mask_valid", None)
+    spec, settings = modules.spec, modules.settings
+    modules.last_head = None
+    if modules.capture is not None:
+        modules.capture.clear()
+    has_image = kwargs.get("pixel_values") is not None
+    if modules.fusion is not None and has_image:
+        kwargs, modules.fusion_positions = insert_fusion_tokens(hf, kwargs, settings.fusion_tokens,
+                                                                settings.fusion_token_id)
+    kwargs.pop("num_items_in_batch", None)  # the loss is a mean per batch (accepts_loss_kwargs is False)
+    lm_loss = answer_logits = None
+    if spec.lm:
+        lm_loss, answer_logits = lm_pass(original_forward, kwargs, modules.answer_ids)
+    else:
+        if not has_image:
+            raise ValueError(f"mode {settings.mode} needs pixel_values in every batch")
+        visual(kwargs["pixel_values"].to(visual.dtype), grid_thw=kwargs["image_grid_thw"])
+    head = modules.head_output() if spec.head and has_image else None
+
+    scores, lm_prob, image_logits = [], None, None
+    if head is not None:
+        image_logits = head.image_logits
+        scores.append((settings.score_mix if spec.lm else 1.0, torch.sigmoid(image_logits.float())))
+    if spec.lm:
+        lm_prob = torch.softmax(answer_logits.float(), dim=-1)[:, 1]
+        scores.append((1.0 - settings.score_mix if head is not None else 1.0, lm_prob))
+    score = sum(w * s for w, s in scores) if scores else None
+
+    loss = None
+    if labels is not None or lm_loss is not None:
+        warm = modules.global_step < settings.heatmap_start_step
+        loss, parts = forgery_loss(head, labels, masks, mask_valid, lm_loss, cls_weight=settings.cls_weight,
+                                   heatmap_weight=0.0 if warm else settings.heatmap_weight,
+                                   lm_weight=settings.lm_weight if spec.lm else 0.0)
+        modules.maskless_fakes += parts.pop("maskless_fakes", 0)
+        modules.last_parts = parts
+    return ForgeryOutput(loss=loss, answer_logits=answer_logits, image_logits=image_logits, lm_fake_prob=lm_prob,
+                         score=score)

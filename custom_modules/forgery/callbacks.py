@@ -1,0 +1,55 @@
+"""transformers TrainerCallback for any HF-Trainer-based trainer (LLaMA-Factory, ms-swift): step counter for
+the heatmap warm-up, head weights saved beside every adapter checkpoint, and (with `eval_file`) evaluation
+at each epoch end keeping the best-AUROC checkpoint in <output_dir>/best_by_AUROC."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from transformers import TrainerCallback
+
+from custom_modules.forgery.attach import find_modules
+from custom_modules.forgery.checkpoint import save_checkpoint, save_head
+from custom_modules.forgery.data import read_rows
+from custom_modules.forgery.evaluate import evaluate
+from custom_modules.forgery.loop import BEST_DIR
+from custom_modules.forgery.settings import ForgerySettings
+
+EVAL_LOG = "forgery_eval.jsonl"
+
+
+class ForgeryCallback(TrainerCallback):
+    def __init__(self, settings: ForgerySettings, processor: Callable[[], object]):
+        """processor: returns the trainer's processor (known only once the trainer has loaded it)."""
+        self.settings, self.processor = settings, processor
+        self.best_auroc = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        find_modules(model).global_step = state.global_step
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            save_head(find_modules(model), Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if not self.settings.eval_file or not state.is_world_process_zero:
+            return
+        modules = find_modules(model)
+        rows = read_rows(self.settings.eval_file, self.settings.dataset_limit)
+        metrics, _ = evaluate(model, modules, self.processor(), rows, batch_size=self.settings.eval_batch_size,
+                              amp_dtype="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32")
+        metrics.update(epoch=state.epoch, step=state.global_step, maskless_fakes_skipped=modules.maskless_fakes)
+        with open(Path(args.output_dir) / EVAL_LOG, "a", encoding="utf-8") as log:
+            log.write(json.dumps(metrics) + "\n")
+        auroc = metrics["auroc"]
+        if auroc is not None and (self.best_auroc is None or auroc > self.best_auroc):
+            self.best_auroc = auroc
+            save_checkpoint(model, Path(args.output_dir) / BEST_DIR)
+            state.log_history.append({"forgery_best_auroc": auroc, "step": state.global_step})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            os.makedirs(args.output_dir, exist_ok=True)
+            save_head(find_modules(model), args.output_dir)

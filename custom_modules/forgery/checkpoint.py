@@ -1,0 +1,84 @@
+"""A forgery checkpoint is one directory: PEFT adapters (when any) + forgery_head.safetensors + forgery_settings.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from custom_modules.forgery.attach import ForgeryModules, attach, find_modules
+from custom_modules.forgery.settings import ForgerySettings, parse_settings
+
+HEAD_FILE = "forgery_head.safetensors"
+SETTINGS_FILE = "forgery_settings.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_head(modules: ForgeryModules, out_dir: str | os.PathLike) -> None:
+    """Head/fusion weights and the settings that built them (what T4/T5 and evaluation load)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in modules.state_dict().items()}
+    _atomic_write(out_dir / HEAD_FILE, lambda tmp: save_file(state, tmp))
+    settings = json.dumps(dataclasses.asdict(modules.settings), indent=1)
+    _atomic_write(out_dir / SETTINGS_FILE, lambda tmp: Path(tmp).write_text(settings + "\n", encoding="utf-8"))
+
+
+def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike) -> None:
+    """Adapters (PEFT models) and head weights into the same directory."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(out_dir))
+    save_head(find_modules(model), out_dir)
+
+
+def load_head_weights(modules: ForgeryModules, ckpt_dir: str | os.PathLike, only_head: bool = False) -> None:
+    """Load saved forgery weights (only the detection head's when `only_head`: T4/T5 take a pretrained head)."""
+    path = Path(ckpt_dir) / HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no forgery head weights (a head_pretrain output dir is expected)")
+    state = load_file(str(path))
+    if only_head:
+        state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        missing, unexpected = modules.head.load_state_dict(state, strict=False)
+    else:
+        missing, unexpected = modules.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit this head (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}); head_blocks/head_dim must match the checkpoint's {SETTINGS_FILE}")
+
+
+def attach_for_training(model: torch.nn.Module, settings: ForgerySettings, tokenizer=None) -> ForgeryModules:
+    """attach + the pretrained head of frozen modes."""
+    modules = attach(model, settings, tokenizer)
+    if settings.spec.head and not settings.spec.train_head:
+        load_head_weights(modules, settings.head_checkpoint, only_head=True)
+    return modules
+
+
+def load_checkpoint(model: torch.nn.Module, ckpt_dir: str | os.PathLike, tokenizer=None):
+    """Base model + checkpoint dir -> (model with adapters and head, modules) ready for evaluation."""
+    ckpt_dir = Path(ckpt_dir)
+    settings = parse_settings(json.loads((ckpt_dir / SETTINGS_FILE).read_text(encoding="utf-8")),
+                              where=str(ckpt_dir / SETTINGS_FILE))
+    if (ckpt_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(ckpt_dir))
+    modules = attach(model, settings, tokenizer)
+    load_head_weights(modules, ckpt_dir)
+    return model, modules

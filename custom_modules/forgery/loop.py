@@ -1,0 +1,83 @@
+"""A plain PyTorch loop for the forgery modes: the learning proof on CPU and the GPU benchmark use it.
+
+The trainers (LLaMA-Factory, ms-swift) run the same attached forward through custom_modules/integrations;
+this loop adds nothing they lack: LoRA from the settings, AdamW, amp_dtype, gradient accumulation,
+evaluation per epoch and the checkpoint kept by best AUROC.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from custom_modules.forgery.attach import ForgeryModules
+from custom_modules.forgery.checkpoint import attach_for_training, save_checkpoint
+from custom_modules.forgery.data import Collator
+from custom_modules.forgery.evaluate import autocast, evaluate
+from custom_modules.forgery.settings import ForgerySettings, resolve_blocks
+from custom_modules.forgery.vit import find_visual, lora_targets
+
+BEST_DIR = "best_by_AUROC"
+
+
+def prepare_model(model, settings: ForgerySettings, tokenizer=None, lora_rank: int = 8, lora_alpha: int = 16):
+    """LoRA on the mode's parts (chosen ViT blocks and/or LM attention), then the forgery modules."""
+    spec = settings.spec
+    _, vit_blocks = resolve_blocks(settings, len(find_visual(model).blocks))
+    targets = lora_targets(model.config.model_type, vit_blocks if spec.vit_lora else (), spec.lm_lora)
+    if targets:
+        from peft import LoraConfig, get_peft_model
+
+        names = [name for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in targets)]
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                 target_modules=names))
+    else:
+        model.requires_grad_(False)
+    return model, attach_for_training(model, settings, tokenizer)
+
+
+def train(model, modules: ForgeryModules, processor, train_rows: list[dict], *, epochs: int, lr: float,
+          batch_size: int = 4, grad_accum: int = 1, amp_dtype: str = "fp32", eval_rows: list[dict] | None = None,
+          out_dir: str | os.PathLike | None = None, seed: int = 0, log=print) -> list[dict]:
+    """Train; after each epoch evaluate `eval_rows` and keep the best-AUROC checkpoint in out_dir/best_by_AUROC."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = epochs * math.ceil(len(train_rows) / (batch_size * grad_accum))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    collate = Collator(processor, modules.settings.mask_size, with_answer=modules.spec.lm)
+    rng = random.Random(seed)
+    history, best = [], -1.0
+    model.train()
+    for epoch in range(epochs):
+        order = list(train_rows)
+        rng.shuffle(order)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        losses = []
+        for index, rows in enumerate(batches):
+            batch = {k: v.to(device) for k, v in collate(rows).items()}
+            with autocast(device, amp_dtype):
+                loss = model(**batch).loss
+            (loss / grad_accum).backward()
+            losses.append(float(loss))
+            if (index + 1) % grad_accum == 0 or index + 1 == len(batches):
+                optimizer.step()
+                scheduler.step() if scheduler.last_epoch < steps else None
+                optimizer.zero_grad(set_to_none=True)
+                modules.global_step += 1
+        entry = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "step": modules.global_step}
+        if eval_rows:
+            metrics, _ = evaluate(model, modules, processor, eval_rows, batch_size=batch_size, amp_dtype=amp_dtype)
+            entry.update(auroc=metrics["auroc"], metrics=metrics)
+            if out_dir is not None and metrics["auroc"] is not None and metrics["auroc"] > best:
+                best = metrics["auroc"]
+                save_checkpoint(model, Path(out_dir) / BEST_DIR)
+        log({k: v for k, v in entry.items() if k != "metrics"})
+        history.append(entry)
+    if out_dir is not None:
+        save_checkpoint(model, out_dir)
+    return history

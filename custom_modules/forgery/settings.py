@@ -1,0 +1,113 @@
+"""The `forgery` settings block of a recipe (`qwenvl_recipes: {forgery: {...}}`) and the six modes.
+
+Modes (the seed study's T1-T5, plus the head warm-up that writes the checkpoint T4/T5 load):
+  vit_lora_head       T1  ViT LoRA + detection head, trained jointly (no LM pass)
+  lm_supervised       T2  LM LoRA only; P(positive word) at the answer position is the classifier
+  hybrid              T3  ViT LoRA + head + fusion tokens into the LM + LM LoRA; score mixes head and LM
+  frozen_head         T4  pretrained head loaded and frozen, ViT LoRA trained through it
+  frozen_head_hybrid  T5  frozen pretrained head + fusion tokens + LM LoRA (+ ViT LoRA)
+  head_pretrain           ViT frozen; classification only for `heatmap_start_step` steps, then + heatmap
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    head: bool          # the detection head runs
+    train_head: bool    # its weights train (False: loaded from head_checkpoint and frozen)
+    fusion: bool        # head features enter the LM as extra tokens
+    lm: bool            # the language model runs (answer loss, answer-word score)
+    vit_lora: bool      # LoRA on the chosen ViT blocks
+    lm_lora: bool       # LoRA on the LM attention projections
+
+
+MODES = {
+    "vit_lora_head": ModeSpec(head=True, train_head=True, fusion=False, lm=False, vit_lora=True, lm_lora=False),
+    "lm_supervised": ModeSpec(head=False, train_head=False, fusion=False, lm=True, vit_lora=False, lm_lora=True),
+    "hybrid": ModeSpec(head=True, train_head=True, fusion=True, lm=True, vit_lora=True, lm_lora=True),
+    "frozen_head": ModeSpec(head=True, train_head=False, fusion=False, lm=False, vit_lora=True, lm_lora=False),
+    "frozen_head_hybrid": ModeSpec(head=True, train_head=False, fusion=True, lm=True, vit_lora=True, lm_lora=True),
+    "head_pretrain": ModeSpec(head=True, train_head=True, fusion=False, lm=False, vit_lora=False, lm_lora=False),
+}
+SEED_TASKS = {"T1": "vit_lora_head", "T2": "lm_supervised", "T3": "hybrid", "T4": "frozen_head",
+              "T5": "frozen_head_hybrid"}
+
+
+@dataclass(frozen=True)
+class ForgerySettings:
+    mode: str
+    head_blocks: tuple[int, ...] | None = None       # None: last block of each quarter (7B: 7, 15, 23, 31)
+    vit_lora_blocks: tuple[int, ...] | None = None   # None: the head blocks
+    head_dim: int = 256
+    fusion_tokens: int = 4
+    fusion_hidden_dropout: float = 0.1
+    fusion_token_id: int = 151662                    # <|fim_pad|>: never in forgery prompts; its embedding is replaced
+    cls_weight: float = 1.0
+    heatmap_weight: float = 1.0
+    lm_weight: float = 1.0
+    heatmap_start_step: int = 0                      # classification-only warm-up steps (head pretraining)
+    positive_response: str = "fake"
+    negative_response: str = "real"
+    score_mix: float = 0.5                           # hybrid score = mix * head + (1 - mix) * LM
+    head_checkpoint: str | None = None               # dir holding forgery_head.safetensors (frozen modes)
+    mask_size: int = 64                              # masks and heatmaps compared at mask_size x mask_size
+    threshold: float = 0.5                           # image-level decision threshold for F1/accuracy
+    eval_file: str | None = None                     # rows scored by the callback; best AUROC checkpoint kept
+    eval_batch_size: int = 4
+    dataset_limit: int | None = None                 # first N eval rows only
+
+    @property
+    def spec(self) -> ModeSpec:
+        return MODES[self.mode]
+
+
+def parse_settings(block: dict, where: str = "qwenvl_recipes.forgery") -> ForgerySettings:
+    """Validate a recipe's forgery block; every error names the key."""
+    if not isinstance(block, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(block).__name__}")
+    known = {f.name for f in fields(ForgerySettings)}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = dict(block)
+    mode = SEED_TASKS.get(values.get("mode"), values.get("mode"))
+    if mode not in MODES:
+        raise ValueError(f"{where}.mode must be one of {sorted(MODES)} (or T1-T5), got {values.get('mode')!r}")
+    values["mode"] = mode
+    for key in ("head_blocks", "vit_lora_blocks"):
+        if values.get(key) is not None:
+            blocks = values[key]
+            if not isinstance(blocks, (list, tuple)) or not blocks or not all(isinstance(b, int) for b in blocks):
+                raise ValueError(f"{where}.{key} must be a non-empty list of block indexes, got {blocks!r}")
+            values[key] = tuple(sorted(set(blocks)))
+    settings = ForgerySettings(**values)
+    if not 0.0 <= settings.fusion_hidden_dropout < 1.0:
+        raise ValueError(f"{where}.fusion_hidden_dropout must be in [0, 1), got {settings.fusion_hidden_dropout}")
+    if not 0.0 <= settings.score_mix <= 1.0:
+        raise ValueError(f"{where}.score_mix must be in [0, 1], got {settings.score_mix}")
+    if settings.spec.fusion and settings.fusion_tokens < 1:
+        raise ValueError(f"{where}.fusion_tokens must be >= 1 in mode {mode}")
+    if settings.spec.head and not settings.spec.train_head and not settings.head_checkpoint:
+        raise ValueError(f"{where}.head_checkpoint is required in mode {mode} (a head_pretrain output dir)")
+    if settings.positive_response == settings.negative_response:
+        raise ValueError(f"{where}: positive_response and negative_response must differ")
+    return settings
+
+
+def default_head_blocks(depth: int) -> tuple[int, ...]:
+    """The last block of each quarter of the ViT: (7, 15, 23, 31) for the 32-block Qwen2.5-VL-7B ViT."""
+    return tuple(sorted({max(0, depth * q // 4 - 1) for q in (1, 2, 3, 4)}))
+
+
+def resolve_blocks(settings: ForgerySettings, depth: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(head blocks, ViT LoRA blocks) for a ViT of `depth` blocks; out-of-range indexes are an error."""
+    head = settings.head_blocks or default_head_blocks(depth)
+    lora = settings.vit_lora_blocks or head
+    for key, blocks in (("head_blocks", head), ("vit_lora_blocks", lora)):
+        bad = [b for b in blocks if not 0 <= b < depth]
+        if bad:
+            raise ValueError(f"qwenvl_recipes.forgery.{key} {list(blocks)}: {bad} outside the model's "
+                             f"ViT depth {depth} (valid 0..{depth - 1})")
+    return head, lora
