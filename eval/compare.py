@@ -29,9 +29,10 @@ def load_run(path: Path) -> dict:
 
 def _cell(text, width: int = 70) -> str:
     """A markdown table cell: one line, pipes escaped, long text cut."""
-    text = "" if text is None else str(text)
-    text = text.replace("\n", "⏎").replace("|", "\\|").replace("<", "&lt;")  # no stray HTML tags
-    return text if len(text) <= width else text[:width - 1] + "…"
+    text = "" if text is None else str(text).replace("\n", "⏎")
+    text = text if len(text) <= width else text[:width - 1] + "…"
+    # No stray HTML tags or code spans inside the table.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace("`", "\\`")
 
 
 def _fmt(value) -> str:
@@ -43,7 +44,7 @@ def _fmt(value) -> str:
 def _verdict(sample: dict, task: str) -> str:
     if task == "caption":
         return f"CIDEr {sample['cider']:.3f}" + (f"; {sample['failure']}" if sample["failure"] else "")
-    extra = f" (IoU {sample['iou']:.2f})" if task == "grounding" else ""
+    extra = f" (IoU {sample['iou']:.2f})" if task == "grounding" and sample["pred_box"] is not None else ""
     return ("correct" if sample["correct"] else sample["failure"] or "wrong") + extra
 
 
@@ -129,9 +130,10 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, names
         lines.append(f"| {name} | `{run['dir']}` | {_cell(info.get('model', '—'))} | "
                      f"{_cell(info.get('adapter') or '—')} | {run['metrics']['n']} |")
     convention = a["metrics"].get("convention")
-    lines += ["", f"Convention: {_cell(convention, 10_000) if isinstance(convention, str) else ''}"]
     if isinstance(convention, dict):
-        lines += [f"- {k}: {_cell(v, 10_000)}" for k, v in convention.items()]
+        lines += ["", "Convention:", ""] + [f"- {k}: {_cell(v, 10_000)}" for k, v in convention.items()]
+    else:
+        lines += ["", f"Convention: {_cell(convention, 10_000)}"]
     if b["metrics"].get("convention") != convention:
         lines += ["", (f"**Warning**: {names[1]} was scored under another convention: "
                        f"{_cell(b['metrics'].get('convention'), 10_000)}")]
@@ -152,11 +154,15 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, names
     kinds = sorted(set(kinds_a) | set(kinds_b), key=lambda k: -max(kinds_a.get(k, 0), kinds_b.get(k, 0)))
     lines += ["", "## Failure kinds", ""]
     if kinds:
-        lines += [f"| failure | {names[0]} | {names[1]} |", "|---|---|---|"]
+        lines += [f"| failure | {names[0]} | {names[1]} | example answer ({names[0]}) | example answer ({names[1]}) |",
+                  "|---|---|---|---|---|"]
         for kind in kinds:
             counts = [run["metrics"]["failure_kinds"].get(kind, 0) for run in (a, b)]
             cells = [f"{c} ({c / run['metrics']['n']:.0%})" for c, run in zip(counts, (a, b))]
-            lines.append(f"| {_cell(kind)} | {cells[0]} | {cells[1]} |")
+            examples = [next((s.get("prediction") for s in run["samples"].values() if s["failure"] == kind), None)
+                        for run in (a, b)]
+            lines.append(f"| {_cell(kind)} | {cells[0]} | {cells[1]} | "
+                         + " | ".join("—" if e is None else _cell(e, 50) for e in examples) + " |")
     else:
         lines.append("No failures in either run.")
 

@@ -92,7 +92,7 @@ def _score_grounding(records: list[dict], settings: ScoreSettings):
         ious.append(value)
         parsed.append(bool(predicted))
         samples.append({"id": r["id"], "correct": value >= 0.5, "iou": value,
-                        "failure": grounding_failure(predicted, reference[0], size),
+                        "failure": grounding_failure(r["prediction"], predicted, reference[0], size),
                         "pred_box": predicted[0].as_list() if predicted else None,
                         "ref_box": reference[0].as_list(), "image_size": list(size)})
     units = "original-image pixels" if all(sized) else "the model's 0..1000 units (no image_size given)"

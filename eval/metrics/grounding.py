@@ -14,16 +14,24 @@ def iou(a: Box, b: Box) -> float:
     ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
     iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
     inter = ix * iy
-    area_a = max(0.0, a.width) * max(0.0, a.height)
-    area_b = max(0.0, b.width) * max(0.0, b.height)
+    area_a = max(0.0, a.x2 - a.x1) * max(0.0, a.y2 - a.y1)
+    area_b = max(0.0, b.x2 - b.x1) * max(0.0, b.y2 - b.y1)
     union = area_a + area_b - inter
     return inter / union if union > 0 else 0.0
 
 
-def grounding_failure(predicted: list[Box], reference: Box, image_size: tuple[int, int]) -> str | None:
+# Markers of an attempted box in either family form (the answer tried the format but broke it).
+BOX_MARKERS = ("bbox_2d", "<|box_start|>")
+
+
+def grounding_failure(text: str, predicted: list[Box], reference: Box, image_size: tuple[int, int]) -> str | None:
     """Why the first predicted box misses (None when IoU >= 0.5)."""
     if not predicted:
-        return "no box parsed"
+        if not text.strip():
+            return "empty answer"
+        if any(marker in text for marker in BOX_MARKERS):
+            return "malformed box (marker without 4 numbers)"
+        return "no box in the answer"
     box = predicted[0]
     if box.x2 <= box.x1 or box.y2 <= box.y1:
         return "degenerate box (x2<=x1 or y2<=y1)"

@@ -33,8 +33,8 @@ def test_grounding_report(tmp_path):
     text = report.read_text()
     assert "| acc@0.5 | 0.3333 | 1.0000 | 0.6667 ↑ |" in text
     assert "| parse_fail_rate (lower is better) | 0.3333 | 0.0000 | -0.3333 ↑ |" in text
-    assert "| no box parsed | 1 (33%) | 0 (0%) |" in text
-    assert "| box outside the image | 1 (33%) | 0 (0%) |" in text
+    assert "| no box in the answer | 1 (33%) | 0 (0%) | I see a box | — |" in text
+    assert "| box outside the image | 1 (33%) | 0 (0%) | &lt;\\|box_start\\|>(600,0),(1300,500)&lt;\\|box_end\\|> | — |" in text
     assert "2 of 3 shared samples judged differently." in text
     assert "&lt;\\|box_start\\|>(600,0),(1300,500)&lt;\\|box_end\\|>" in text  # escaped for markdown tables
     assert "scored_in: original-image pixels" in text
@@ -55,7 +55,7 @@ def test_caption_disagreements_sorted_by_cider_gap(tmp_path):
     text = compare_runs(base, tuned, tmp_path / "report", names=("base", "tuned")).read_text()
     rows = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 "))]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # largest CIDEr gap first
-    assert "| empty answer | 3 (100%) | 1 (33%) |" in text
+    assert "| empty answer | 3 (100%) | 1 (33%) |  |  |" in text
 
 
 def test_compare_refuses_different_tasks(tmp_path):

@@ -26,8 +26,17 @@ def test_grounding_rates_count_unparsed_answers_as_iou_zero():
     assert metrics == pytest.approx({"acc@0.5": 0.5, "acc@0.75": 0.25, "miou": 1.8 / 4, "parse_fail_rate": 0.25})
 
 
+@pytest.mark.parametrize("text, kind", [
+    ("  \n", "empty answer"),
+    ('```json\n[{"bbox_2d": [2, 10], "label": "dog"}]', "malformed box (marker without 4 numbers)"),
+    ("<|box_start|>(1,2)<|box_end|>", "malformed box (marker without 4 numbers)"),
+    ("a dog", "no box in the answer"),
+])
+def test_grounding_failure_without_a_box(text, kind):
+    assert grounding_failure(text, [], Box(10, 10, 50, 50), (100, 80)) == kind
+
+
 @pytest.mark.parametrize("predicted, kind", [
-    ([], "no box parsed"),
     ([Box(50, 50, 40, 60)], "degenerate box (x2<=x1 or y2<=y1)"),
     ([Box(10, 10, 120, 50)], "box outside the image"),
     ([Box(-5, 10, 40, 50)], "box outside the image"),
@@ -36,7 +45,7 @@ def test_grounding_rates_count_unparsed_answers_as_iou_zero():
     ([Box(10, 10, 100.5, 50)], "IoU < 0.5"),  # inside within the 1 px rounding slack, but wrong
 ])
 def test_grounding_failure_kinds(predicted, kind):
-    assert grounding_failure(predicted, Box(10, 10, 50, 50), (100, 80)) == kind
+    assert grounding_failure("answer", predicted, Box(10, 10, 50, 50), (100, 80)) == kind
 
 
 def _judge(prediction: str, reference: str = '{"analysis": "x", "direction": "+", "distance": 3}'):

@@ -42,7 +42,7 @@ def test_grounding_qwen2_5_vl_in_original_pixels(tmp_path):
                               "--min-pixels", "3136", "--max-pixels", "200704")
     assert {k: metrics[k] for k in ("acc@0.5", "acc@0.75", "miou", "parse_fail_rate")} == pytest.approx(
         {"acc@0.5": 0.5, "acc@0.75": 0.25, "miou": 1.5 / 4, "parse_fail_rate": 0.25})
-    assert metrics["failure_kinds"] == {"no box parsed": 1, "box outside the image": 1}
+    assert metrics["failure_kinds"] == {"no box in the answer": 1, "box outside the image": 1}
     assert metrics["convention"]["scored_in"] == "original-image pixels"
     assert "max_pixels 200704" in metrics["convention"]["boxes"]
     assert samples[1]["pred_box"] == pytest.approx([0, 0, 160, 213.5], abs=0.5)
