@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
     run.add_argument("--adapter", help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
                      "(newest vX-*/checkpoint-N is used)")
-    run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json file)")
+    run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json / .jsonl file)")
     run.add_argument("--split", help="val | test | train (default: val if present, else test, else train)")
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--limit", type=int, help="first N samples only")
