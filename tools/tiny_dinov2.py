@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from custom_modules.vision_encoder.files import staged_dir
 
 SEED = 1234
 TINY_DINOV2 = dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -33,17 +33,10 @@ def build_tiny_dinov2(out_dir: str | os.PathLike) -> Path:
     side = TINY_DINOV2["image_size"]
     preprocessor = BitImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                      image_mean=RAD_DINO_MEAN, image_std=RAD_DINO_STD, do_convert_rgb=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         model.save_pretrained(staging)
         preprocessor.save_pretrained(staging)
         (staging / "tiny_dinov2.json").write_text(json.dumps({"seed": SEED, **TINY_DINOV2}) + "\n")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
+from custom_modules.vision_encoder.files import staged_dir
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
 
 SAVED_FOLDER = "vision_encoder"
@@ -93,16 +92,9 @@ def merger_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_vision_encoder(model: nn.Module, settings: VisionEncoderSettings, output_dir: str | os.PathLike) -> Path:
     """Write `output_dir/vision_encoder/` (settings.json + merger.safetensors) atomically; returns its path."""
     target = Path(output_dir) / SAVED_FOLDER
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".vision_encoder.", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         save_file(merger_state(model), str(staging / "merger.safetensors"))
         (staging / "settings.json").write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
