@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import yaml
+
 from custom_modules.vision_encoder.training import load_trained
 from tools.offline import offline_env
 from tools.synthetic_data import make_coco_caption
@@ -47,22 +49,24 @@ def tensors_with(state: dict, marker: str) -> dict:
     return {name.split(marker, 1)[1]: value for name, value in state.items() if marker in name}
 
 
-def assert_stage1_output(output_dir: Path, base_model: Path, encoder_dir: Path, full_model_saved: bool):
+def assert_stage1_output(output_dir: Path, base_model: Path, encoder_dir: Path, full_model: Path):
     merger = load_file(str(output_dir / "vision_encoder" / "merger.safetensors"))
     assert set(merger) == {"norm.weight", "norm.bias", "proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias"}
     steps = sorted(output_dir.glob("checkpoint-*/vision_encoder/merger.safetensors"))
     assert len(steps) == 2  # the merger trains: step 2's differs from step 1's
     first, second = (load_file(str(path)) for path in steps)
     assert not torch.equal(first["proj.2.weight"], second["proj.2.weight"])
-    if full_model_saved:  # the encoder and the LM come out exactly as they went in
-        saved = load_file(str(output_dir / "model.safetensors"))
-        base = load_file(str(base_model / "model.safetensors"))
-        for name, value in base.items():
-            if ".visual." not in name:
-                assert torch.equal(saved[name], value), name
-        encoder = load_file(str(encoder_dir / "model.safetensors"))
-        assert all(torch.equal(value, encoder[name]) for name, value in tensors_with(saved, "visual.encoder.").items())
-        assert all(torch.equal(value, merger[name]) for name, value in tensors_with(saved, "visual.merger.").items())
+    # The trainer's full-model save: the encoder and the LM come out exactly as they went in.
+    saved = load_file(str(full_model))
+    base = load_file(str(base_model / "model.safetensors"))
+    for name, value in base.items():
+        if ".visual." not in name:
+            assert torch.equal(saved[name], value), name
+    encoder = load_file(str(encoder_dir / "model.safetensors"))
+    assert set(tensors_with(saved, "visual.encoder.")) == set(encoder)
+    assert all(torch.equal(value, encoder[name]) for name, value in tensors_with(saved, "visual.encoder.").items())
+    saved_merger = load_file(str(full_model.parent / "vision_encoder" / "merger.safetensors"))
+    assert all(torch.equal(value, saved_merger[name]) for name, value in tensors_with(saved, "visual.merger.").items())
 
 
 def assert_stage2_output(output_dir: Path, stage1_dir: Path, base_model: Path):
@@ -92,7 +96,7 @@ def test_llamafactory_stage1_then_stage2(tiny_model_dir, report_data, lf_bin, tm
     run(entry + [RECIPES / "llamafactory" / "qwen3_vl_4b_raddino_stage1.yaml"]
         + lf_overrides(base_model, data_dir, encoder_dir, stage1, save_strategy="steps", save_steps=1))
     assert len(logged_losses(stage1, "trainer_log.jsonl")) == 2
-    assert_stage1_output(stage1, base_model, encoder_dir, full_model_saved=True)
+    assert_stage1_output(stage1, base_model, encoder_dir, stage1 / "model.safetensors")
 
     stage2 = tmp_path / "stage2"
     run(entry + [RECIPES / "llamafactory" / "qwen3_vl_8b_raddino_stage2.yaml"]  # 4B -> 8B: base model only
@@ -100,3 +104,35 @@ def test_llamafactory_stage1_then_stage2(tiny_model_dir, report_data, lf_bin, tm
                        **{"qwenvl_recipes.vision_encoder.merger_path": stage1 / "vision_encoder"}))
     assert len(logged_losses(stage2, "trainer_log.jsonl")) == 2
     assert_stage2_output(stage2, stage1, base_model)
+
+
+def swift_recipe(name, tmp_path, encoder_dir, **section):
+    """The swift recipe with the tiny encoder (the launcher's flags reach swift only, not our section)."""
+    recipe = yaml.safe_load((RECIPES / "swift" / f"{name}.yaml").read_text())
+    recipe["qwenvl_recipes"]["vision_encoder"].update(encoder_path=str(encoder_dir), **section)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def swift_flags(base_model, data_dir, output_dir, **extra):
+    values = dict(TWO_STEPS, model=base_model, dataset=data_dir / "report_train.jsonl", output_dir=output_dir,
+                  torch_dtype="float32", check_model=False, dataloader_num_workers=0, dataset_num_proc=1, **extra)
+    return [part for key, value in values.items() for part in (f"--{key}", value)]
+
+
+def test_swift_stage1_then_stage2(tiny_model_dir, report_data, swift_bin, tmp_path):
+    base_model, (data_dir, encoder_dir) = tiny_model_dir("qwen3_vl"), report_data
+    launcher = [swift_bin / "python", "-m", "custom_modules.integrations.swift_plugin", "sft"]
+    stage1 = tmp_path / "stage1"
+    run(launcher + [swift_recipe("qwen3_vl_4b_raddino_stage1", tmp_path, encoder_dir)]
+        + swift_flags(base_model, data_dir, stage1, save_strategy="steps", save_steps=1, save_only_model=True))
+    assert len(logged_losses(stage1, "logging.jsonl")) == 2
+    assert_stage1_output(stage1, base_model, encoder_dir, stage1 / "checkpoint-2" / "model.safetensors")
+
+    stage2 = tmp_path / "stage2"
+    run(launcher + [swift_recipe("qwen3_vl_8b_raddino_stage2", tmp_path, encoder_dir,
+                                 merger_path=str(stage1 / "vision_encoder"))]
+        + swift_flags(base_model, data_dir, stage2, save_steps=2))
+    assert len(logged_losses(stage2, "logging.jsonl")) == 2
+    assert_stage2_output(stage2 / "last-checkpoint", stage1, base_model)  # swift keeps adapters in checkpoints
