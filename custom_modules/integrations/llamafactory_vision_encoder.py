@@ -13,8 +13,8 @@ It returns the callback that writes `vision_encoder/` next to each checkpoint.
 from __future__ import annotations
 
 import importlib
-import logging
 
+from llamafactory.extras import logging
 from transformers import Trainer
 
 from custom_modules.vision_encoder.processing import attach_image_processor
@@ -22,7 +22,7 @@ from custom_modules.vision_encoder.settings import parse_settings
 from custom_modules.vision_encoder.training import (SaveVisionEncoderCallback, apply_stage, param_groups,
                                                     prepare_model)
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def install(section: dict) -> list:
@@ -42,8 +42,8 @@ def install(section: dict) -> list:
         prepare_model(model, settings)
         model = original_init_adapter(config, model, model_args, finetuning_args, is_trainable)
         if is_trainable:
-            logger.info("vision_encoder stage %d trainable parameters: %s", settings.stage,
-                        apply_stage(model, settings))
+            counts = apply_stage(model, settings)
+            logger.info_rank0(f"vision_encoder stage {settings.stage} trainable parameters: {counts}")
         return model
 
     def create_custom_optimizer(model, training_args, finetuning_args):

@@ -69,10 +69,11 @@ def assert_stage1_output(output_dir: Path, base_model: Path, encoder_dir: Path, 
     assert all(torch.equal(value, saved_merger[name]) for name, value in tensors_with(saved, "visual.merger.").items())
 
 
-def assert_stage2_output(output_dir: Path, stage1_dir: Path, base_model: Path):
+def assert_stage2_output(output_dir: Path, stage1_dir: Path, base_model: Path, encoder_lora: bool = False):
     adapter = load_file(str(output_dir / "adapter_model.safetensors"))
     lora = [name for name in adapter if "lora_" in name]
-    assert lora and all(".language_model." in name for name in lora)
+    assert bool([name for name in lora if ".visual.encoder." in name]) == encoder_lora
+    assert {".language_model." in name or ".visual.encoder." in name for name in lora} == {True}
     assert not [name for name in adapter if "lora_" not in name and "visual.merger." not in name]
     merger = load_file(str(output_dir / "vision_encoder" / "merger.safetensors"))
     stage1_merger = load_file(str(stage1_dir / "vision_encoder" / "merger.safetensors"))
@@ -98,12 +99,14 @@ def test_llamafactory_stage1_then_stage2(tiny_model_dir, report_data, lf_bin, tm
     assert len(logged_losses(stage1, "trainer_log.jsonl")) == 2
     assert_stage1_output(stage1, base_model, encoder_dir, stage1 / "model.safetensors")
 
-    stage2 = tmp_path / "stage2"
+    stage2 = tmp_path / "stage2"  # with the encoder LoRA flag (the swift test runs the frozen encoder)
+    section = {"merger_path": stage1 / "vision_encoder", "encoder_training": "lora"}
     run(entry + [RECIPES / "llamafactory" / "qwen3_vl_8b_raddino_stage2.yaml"]  # 4B -> 8B: base model only
         + lf_overrides(base_model, data_dir, encoder_dir, stage2, save_steps=2,
-                       **{"qwenvl_recipes.vision_encoder.merger_path": stage1 / "vision_encoder"}))
+                       lora_target="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,query,value",
+                       **{f"qwenvl_recipes.vision_encoder.{key}": value for key, value in section.items()}))
     assert len(logged_losses(stage2, "trainer_log.jsonl")) == 2
-    assert_stage2_output(stage2, stage1, base_model)
+    assert_stage2_output(stage2, stage1, base_model, encoder_lora=True)
 
 
 def swift_recipe(name, tmp_path, encoder_dir, **section):
