@@ -29,6 +29,7 @@ IGNORE_INDEX = -100
 @dataclass
 class ForgeryOutput(ModelOutput):
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None         # full LM logits are never computed (trainers test for None)
     answer_logits: torch.Tensor | None = None  # (B, 2) LM logits of the (negative, positive) answer words
     image_logits: torch.Tensor | None = None   # head logit per image (head modes)
     lm_fake_prob: torch.Tensor | None = None   # P(positive word) / P(positive or negative word) (LM modes)

@@ -1,15 +1,45 @@
 """Image-level and pixel-level forgery metrics.
 
 Image: AUROC, AP, F1 and accuracy at a chosen threshold, best F1 over thresholds (and where), from P(fake).
+Plain numpy (the ms-swift environment has no scikit-learn); the tests check every number against sklearn.
 Pixel: per-image F1 and IoU of the thresholded heatmap against the mask, averaged over the fakes that
 have a mask (the usual localisation protocol); at 0.5 and at the single best threshold of a 0.05 grid.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 PIXEL_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney U / (n_pos * n_neg), ties counted half (= sklearn roc_auc_score)."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2  # average 1-based rank of the tie group
+    positives = labels == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def precision_recall(labels: np.ndarray, scores: np.ndarray):
+    """Precision, recall at each distinct score threshold, highest threshold first."""
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # last index of each tie group
+    tp = np.cumsum(labels)[last]
+    fp = (last + 1) - tp
+    return tp / (tp + fp), tp / labels.sum(), scores[last]
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """sum_n (R_n - R_{n-1}) P_n (= sklearn average_precision_score)."""
+    precision, recall, _ = precision_recall(labels, scores)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def image_metrics(labels, scores, threshold: float = 0.5) -> dict:
@@ -23,14 +53,14 @@ def image_metrics(labels, scores, threshold: float = 0.5) -> dict:
     fp = int(((decided == 1) & (labels == 0)).sum())
     fn = int(((decided == 0) & (labels == 1)).sum())
     result = {"n": int(len(labels)), "positives": int(labels.sum()), "threshold": threshold,
-              "auroc": float(roc_auc_score(labels, scores)) if both else None,
-              "ap": float(average_precision_score(labels, scores)) if both else None,
+              "auroc": auroc(labels, scores) if both else None,
+              "ap": average_precision(labels, scores) if both else None,
               "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
               "accuracy": float((decided == labels).mean())}
     if labels.sum():
-        precision, recall, thresholds = precision_recall_curve(labels, scores)
+        precision, recall, thresholds = precision_recall(labels, scores)
         f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                       where=(precision + recall) > 0)[:-1]
+                       where=(precision + recall) > 0)
         best = int(np.argmax(f1))
         result.update(best_f1=float(f1[best]), best_f1_threshold=float(thresholds[best]))
     else:
