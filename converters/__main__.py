@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from converters import pipeline
@@ -52,6 +53,8 @@ def _common(parser: argparse.ArgumentParser, input_help: str) -> None:
     parser.add_argument("--limit", type=int, help="at most N source records per split (COCO: images)")
     parser.add_argument("--name", help="dataset name used in file names and dataset_info keys")
     parser.add_argument("--strict", action="store_true", help="exit non-zero and write nothing if any record is skipped")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes rendering records (output identical for any number; default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,8 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bind_options(source_fn, opts, record: dict, resize_path: str):
+    """A source's to_sample(record, opts, resize_path) as the pipeline's convert(record, resize_path);
+    module-level so worker processes can receive it."""
+    return source_fn(record, opts, resize_path)
+
+
 def _options(args: argparse.Namespace, **extra) -> dict:
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "command"}
+    # workers changes nothing in the output, so it stays out of the manifest (reruns stay byte-identical)
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+               if k not in ("command", "workers")}
     options.update(extra)
     return options
 
@@ -180,9 +191,9 @@ def _convert(args: argparse.Namespace) -> int:
         source_fn, opts = forgery.to_sample, forgery.ForgeryOptions(args.real_word, args.fake_word)
         options = _options(args)
 
-    entries = pipeline.run(name=name, task=task, items=items, convert=lambda record, path: source_fn(record, opts, path),
+    entries = pipeline.run(name=name, task=task, items=items, convert=partial(_bind_options, source_fn, opts),
                            out=args.out, targets=targets, inputs=inputs, options=options,
-                           trainer_dependent=trainer_dependent, strict=args.strict)
+                           trainer_dependent=trainer_dependent, strict=args.strict, workers=args.workers)
     for key, entry in entries.items():
         print(f"{key}: {entry['count']} samples, {entry['skipped_count']} skipped"
               + (f", {len(entry['notes'])} noted" if entry["notes"] else ""), file=sys.stderr)

@@ -68,9 +68,32 @@ def resolve_image(images_dir: Path | str | None, name: str) -> str:
     return os.path.abspath(name)
 
 
+@functools.lru_cache(maxsize=256)
+def _files_in(directory: str) -> frozenset[str] | None:
+    """Names of the files in a directory, listed once: one readdir instead of a stat per image (a stat
+    costs ~20 us on network/overlay filesystems, 80k of them dominate a COCO conversion). None when the
+    directory does not exist."""
+    try:
+        with os.scandir(directory) as entries:
+            return frozenset(entry.name for entry in entries if entry.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def reset_listings() -> None:
+    """Forget directory listings; called at the start of every conversion."""
+    _files_in.cache_clear()
+
+
+def is_file(path: str) -> bool:
+    directory, name = os.path.split(path)
+    names = _files_in(directory)
+    return names is not None and name in names
+
+
 def existing_image(images_dir: Path | str | None, name: str, field: str = "image") -> str:
     path = resolve_image(images_dir, name)
-    if not os.path.isfile(path):
+    if not is_file(path):
         raise SkipRecord(f"missing image {path}", field)
     return path
 
@@ -78,21 +101,14 @@ def existing_image(images_dir: Path | str | None, name: str, field: str = "image
 _COCO_FOLDER = re.compile(r"COCO_([a-z]+\d{4})_")
 
 
-@functools.lru_cache(maxsize=64)
-def _is_dir(path: str) -> bool:
-    return os.path.isdir(path)
-
-
 def find_coco_image(images_dir: Path | str | None, name: str, field: str = "image") -> str:
     """<images>/<split folder the name implies>/<name> (COCO_train2014_... in train2014/) when that folder
     exists, else <images>/<name>."""
     folder = _COCO_FOLDER.match(os.path.basename(name)) if images_dir is not None else None
     if folder is not None:
-        subdir = os.path.join(images_dir, folder.group(1))
-        if _is_dir(subdir):
-            path = resolve_image(subdir, os.path.basename(name))
-            if os.path.isfile(path):
-                return path
+        path = resolve_image(os.path.join(images_dir, folder.group(1)), os.path.basename(name))
+        if is_file(path):
+            return path
     return existing_image(images_dir, name, field)
 
 

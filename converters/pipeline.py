@@ -8,15 +8,17 @@ bounded by that set, whatever the input size.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
 from converters import __version__
-from converters.files import sha256_file, write_text_atomic
+from converters.files import reset_listings, sha256_file, write_text_atomic
 from converters.schema import Sample, Skip, SkipRecord
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
 
@@ -44,54 +46,93 @@ class _Split:
         self.writers = {t: RowWriter(out / f) for t, f in self.files.items()}
         self.writer_list = [self.writers[t] for t in targets]
         self.seen: set[str] = set()
-        self.skipped: list[Skip] = []
+        self.skipped: list[tuple[int, Skip]] = []  # (input position, skip): sorted at the end
         self.notes: list[dict] = []  # kept records worth a remark (e.g. a fake image without its mask)
         self.count = 0
 
 
+# The record -> lines step, set once per process (worker processes get it through the pool initializer).
+_RENDER: tuple[Callable[[dict, str], Sample], tuple[str, ...] | None] | None = None
+
+
+def _set_render(render) -> None:
+    global _RENDER
+    _RENDER = render
+
+
+def _render(record: dict):
+    """One record -> its encoded line (shared by all targets), or one line per target's resize path, or
+    ("skip", reason, field)."""
+    convert, resize_paths = _RENDER
+    try:
+        if resize_paths is None:
+            return encode_row(convert(record, "hf"))
+        return [encode_row(convert(record, path)) for path in resize_paths]
+    except SkipRecord as skip:
+        return ("skip", skip.reason, skip.field)
+
+
 def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
         convert: Callable[[dict, str], Sample], out: Path, targets: tuple[str, ...],
-        inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False) -> dict:
-    """Convert everything, write outputs atomically, return the manifest entries of this run."""
+        inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False,
+        workers: int = 1) -> dict:
+    """Convert everything, write outputs atomically, return the manifest entries of this run.
+
+    workers > 1 renders records in that many forked processes (order kept: the output is identical).
+    """
     out.mkdir(parents=True, exist_ok=True)
+    reset_listings()
     splits: dict[str, _Split] = {}
-    paths = {t: TARGETS[t][1] for t in targets}
-    try:
-        for split, item in tqdm(items, desc=name, unit="rec", disable=None, mininterval=1.0):
+    render = (convert, tuple(TARGETS[t][1] for t in targets) if trainer_dependent else None)
+    pending: deque = deque()  # (position, split, id, record) of records sent to _render, in order
+
+    def to_render() -> Iterator[dict]:
+        """Reader items -> records to render; reader skips and duplicate ids are recorded here."""
+        for position, (split, item) in enumerate(tqdm(items, desc=name, unit="rec", disable=None, mininterval=1.0)):
             state = splits.get(split)
             if state is None:
                 state = splits[split] = _Split(out, name, split, targets)
             if isinstance(item, Skip):
-                state.skipped.append(item)
+                state.skipped.append((position, item))
                 continue
             record_id = str(item["id"])
             if record_id in state.seen:
-                state.skipped.append(Skip(record_id, "duplicate id", item.get("source", ""), "id"))
+                state.skipped.append((position, Skip(record_id, "duplicate id", item.get("source", ""), "id")))
                 continue
             state.seen.add(record_id)
-            try:
-                if trainer_dependent:
-                    lines = [encode_row(convert(item, paths[t])) for t in targets]
-                else:
-                    lines = [encode_row(convert(item, "hf"))] * len(targets)
-            except SkipRecord as skip:
-                state.skipped.append(Skip(record_id, skip.reason, item.get("source", ""), skip.field))
+            pending.append((position, split, record_id, item))
+            yield item
+
+    _set_render(render)
+    pool = multiprocessing.get_context("fork").Pool(workers, _set_render, (render,)) if workers > 1 else None
+    try:
+        results = pool.imap(_render, to_render(), chunksize=512) if pool else map(_render, to_render())
+        for result in results:
+            position, split, record_id, item = pending.popleft()
+            state = splits[split]
+            if isinstance(result, tuple):
+                state.skipped.append((position, Skip(record_id, result[1], item.get("source", ""), result[2])))
                 continue
-            for writer, line in zip(state.writer_list, lines):
+            for writer, line in zip(state.writer_list, [result] * len(targets) if isinstance(result, str) else result):
                 writer.write(line)
             state.count += 1
             if "note" in item:
                 state.notes.append({"id": record_id, "note": item["note"], "source": item.get("source", "")})
+        for state in splits.values():
+            state.skipped.sort(key=lambda entry: entry[0])
         skipped_total = sum(len(s.skipped) for s in splits.values())
         if strict and skipped_total:
             details = "\n".join(f"  [{split}] {s.source} record {s.id} field {s.field or '-'}: {s.reason}"
-                                for split, st in splits.items() for s in st.skipped)
+                                for split, st in splits.items() for _, s in st.skipped)
             raise StrictModeError(f"--strict: {skipped_total} record(s) skipped, nothing written:\n{details}")
     except BaseException:
         for state in splits.values():
             for writer in state.writers.values():
                 writer.abort()
         raise
+    finally:
+        if pool:
+            pool.terminate()
     for state in splits.values():
         for writer in state.writers.values():
             writer.commit()
@@ -106,7 +147,7 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
     for split, state in sorted(splits.items()):
         entries[f"{name}_{split}"] = {
             "task": task, "split": split, "files": state.files, "count": state.count,
-            "skipped_count": len(state.skipped), "skipped": [asdict(s) for s in state.skipped],
+            "skipped_count": len(state.skipped), "skipped": [asdict(s) for _, s in state.skipped],
             "notes": state.notes,
             "inputs": input_sums, "options": options, "converter_version": __version__,
         }

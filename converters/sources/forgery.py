@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.files import existing_image, image_size, resolve_image
+from converters.files import existing_image, image_size, is_file, resolve_image
 from converters.schema import Sample, Skip, SkipRecord, Turn
 from converters.sources.tables import split_rows
 
@@ -77,7 +77,7 @@ def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path
             raise SkipRecord(f"mask_path {text!r} (HxW) differs from the image's {size[1]}x{size[0]}", "mask_path")
         return None, None
     path = resolve_image(images_dir, text) if text and not SIZE_TEXT.match(text) else ""
-    if not path or not os.path.isfile(path):
+    if not path or not is_file(path):
         return None, f"maskless: fake image without a mask file ({text or 'no mask_path'})"
     mask_size = image_size(path, "mask_path")
     if mask_size != tuple(size):

@@ -119,3 +119,19 @@ def test_unreadable_image_is_skipped_with_its_reason(tmp_path):
     assert main(["coco-caption", "--input", str(tmp_path / "caps.csv"), "--out", str(out)]) == 0
     (skip,) = json.loads((out / "manifest.json").read_text())["datasets"]["coco_caption_train"]["skipped"]
     assert skip["id"] == "broken.png_row2" and skip["reason"].startswith("unreadable image")
+
+
+def test_worker_processes_give_byte_identical_output(tmp_path):
+    source = make_coco_caption(tmp_path / "syn", n=12, seed=3)
+    data = json.loads((source / "captions_train2014.json").read_text())
+    data["annotations"][3]["caption"] = " "  # skipped while rendering (in a worker)
+    data["annotations"].insert(7, {"id": 999, "image_id": 424242, "caption": "orphan"})  # skipped while reading
+    (source / "captions_train2014.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    args = ["coco-caption", "--input", str(source), "--out", str(out)]
+    assert main(args) == 0
+    single = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(args + ["--workers", "2"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == single
+    skipped = json.loads(single["manifest.json"])["datasets"]["coco_caption_train"]["skipped"]
+    assert [s["id"] for s in skipped] == ["424242_999", "1_13"]
