@@ -9,3 +9,7 @@ training.py   stages, per-part learning rates, save / reload, the save callback
 files.py      atomic folder writes
 benchmark.py  stage-2 speed / memory on full-size random models (GPU)
 """
+
+from custom_modules.vision_encoder.settings import parse_settings as validate_config  # the recipe tests' hook
+
+__all__ = ["validate_config"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ENCODER_KINDS = ("dinov2", "timm", "module")
 MERGER_KINDS = ("mlp", "linear")
@@ -34,17 +34,16 @@ class VisionEncoderSettings:
     merger_lr: float | None = None  # None: the trainer's learning_rate (LLaMA-Factory; swift uses aligner_lr)
     encoder_lr: float | None = None  # (swift: vit_lr)
     lm_lr: float | None = None
-    extra: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return dataclasses.asdict(self)
 
 
 def parse_settings(raw: dict, source: str = "qwenvl_recipes.vision_encoder") -> VisionEncoderSettings:
     """Check a settings dict from a recipe; errors name `source` and the offending field."""
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(VisionEncoderSettings)} - {"extra"}
+    known = {f.name for f in dataclasses.fields(VisionEncoderSettings)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
