@@ -1,7 +1,7 @@
 """A plain PyTorch loop for the forgery modes: the learning proof on CPU and the GPU benchmark use it.
 
 The trainers (LLaMA-Factory, ms-swift) run the same attached forward through custom_modules/integrations;
-this loop adds nothing they lack: LoRA from the settings, AdamW, amp_dtype, gradient accumulation,
+this loop adds nothing they lack: AdamW, amp_dtype, gradient accumulation,
 evaluation per epoch and the checkpoint kept by best AUROC.
 """
 from __future__ import annotations
@@ -14,30 +14,11 @@ from pathlib import Path
 import torch
 
 from custom_modules.forgery.attach import ForgeryModules
-from custom_modules.forgery.checkpoint import attach_for_training, save_checkpoint
+from custom_modules.forgery.checkpoint import save_checkpoint
 from custom_modules.forgery.data import Collator
 from custom_modules.forgery.evaluate import autocast, evaluate
-from custom_modules.forgery.settings import ForgerySettings, resolve_blocks
-from custom_modules.forgery.vit import find_visual, lora_targets
 
 BEST_DIR = "best_by_AUROC"
-
-
-def prepare_model(model, settings: ForgerySettings, tokenizer=None, lora_rank: int = 8, lora_alpha: int = 16):
-    """LoRA on the mode's parts (chosen ViT blocks and/or LM attention), then the forgery modules."""
-    spec = settings.spec
-    _, vit_blocks = resolve_blocks(settings, len(find_visual(model).blocks))
-    targets = lora_targets(model.config.model_type, vit_blocks if spec.vit_lora else (), spec.lm_lora)
-    if targets:
-        from peft import LoraConfig, get_peft_model
-
-        names = [name for name, module in model.named_modules()
-                 if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in targets)]
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                                 target_modules=names))
-    else:
-        model.requires_grad_(False)
-    return model, attach_for_training(model, settings, tokenizer)
 
 
 def train(model, modules: ForgeryModules, processor, train_rows: list[dict], *, epochs: int, lr: float,

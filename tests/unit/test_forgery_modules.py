@@ -1,0 +1,215 @@
+"""Forgery modules on the tiny Qwen2.5-VL: settings, ViT block capture, fusion tokens, LoRA placement, loss
+terms, LM answer score, checkpoint round trip, recipes and the trainer-entry dispatch."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from custom_modules.forgery.attach import IGNORE_INDEX, find_modules, insert_fusion_tokens
+from custom_modules.forgery.checkpoint import load_checkpoint, save_checkpoint
+from custom_modules.forgery.data import Collator
+from custom_modules.forgery.head import HeadOutput
+from custom_modules.forgery.lora import prepare_model
+from custom_modules.forgery.losses import forgery_loss, heatmap_loss, upsample_heatmaps
+from custom_modules.forgery.settings import MODES, default_head_blocks, parse_settings, resolve_blocks
+from custom_modules.forgery.vit import find_visual, lora_target_regex, lora_targets, patch_grids, unpermute
+from custom_modules.integrations.llamafactory_entry import feature_callbacks, load_recipe
+from tools.synthetic_data import make_forgery
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"head_blocks": [0, 1], "head_dim": 16, "fusion_tokens": 2, "mask_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    path = tiny_model_dir("qwen2_5_vl")
+    return path, AutoProcessor.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """Two reals, two fakes with masks, one fake without its mask (converter-shaped rows)."""
+    root = tmp_path_factory.mktemp("forgery_rows")
+    make_forgery(root, n=4, seed=5)
+    import json
+    listed = json.loads((root / "list.json").read_text())
+    out = [{"messages": [{"role": "user", "content": "<image>Is this image real or manipulated?"},
+                         {"role": "assistant", "content": "fake" if r["label"] else "real"}],
+            "images": [str(root / r["image_path"])], "label": r["label"],
+            "mask": str(root / r["mask_path"]) if r["label"] else None} for r in listed]
+    return out + [dict(out[1], mask=None)]
+
+
+def build(tiny, mode, **extra):
+    path, processor = tiny
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    return prepare_model(model, parse_settings(dict(TINY, mode=mode, **extra)), processor.tokenizer)
+
+
+def test_settings_validation_names_the_key():
+    assert parse_settings({"mode": "T3"}).mode == "hybrid"
+    assert default_head_blocks(32) == (7, 15, 23, 31) and default_head_blocks(2) == (0, 1)
+    with pytest.raises(ValueError, match="unknown key.*head_block"):
+        parse_settings({"mode": "T1", "head_block": [1]})
+    with pytest.raises(ValueError, match="head_checkpoint is required"):
+        parse_settings({"mode": "T4"})
+    with pytest.raises(ValueError, match=r"head_blocks \[7, 15, 23, 31\]: \[7, 15, 23, 31\] outside .* depth 2"):
+        resolve_blocks(parse_settings({"mode": "T1", "head_blocks": [7, 15, 23, 31]}), 2)
+    assert resolve_blocks(parse_settings({"mode": "T1", "vit_lora_blocks": [31]}), 32) == ((7, 15, 23, 31), (31,))
+
+
+def test_block_outputs_back_in_patch_order(tiny):
+    visual = find_visual(AutoModelForImageTextToText.from_pretrained(tiny[0]))
+    grid_thw = torch.tensor([[1, 8, 12], [1, 6, 4]])
+    merge = visual.spatial_merge_size
+    # processor order (t, h/m, w/m, m, m): give each patch the value y * W + x of its position
+    rows_ = []
+    for _, h, w in grid_thw.tolist():
+        for by in range(h // merge):
+            for bx in range(w // merge):
+                rows_ += [(by * merge + iy) * w + bx * merge + ix for iy in range(merge) for ix in range(merge)]
+    states = torch.tensor(rows_, dtype=torch.float32)[:, None]
+    window_index, _ = visual.get_window_index(grid_thw)
+    permuted = states.reshape(-1, merge * merge, 1)[window_index].reshape(states.shape)  # what the ViT does
+    assert not torch.equal(permuted, states)
+    grids = patch_grids(unpermute(visual, permuted, grid_thw), grid_thw, merge)
+    assert [tuple(g.shape) for g in grids] == [(1, 8, 12), (1, 6, 4)]
+    assert torch.equal(grids[0][0], torch.arange(96.0).reshape(8, 12))
+    assert torch.equal(grids[1][0], torch.arange(24.0).reshape(6, 4))
+
+
+def test_vit_lora_only_on_chosen_blocks_and_head_trains(tiny):
+    model, modules = build(tiny, "vit_lora_head", vit_lora_blocks=[1])
+    lora = {n.split(".lora_")[0].split("visual.")[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert lora == {f"blocks.1.{linear}" for linear in ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj",
+                                                          "mlp.down_proj")}
+    assert all(p.requires_grad for p in modules.head.parameters()) and modules.fusion is None
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any("language_model" in n for n in names)
+
+
+def test_lm_score_is_the_answer_word_probability(tiny, rows):
+    path, processor = tiny
+    model, modules = build(tiny, "lm_supervised")
+    batch = Collator(processor, 16, with_answer=False)(rows[:3])
+    model.eval()
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if not k.startswith("forgery_")})
+        reference = AutoModelForImageTextToText.from_pretrained(path).eval()  # LoRA starts as the identity
+        logits = reference(**{k: v for k, v in batch.items() if not k.startswith("forgery_")}).logits
+    last = batch["attention_mask"].cumsum(1).argmax(1)
+    neg, pos = modules.answer_ids
+    two = logits[torch.arange(3), last][:, [neg, pos]].softmax(-1)[:, 1]
+    assert torch.allclose(out.lm_fake_prob, two, atol=1e-5) and torch.allclose(out.score, two, atol=1e-5)
+    assert processor.tokenizer.decode([pos]) == "fake" and processor.tokenizer.decode([neg]) == "real"
+
+
+def test_fusion_tokens_enter_the_lm_input(tiny, rows):
+    path, processor = tiny
+    model, modules = build(tiny, "hybrid", cls_weight=0.0, heatmap_weight=0.0)
+    batch = Collator(processor, 16)(rows[:2])
+    hf = model.get_base_model()
+    grown, positions = insert_fusion_tokens(hf, dict(batch), 2, modules.settings.fusion_token_id)
+    end = hf.config.vision_end_token_id
+    for i in range(2):
+        cut = int((batch["input_ids"][i] == end).nonzero()[0]) + 1
+        assert grown["input_ids"][i, cut:cut + 2].tolist() == [modules.settings.fusion_token_id] * 2
+        assert positions[i].nonzero().flatten().tolist() == [cut, cut + 1]
+        assert grown["labels"][i, cut:cut + 2].tolist() == [IGNORE_INDEX] * 2
+        assert torch.equal(grown["input_ids"][i, cut + 2:], batch["input_ids"][i, cut:])
+    types = (grown["input_ids"] == hf.config.image_token_id).long()
+    expected, _ = hf.model.get_rope_index(input_ids=grown["input_ids"], mm_token_type_ids=types,
+                                          image_grid_thw=batch["image_grid_thw"],
+                                          attention_mask=grown["attention_mask"])
+    assert torch.equal(grown["position_ids"], expected)
+    # classification and heatmap weights are 0: the LM loss reaches projector and head only through the
+    # inserted tokens
+    out = model(**batch)
+    out.loss.backward()
+    assert torch.isclose(out.loss, modules.last_parts["lm_loss"])
+    assert modules.fusion.net[-1].weight.grad.abs().sum() > 0
+    assert modules.head.project[0][1].weight.grad.abs().sum() > 0
+
+
+def test_loss_skips_and_counts_maskless_fakes():
+    heat = [torch.randn(4, 6), torch.randn(4, 6), torch.randn(5, 5)]
+    head = HeadOutput(torch.tensor([0.3, -0.2, 1.0]), heat, torch.zeros(3, 4))
+    labels = torch.tensor([0.0, 1.0, 1.0])
+    masks = torch.zeros(3, 8, 8)
+    masks[1, 2:5, 2:5] = 1
+    valid = torch.tensor([True, True, False])
+    total, parts = forgery_loss(head, labels, masks, valid, torch.tensor(2.0), cls_weight=1.0, heatmap_weight=0.5,
+                                lm_weight=0.25)
+    expected_hm = heatmap_loss(upsample_heatmaps(heat[:2], 8), masks[:2])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(head.image_logits, labels)
+    assert parts["maskless_fakes"] == 1
+    assert torch.isclose(parts["heatmap_loss"], expected_hm)
+    assert torch.isclose(total, bce + 0.5 * expected_hm + 0.25 * 2.0)
+
+
+def test_heatmap_warmup_then_heatmap(tiny, rows):
+    model, modules = build(tiny, "head_pretrain", heatmap_start_step=2)
+    batch = Collator(tiny[1], 16, with_answer=False)(rows)
+    model(**batch)
+    assert set(modules.last_parts) == {"cls_loss"}
+    modules.global_step = 2
+    model(**batch)
+    assert set(modules.last_parts) == {"cls_loss", "heatmap_loss"} and modules.maskless_fakes == 1  # counted where the heatmap loss runs
+
+
+def test_checkpoint_round_trip_and_frozen_head(tiny, rows, tmp_path):
+    path, processor = tiny
+    model, modules = build(tiny, "hybrid")
+    batch = Collator(processor, 16, with_answer=False)(rows)
+    with torch.no_grad():  # move the head and adapters off their initial values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).score
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, loaded_modules = load_checkpoint(AutoModelForImageTextToText.from_pretrained(path), tmp_path / "ckpt",
+                                             processor.tokenizer)
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).score, before, atol=1e-5)
+    frozen, frozen_modules = build(tiny, "frozen_head_hybrid", head_checkpoint=str(tmp_path / "ckpt"))
+    assert not any(p.requires_grad for p in frozen_modules.head.parameters())
+    assert all(p.requires_grad for p in frozen_modules.fusion.parameters())
+    assert torch.equal(frozen_modules.head.classify[0].weight, modules.head.classify[0].weight)
+    assert find_modules(frozen) is frozen_modules
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_recipes_match_their_mode(trainer, mode):
+    variant = {"vit_lora_head": "t1_vit_lora_head", "lm_supervised": "t2_lm_supervised", "hybrid": "t3_hybrid",
+               "frozen_head": "t4_frozen_head", "frozen_head_hybrid": "t5_frozen_head_hybrid",
+               "head_pretrain": "head_pretrain"}[mode]
+    recipe = yaml.safe_load((REPO / "recipes/forgery" / trainer / f"qwen2_5_vl_7b_{variant}.yaml").read_text())
+    settings = parse_settings(recipe["qwenvl_recipes"]["forgery"])
+    assert settings.mode == mode
+    _, vit_blocks = resolve_blocks(settings, 32)  # the 7B ViT depth
+    spec = settings.spec
+    targets = lora_targets("qwen2_5_vl", vit_blocks if spec.vit_lora else (), spec.lm_lora)
+    if trainer == "llamafactory":
+        assert recipe["finetuning_type"] == ("lora" if targets else "freeze")
+        assert recipe.get("lora_target", "").split(",") == (targets or [""])
+        assert recipe.get("freeze_vision_tower", True) is not spec.vit_lora
+    else:
+        assert recipe.get("target_regex") == (lora_target_regex(targets) if targets else None)
+
+
+def test_llamafactory_entry_splits_the_block_and_dispatches(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: sft\nqwenvl_recipes:\n  forgery:\n    mode: T1\n")
+    args, block = load_recipe(str(recipe), ["qwenvl_recipes.forgery.head_dim=64", "max_steps=3"])
+    assert args == {"stage": "sft", "max_steps": 3} and block == {"forgery": {"mode": "T1", "head_dim": 64}}
+    # each feature is "module:function", imported when used, called with its settings, returning callbacks
+    assert feature_callbacks({"demo": "[1, 2]"}, {"demo": "json:loads"}) == [1, 2]
+    with pytest.raises(ValueError, match="unknown feature"):
+        feature_callbacks({"forgeryy": {}})
