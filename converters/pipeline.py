@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sys
+import threading
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from converters.schema import Sample, Skip, SkipRecord
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
 
 TEST_SPLITS = ("test", "testA", "testB")
+MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
 
 
 class StrictModeError(Exception):
@@ -85,6 +87,8 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
     splits: dict[str, _Split] = {}
     render = (convert, tuple(TARGETS[t][1] for t in targets) if trainer_dependent else None)
     pending: deque = deque()  # (position, split, id, record) of records sent to _render, in order
+    # Backpressure: the pool's feeder thread may run at most MAX_IN_FLIGHT records ahead of the writer.
+    in_flight, stopped = threading.BoundedSemaphore(MAX_IN_FLIGHT), threading.Event()
 
     def to_render() -> Iterator[dict]:
         """Reader items -> records to render; reader skips and duplicate ids are recorded here."""
@@ -100,6 +104,9 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
                 state.skipped.append((position, Skip(record_id, "duplicate id", item.get("source", ""), "id")))
                 continue
             state.seen.add(record_id)
+            while not in_flight.acquire(timeout=0.5):
+                if stopped.is_set():
+                    return
             pending.append((position, split, record_id, item))
             yield item
 
@@ -109,6 +116,7 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
         results = pool.imap(_render, to_render(), chunksize=512) if pool else map(_render, to_render())
         for result in results:
             position, split, record_id, item = pending.popleft()
+            in_flight.release()
             state = splits[split]
             if isinstance(result, tuple):
                 state.skipped.append((position, Skip(record_id, result[1], item.get("source", ""), result[2])))
@@ -131,6 +139,7 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
                 writer.abort()
         raise
     finally:
+        stopped.set()
         if pool:
             pool.terminate()
     for state in splits.values():
