@@ -8,12 +8,14 @@ LF_PY := $(LF_VENV)/bin/python
 SWIFT_PY := $(SWIFT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test lock tiny-models clean help
+.PHONY: install demo test lock tiny-models synthetic-data bench-converters clean help
 
 help:
 	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
 	@echo "make test   run the test suite (installs the environments first if needed)"
 	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"
+	@echo "make synthetic-data      sample inputs of all four tasks, in their real source formats, under data/synthetic"
+	@echo "make bench-converters    converter records/s on a generated 400k-caption COCO json"
 
 install: $(LF_VENV)/.installed $(SWIFT_VENV)/.installed
 
@@ -36,6 +38,12 @@ test: install
 
 tiny-models: $(LF_VENV)/.installed
 	$(LF_PY) -m tools.tiny_models --out .cache/tiny-models
+
+synthetic-data: $(LF_VENV)/.installed
+	$(LF_PY) -m tools.synthetic_data all --out data/synthetic
+
+bench-converters: $(LF_VENV)/.installed
+	$(LF_PY) -m tools.bench_converters
 
 # Resolve the human-edited pins into full locks (every transitive package pinned).
 lock:
