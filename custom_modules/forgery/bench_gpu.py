@@ -10,6 +10,7 @@ with and without gradient checkpointing; a failing configuration is recorded and
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 import traceback
@@ -71,6 +72,7 @@ def bench(model_id: str, mode: str, checkpointing: bool, batch: int, steps: int,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     data = make_batch(config, batch, image, device)
+    memory_before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     losses = []
     for step in range(warmup + steps):
@@ -81,7 +83,7 @@ def bench(model_id: str, mode: str, checkpointing: bool, batch: int, steps: int,
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     result = {"model": model_id, "mode": mode, "grad_checkpointing": checkpointing, "batch": batch,
@@ -89,10 +91,9 @@ def bench(model_id: str, mode: str, checkpointing: bool, batch: int, steps: int,
                   settings.fusion_tokens if settings.spec.fusion else 0),
               "lora_rank": lora_rank, "trainable_params": sum(p.numel() for p in params),
               "samples_per_s": round(batch * steps / elapsed, 2),
+              "memory_before_gib": round(memory_before / 2 ** 30, 2),
               "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
               "losses": [round(v, 4) for v in losses], "head_blocks": list(modules.head_blocks)}
-    del model, modules, optimizer, data
-    torch.cuda.empty_cache()
     return result
 
 
@@ -116,7 +117,9 @@ def main(argv=None) -> None:
                                args.lora_rank)
             except Exception:  # one failing configuration must not hide the others' figures
                 result = {"mode": mode, "grad_checkpointing": checkpointing, "error": traceback.format_exc()[-3000:]}
-                torch.cuda.empty_cache()
+            # the attached forward references its model (a cycle): collect it before the next measurement
+            gc.collect()
+            torch.cuda.empty_cache()
             print(json.dumps(result), flush=True)
             results.append(result)
     with open(args.out, "w", encoding="utf-8") as f:
