@@ -1,0 +1,181 @@
+"""The CPU-testable parts of tools/bench_train.py: MFU arithmetic, counting, step windows, ratios, table, schema,
+variant parsing and the trainer configs built from our perf recipes."""
+
+import json
+
+import pytest
+import torch
+
+from tools import bench_train as bt
+
+
+def test_step_flops_lora_and_full():
+    # 4 * 7e9 * 300 + 4 * 6e8 * 1024 for LoRA; 6x for full tuning
+    assert bt.step_flops(7_000_000_000, 600_000_000, 300, 1024) == 4 * 7e9 * 300 + 4 * 6e8 * 1024
+    assert bt.step_flops(10, 2, 3, 5, full=True) == 6 * 10 * 3 + 6 * 2 * 5
+
+
+def test_mfu_against_h100_peak():
+    # 989e12 FLOPs of work in one second is 100% of the H100 bf16 dense peak
+    n_lm, tokens = 1_000_000_000, 247_250
+    assert bt.mfu(n_lm, 0, tokens, 0, seconds=1.0) == pytest.approx(1.0)
+    assert bt.mfu(n_lm, 0, tokens, 0, seconds=4.0) == pytest.approx(0.25)
+
+
+def test_mfu_reproduces_design_reference_row():
+    # DESIGN.md: Qwen2.5-VL-7B, plain loop batch 2 with checkpointing, 3.68 samples/s -> 4.3% MFU. 333 tokens and
+    # 1024 patches a sample; N_lm = 7.07e9 - 0.545e9 input embedding, N_vis = 0.676e9 (architecture counts).
+    rate = 3.68
+    value = bt.mfu(6_525_000_000, 676_000_000, int(333 * rate * 1000), int(1024 * rate * 1000), seconds=1000.0)
+    assert value == pytest.approx(0.043, abs=0.002)
+
+
+class TinyVL(torch.nn.Module):
+    """Names like a peft-wrapped Qwen VL model: a visual tower, LM layers, LoRA weights, tied or untied head."""
+
+    def __init__(self, tied: bool):
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(100, 8)
+        self.visual = torch.nn.Linear(4, 8)                       # 32 + 8 = 40
+        self.layers = torch.nn.Linear(8, 8)                       # 64 + 8 = 72
+        self.lora_A = torch.nn.Linear(8, 2, bias=False)           # excluded
+        self.lm_head = torch.nn.Linear(8, 100, bias=False)        # excluded
+        if tied:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_count_params_excludes_embeddings_and_lora(tied):
+    assert bt.count_params(TinyVL(tied)) == (72, 40)
+
+
+def test_count_params_on_a_real_tiny_qwen(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"))
+    n_lm, n_vis = bt.count_params(model)
+    visual = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()  # the tiny models tie the head to it
+    assert n_vis == visual > 0
+    assert n_lm == total - visual - embed > 0
+
+
+def test_batch_counts_padding_packing_and_images():
+    ids = torch.ones(2, 5, dtype=torch.long)
+    padded = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+              "image_grid_thw": torch.tensor([[1, 4, 4], [1, 2, 2]])}
+    assert bt.batch_counts(padded) == (2, 8, 20)
+    packed = {"input_ids": torch.ones(1, 6, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 2, 2, 2, 0]]),
+              "image_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
+    assert bt.batch_counts(packed) == (2, 5, 8)
+    padding_free = {"input_ids": torch.ones(1, 7, dtype=torch.long), "position_ids": torch.arange(7)[None]}
+    assert bt.batch_counts(padding_free) == (1, 7, 0)
+
+
+def test_summarise_window_after_warmup():
+    ends = [10.0, 11.0, 11.5, 12.0, 12.5]
+    counts = [(2, 100, 50)] * 5
+    summary = bt.summarise(ends, counts, warmup=2)
+    assert summary["steps"] == 3 and summary["seconds"] == pytest.approx(1.5)
+    assert summary["samples_per_s"] == pytest.approx(4.0)
+    assert summary["tokens_per_s"] == pytest.approx(200.0)
+    with pytest.raises(ValueError):
+        bt.summarise(ends, counts, warmup=5)
+    with pytest.raises(ValueError):
+        bt.summarise(ends, counts[:4], warmup=1)
+
+
+@pytest.mark.parametrize("warmup,steps,accum,expected", [(5, 20, 1, (5, 25)), (5, 20, 8, (8, 4)), (3, 8, 2, (4, 6))])
+def test_micro_steps_cover_whole_optimizer_steps(warmup, steps, accum, expected):
+    warm, max_steps = bt.micro_steps(warmup, steps, accum)
+    assert (warm, max_steps) == expected
+    assert warm >= warmup and max_steps * accum - warm >= steps
+
+
+def record(variant, rate, trainer="llamafactory", **extra):
+    return dict(model="qwen2_5_vl_7b", trainer=trainer, variant=variant, samples_per_s=rate, tokens_per_s=rate and rate * 330,
+                peak_gib=20.0, mfu=0.1, device="NVIDIA H100 80GB HBM3", date="2026-11-25", **extra)
+
+
+def test_ratios_against_seed_and_faster_default():
+    records = bt.add_ratios([record("seed_loop", 2.0, "transformers"), record("trainer_default", 2.5),
+                             record("trainer_default", 3.0, "ms-swift"), record("ours", 12.0)])
+    assert [r["ratio_vs_seed"] for r in records] == [1.0, 1.25, 1.5, 6.0]
+    assert records[-1]["ratio_vs_best_default"] == pytest.approx(4.0)
+
+
+def test_ratios_skip_failed_baselines():
+    failed = record("seed_loop", None, "transformers", error="exit 1")
+    records = bt.add_ratios([failed, record("ours", 12.0)])
+    assert records[1]["ratio_vs_seed"] is None and records[1]["ratio_vs_best_default"] is None
+
+
+def test_table_rows_and_failures():
+    records = bt.add_ratios([record("seed_loop", 2.0, "transformers", settings="batch 2"),
+                             record("ours", 12.0, settings="batch 16"),
+                             record("ours_24gib", None, error="exit 1: CUDA out of memory", settings="batch 8")])
+    lines = bt.format_table(records).splitlines()
+    assert lines[0].startswith("| model | trainer | variant |")
+    assert lines[3] == ("| qwen2_5_vl_7b | llamafactory | ours | batch 16 | 12.00 | 3960 | 20.0 | 10.0% | 6.00 | - |")
+    assert "failed: exit 1: CUDA out of memory" in lines[4]
+
+
+def test_record_schema():
+    bt.check_record(record("ours", 12.0))
+    with pytest.raises(ValueError, match="lacks"):
+        bt.check_record({k: v for k, v in record("ours", 1.0).items() if k != "device"})
+    with pytest.raises(ValueError, match="variant"):
+        bt.check_record(record("fast", 1.0))
+    with pytest.raises(ValueError, match="fraction"):
+        bt.check_record(dict(record("ours", 1.0), mfu=35.0))
+
+
+def test_report_writes_performance_json(tmp_path):
+    source = tmp_path / "bench_qwen2_5_vl_7b.json"
+    source.write_text(json.dumps([record("seed_loop", 2.0, "transformers"), record("ours", 12.0)]))
+    bt.main(["report", str(source), "--docs", str(tmp_path)])
+    written = json.loads((tmp_path / "performance.json").read_text())
+    assert [r["variant"] for r in written] == ["seed_loop", "ours"]
+
+
+def test_parse_variant_overrides():
+    assert bt.parse_variant("lf_ours") == ("lf_ours", {})
+    assert bt.parse_variant("lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false") == (
+        "lf_ours", {"per_device_train_batch_size": 12, "enable_liger_kernel": False})
+    with pytest.raises(ValueError, match="unknown variant"):
+        bt.parse_variant("fastest")
+    with pytest.raises(ValueError, match="key=value"):
+        bt.parse_variant("lf_ours:batch")
+
+
+@pytest.mark.parametrize("model_id", sorted(bt.TASKS))
+def test_every_planned_variant_has_its_recipe(model_id, tmp_path):
+    for name in bt.TASKS[model_id]["variants"]:
+        if name == "seed":
+            continue
+        config, warm = bt.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data", tmp_path,
+                                         warmup=5, steps=20, cpu=False)
+        accum = config["gradient_accumulation_steps"]
+        assert warm % accum == 0 and warm >= 5
+        assert config["max_steps"] * accum - warm >= 20
+        assert config.get("model_name_or_path", config.get("model")) == str(tmp_path / "ckpt")
+
+
+def test_bench_data_shapes(tmp_path):
+    from PIL import Image
+
+    out = bt.write_bench_data(tmp_path, image_side=56, prompt="Describe.", answer_words=5, n=6, n_images=2)
+    rows = json.loads((out / "bench_train.json").read_text())
+    swift_rows = [json.loads(line) for line in (out / "bench_train.jsonl").read_text().splitlines()]
+    assert rows == swift_rows and len(rows) == 6
+    assert rows[0]["messages"][0]["content"] == "<image>Describe."
+    assert len(rows[0]["messages"][1]["content"].split()) == 5
+    assert Image.open(rows[1]["images"][0]).size == (56, 56)
+    assert json.loads((out / "dataset_info.json").read_text())["bench_train"]["file_name"] == "bench_train.json"

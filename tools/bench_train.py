@@ -1,0 +1,613 @@
+"""Training speed benchmark: seed loop vs the trainers' own example settings vs our recipes, in one job.
+
+On the GPU machine, with full-size model configs and random weights (tools/random_checkpoint.py, no download),
+a task-shaped synthetic dataset (fixed image size, prompt and answer lengths like the real task) and each
+variant run in its own process, it measures steady-state samples/s, tokens/s, peak GiB and MFU over >= 20
+micro-steps after warm-up, and prints one table with ratios to the seed loop and to the faster trainer default.
+
+    tools/prepare_gpu_wheels.sh                  # here: the wheels the GPU machine lacks, into .whl/
+    python3 -m tools.bench_train run --model qwen2_5_vl_7b --out $OUT --wheels .whl     # there (make bench-gpu)
+    python -m tools.bench_train report OUT/bench_*.json --docs docs    # docs/performance.json + the table
+
+Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
+`swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_ours`,
+`swift_ours`, `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
+tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`.
+
+The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
+`run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
+calls directly), with a callback that times each micro-step and counts its tokens and image patches.
+
+MFU (DESIGN.md, Performance method): model FLOPs per micro-step = k*N_lm*tokens + k*N_vis*patches with k=4 for
+LoRA (frozen weights: forward + input gradients) and 6 for full tuning, against 989 TFLOP/s (H100/H200 bf16
+dense). N_lm counts the LM's non-embedding weights (input embedding and output projection excluded, the convention
+that reproduces DESIGN.md's reference rows, so the lm_head matmul is left out and MFU is a slight underestimate);
+N_vis counts the vision tower (encoder + merger), with k applied to it although a frozen ViT needs no backward
+pass. Gradient-checkpointing recomputation is not counted (model FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16_FLOPS = 989e12  # H100 SXM / H200 bf16 dense
+GIB = 1024 ** 3
+RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date")
+VARIANT_KINDS = ("seed_loop", "trainer_default", "ours", "ours_24gib")
+
+# --------------------------------------------------------------------------------------------------------------
+# Formulas and tables (pure; unit-tested on CPU)
+
+
+def step_flops(n_lm: int, n_vis: int, tokens: int, patches: int, full: bool = False) -> float:
+    """Model FLOPs of one training step over `tokens` LM tokens and `patches` ViT patches."""
+    k = 6 if full else 4
+    return k * n_lm * tokens + k * n_vis * patches
+
+
+def mfu(n_lm: int, n_vis: int, tokens: int, patches: int, seconds: float, full: bool = False,
+        peak_flops: float = PEAK_BF16_FLOPS) -> float:
+    """Model FLOPs utilisation (a fraction) of `tokens` and `patches` processed in `seconds`."""
+    return step_flops(n_lm, n_vis, tokens, patches, full) / seconds / peak_flops
+
+
+def count_params(model) -> tuple[int, int]:
+    """(N_lm, N_vis) of a Qwen VL model, peft-wrapped or not: N_lm is the LM's non-embedding weights (input
+    embedding and output projection excluded, as in DESIGN.md's reference MFU figures), N_vis the vision tower's
+    (encoder + merger); LoRA weights are not counted."""
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    n_lm = n_vis = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name or id(param) in embeddings:
+            continue
+        if ".visual." in f".{name}":
+            n_vis += param.numel()
+        else:
+            n_lm += param.numel()
+    return n_lm, n_vis
+
+
+def batch_counts(inputs: dict) -> tuple[int, int, int]:
+    """(samples, tokens, patches) of one collated batch: real tokens (padding excluded), ViT patches, and one
+    sample per image (every benchmark sample has exactly one)."""
+    input_ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and mask.shape == input_ids.shape:
+        tokens = int((mask != 0).sum())  # LLaMA-Factory's packed masks hold segment ids, so count non-zeros
+    else:
+        tokens = int(input_ids.numel())
+    grid = inputs.get("image_grid_thw")
+    patches = int(grid.prod(-1).sum()) if grid is not None else 0
+    samples = int(grid.shape[0]) if grid is not None else int(input_ids.shape[0])
+    return samples, tokens, patches
+
+
+def summarise(step_ends: list[float], counts: list[tuple[int, int, int]], warmup: int) -> dict:
+    """Steady-state rates from micro-step end times (seconds) and per-micro-step (samples, tokens, patches):
+    the window runs from the end of micro-step `warmup` to the end of the last one."""
+    if len(step_ends) != len(counts):
+        raise ValueError(f"{len(step_ends)} step times but {len(counts)} step counts")
+    if len(step_ends) - warmup < 1 or warmup < 1:
+        raise ValueError(f"need at least one micro-step after {warmup} warm-up steps (>= 1), got {len(step_ends)}")
+    seconds = step_ends[-1] - step_ends[warmup - 1]
+    window = counts[warmup:]
+    samples, tokens, patches = (sum(c[i] for c in window) for i in range(3))
+    return {"steps": len(window), "seconds": seconds, "samples": samples, "tokens": tokens, "patches": patches,
+            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds}
+
+
+def add_ratios(records: list[dict]) -> list[dict]:
+    """Each record of one model run gets its samples/s over the seed loop's and over the faster trainer default's
+    (None where that baseline is absent or failed)."""
+    def best(kind):
+        rates = [r["samples_per_s"] for r in records if r["variant"] == kind and r.get("samples_per_s")]
+        return max(rates) if rates else None
+
+    seed, default = best("seed_loop"), best("trainer_default")
+    for r in records:
+        rate = r.get("samples_per_s")
+        r["ratio_vs_seed"] = rate / seed if rate and seed else None
+        r["ratio_vs_best_default"] = rate / default if rate and default else None
+    return records
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(records: list[dict]) -> str:
+    """Markdown table: model, trainer, settings, samples/s, tokens/s, GiB, MFU, ratios (error text if failed)."""
+    lines = ["| model | trainer | variant | settings | samples/s | tokens/s | peak GiB | MFU | x seed | x best default |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r.get("error"):
+            lines.append(f"| {r['model']} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} | "
+                         f"failed: {r['error'][:80]} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} | "
+            f"{_fmt(r['samples_per_s'], '.2f')} | {_fmt(r['tokens_per_s'], '.0f')} | {_fmt(r['peak_gib'], '.1f')} | "
+            f"{_fmt(r['mfu'] * 100 if r['mfu'] is not None else None, '.1f')}% | "
+            f"{_fmt(r.get('ratio_vs_seed'), '.2f')} | {_fmt(r.get('ratio_vs_best_default'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def check_record(record: dict) -> None:
+    """Raise ValueError unless `record` follows the docs/performance.json schema."""
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"record lacks {missing}: {record}")
+    if record["variant"] not in VARIANT_KINDS:
+        raise ValueError(f"variant {record['variant']!r} is not one of {VARIANT_KINDS}")
+    if not record.get("error") and not 0 < record["mfu"] < 1:
+        raise ValueError(f"mfu must be a fraction, got {record['mfu']}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Task shapes and variants
+
+# model id -> task shape: image side (pixels, square), prompt, answer words (each one token), variants to run.
+TASKS = {
+    "qwen2_vl_2b": dict(task="caption", image=280, prompt="Describe this image in one sentence.", answer_words=14,
+                        variants=["seed", "lf_ours", "swift_ours"]),
+    "qwen2_5_vl_7b": dict(task="grounding", image=448, prompt="Locate every object in the image and describe it.",
+                          answer_words=44, variants=["seed", "lf_default", "swift_default", "lf_ours", "swift_ours",
+                                                     "lf_ours_24gib", "swift_ours_24gib"]),
+    "qwen3_vl_8b": dict(task="grounding", image=448, prompt="Locate every object in the image and describe it.",
+                        answer_words=44, variants=["seed", "lf_ours", "swift_ours"]),
+}
+WORDS = ("the a red blue green small large dog cat car tree house person table chair on in near left right top "
+         "bottom with and of is there two three one white black man woman street window door sign road sky").split()
+FAMILY = {"qwen2_vl_2b": "qwen2_vl", "qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_2b": "qwen3_vl",
+          "qwen3_vl_4b": "qwen3_vl", "qwen3_vl_8b": "qwen3_vl"}
+LF_TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
+
+# LLaMA-Factory's examples/train_lora/qwen2_5vl_lora_sft.yaml (v0.9.5) training values.
+LF_EXAMPLE = dict(stage="sft", do_train=True, finetuning_type="lora", lora_rank=8, lora_target="all",
+                  image_max_pixels=262144, trust_remote_code=True, cutoff_len=2048, overwrite_cache=True,
+                  preprocessing_num_workers=16, dataloader_num_workers=4, per_device_train_batch_size=1,
+                  gradient_accumulation_steps=8, learning_rate=1.0e-4, lr_scheduler_type="cosine",
+                  warmup_ratio=0.1, bf16=True)
+# ms-swift's examples/train/multimodal/caption.sh values (accumulation 8, as in DESIGN.md's reference table).
+SWIFT_EXAMPLE = dict(tuner_type="lora", torch_dtype="bfloat16", per_device_train_batch_size=1, learning_rate=1e-4,
+                     lora_rank=8, lora_alpha=32, target_modules=["all-linear"], freeze_vit=True,
+                     gradient_accumulation_steps=8, max_length=2048, warmup_ratio=0.05, dataloader_num_workers=4)
+
+# name -> (variant kind, trainer, recipe path template or example dict, settings text)
+VARIANTS = {
+    "seed": ("seed_loop", "transformers", None, "plain loop, batch 2, grad ckpt, LoRA r64 LM"),
+    "lf_default": ("trainer_default", "llamafactory", LF_EXAMPLE, "example: batch 1 x accum 8, r8 all, grad ckpt"),
+    "swift_default": ("trainer_default", "ms-swift", SWIFT_EXAMPLE, "example: batch 1 x accum 8, r8 all-linear, "
+                                                                    "grad ckpt"),
+    "lf_ours": ("ours", "llamafactory", "recipes/perf/llamafactory/{model}_lora_fast.yaml", None),
+    "swift_ours": ("ours", "ms-swift", "recipes/perf/swift/{model}_lora_fast.yaml", None),
+    "lf_ours_24gib": ("ours_24gib", "llamafactory", "recipes/perf/llamafactory/{model}_lora_24gib.yaml", None),
+    "swift_ours_24gib": ("ours_24gib", "ms-swift", "recipes/perf/swift/{model}_lora_24gib.yaml", None),
+}
+SETTING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+                "disable_gradient_checkpointing", "enable_liger_kernel", "use_liger_kernel", "lora_rank",
+                "dataloader_num_workers", "torch_compile")
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False})."""
+    name, _, rest = spec.partition(":")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} in {spec!r} is not key=value")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
+def settings_text(config: dict) -> str:
+    return ", ".join(f"{k}={config[k]}" for k in SETTING_KEYS if k in config)
+
+
+def micro_steps(warmup: int, steps: int, accum: int) -> tuple[int, int]:
+    """(warm-up micro-steps, optimizer steps to run): whole optimizer steps on both sides of the window, with at
+    least `warmup` micro-steps before it and `steps` inside it."""
+    warm = math.ceil(warmup / accum) * accum
+    return warm, (warm + math.ceil(steps / accum) * accum) // accum
+
+
+def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: Path, work: Path,
+                   warmup: int, steps: int, cpu: bool) -> tuple[dict, int]:
+    """The trainer's config for one variant, pointed at the random checkpoint and benchmark data, and its number
+    of warm-up micro-steps."""
+    kind, trainer, source, _ = VARIANTS[name]
+    family = FAMILY[model_id]
+    if isinstance(source, dict):
+        config = dict(source)
+        if trainer == "llamafactory":
+            config["template"] = LF_TEMPLATE[family]
+    else:
+        path = REPO_ROOT / source.format(model=model_id)
+        config = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "qwenvl_recipes"}
+    config.update(overrides)
+    accum = int(config.get("gradient_accumulation_steps", 1))
+    warm, max_steps = micro_steps(warmup, steps, accum)
+    out = str(work / "out" / name)
+    # Bench-only settings outside the measured window: no saving, no per-step logging sync, and a small
+    # preprocessing pool (its start-up, not its speed, dominates on the 128-sample benchmark set).
+    common = dict(output_dir=out, max_steps=max_steps, logging_steps=max_steps, save_strategy="no",
+                  report_to="none")
+    if trainer == "llamafactory":
+        config.update(common, model_name_or_path=str(ckpt), dataset_dir=str(data), dataset="bench_train",
+                      overwrite_output_dir=True, plot_loss=False, overwrite_cache=True, preprocessing_num_workers=4)
+        if cpu:
+            config.update(bf16=False, enable_liger_kernel=False)
+    else:
+        config.update(common, model=str(ckpt), model_type=family, template=family, check_model=False,
+                      dataset=[str(data / "bench_train.jsonl")], add_version=False, split_dataset_ratio=0.0,
+                      dataset_num_proc=4)
+        if cpu:
+            config.update(torch_dtype="float32", use_liger_kernel=False)
+    return config, warm
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark data
+
+
+def write_bench_data(out_dir: Path, image_side: int, prompt: str, answer_words: int, n: int = 128,
+                     n_images: int = 32, seed: int = 0) -> Path:
+    """`n` one-image samples (LLaMA-Factory sharegpt + dataset_info, ms-swift jsonl) over `n_images` distinct
+    random JPEGs of `image_side` pixels; answers are `answer_words` one-token words."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(n_images):
+        path = out_dir / f"img_{i:03d}.jpg"
+        pixels = np.random.default_rng(seed + i).integers(0, 256, (image_side, image_side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+        images.append(str(path))
+    rows = []
+    for i in range(n):
+        answer = " ".join(rng.choice(WORDS) for _ in range(answer_words)) + "."
+        rows.append({"messages": [{"role": "user", "content": f"<image>{prompt}"},
+                                  {"role": "assistant", "content": answer}], "images": [images[i % n_images]]})
+    (out_dir / "bench_train.json").write_text(json.dumps(rows))
+    (out_dir / "bench_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = {"bench_train": {"file_name": "bench_train.json", "formatting": "sharegpt",
+                            "columns": {"messages": "messages", "images": "images"},
+                            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                     "assistant_tag": "assistant"}}}
+    (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Worker side (runs in a trainer's environment, one variant per process)
+
+
+class Meter:
+    """Micro-step end times and (samples, tokens, patches) counts, plus the model facts the record needs."""
+
+    def __init__(self):
+        self.step_ends, self.counts = [], []
+        self.n_lm = self.n_vis = self.n_trainable = self.n_with_grad = None
+
+    def count(self, model, inputs):
+        self.counts.append(batch_counts(inputs))
+        if self.n_lm is None:
+            self.n_lm, self.n_vis = count_params(model)
+
+    def check_grads(self, model):
+        """After the first backward: how many trainable tensors got a gradient (catches checkpointing that
+        silently cuts LoRA out of the graph)."""
+        if self.n_trainable is None:
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            self.n_trainable = sum(p.numel() for p in trainable)
+            self.n_with_grad = sum(p.numel() for p in trainable if p.grad is not None)
+
+    def step_end(self):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.step_ends.append(time.perf_counter())
+
+    def record(self, warmup: int, full: bool = False) -> dict:
+        import torch
+
+        rates = summarise(self.step_ends, self.counts, warmup)
+        cuda = torch.cuda.is_available()
+        return dict(rates, n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
+                    n_trainable_with_grad=self.n_with_grad,
+                    mfu=mfu(self.n_lm, self.n_vis, rates["tokens"], rates["patches"], rates["seconds"], full),
+                    peak_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
+                    peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+                    device=torch.cuda.get_device_name(0) if cuda else "cpu",
+                    tokens_per_sample=rates["tokens"] / max(rates["samples"], 1),
+                    patches_per_sample=rates["patches"] / max(rates["samples"], 1))
+
+
+def install_meter(meter: Meter, on_train_end) -> None:
+    """Make every transformers Trainer built from now on feed `meter` (both trainers subclass it), and call
+    `on_train_end()` when its training loop ends."""
+    from transformers import Trainer, TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_substep_end(self, args, state, control, **kwargs):
+            meter.step_end()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.step_end()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            on_train_end()
+
+    original_init = Trainer.__init__
+
+    @functools.wraps(original_init)  # ms-swift inspects the signature (tokenizer vs processing_class)
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(StepTimer())
+        training_step = self.training_step
+
+        def counted_training_step(model, inputs, *rest, **kw):
+            meter.count(model, inputs)
+            loss = training_step(model, inputs, *rest, **kw)
+            meter.check_grads(model)
+            return loss
+
+        self.training_step = counted_training_step
+
+    Trainer.__init__ = init
+
+
+def run_trainer(trainer: str, config_path: Path) -> None:
+    if trainer == "llamafactory":
+        from llamafactory.cli import main as lf_main
+
+        sys.argv = ["llamafactory-cli", "train", str(config_path)]
+        lf_main()
+    else:
+        from swift.cli.main import parse_yaml_args
+        from swift.pipelines import sft_main
+
+        argv = [str(config_path)]
+        parse_yaml_args(argv)
+        sft_main(argv)
+
+
+def seed_loop(ckpt: Path, data: Path, meter: Meter, total_steps: int, batch_size: int = 2, cpu: bool = False):
+    """The seed-style plain transformers loop: LoRA r64/alpha16/dropout0.05 on the LM's linear layers, gradient
+    checkpointing, AdamW, the processor called on each batch in the loop."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = "cpu" if cpu else "cuda"
+    dtype = torch.float32 if cpu else torch.bfloat16
+    processor = AutoProcessor.from_pretrained(ckpt)
+    model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa").to(device)
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05,
+                      target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+    model = get_peft_model(model, lora)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    rows = json.loads((data / "bench_train.json").read_text())
+    pad_id = processor.tokenizer.pad_token_id
+    for step in range(total_steps):
+        batch = [rows[(step * batch_size + i) % len(rows)] for i in range(batch_size)]
+        texts = [processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"},
+                                          {"type": "text", "text": r["messages"][0]["content"][len("<image>"):]}]},
+             {"role": "assistant", "content": [{"type": "text", "text": r["messages"][1]["content"]}]}],
+            tokenize=False) for r in batch]
+        images = [Image.open(r["images"][0]).convert("RGB") for r in batch]
+        inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(device)
+        labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == pad_id, -100)
+        meter.count(model, inputs)
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        meter.check_grads(model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.step_end()
+
+
+def worker(spec_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    meter = Meter()
+
+    def write_record():
+        Path(spec["record"]).write_text(json.dumps(meter.record(spec["warmup"])))
+
+    if spec["trainer"] == "transformers":
+        seed_loop(Path(spec["ckpt"]), Path(spec["data"]), meter, spec["warmup"] + spec["steps"], cpu=spec["cpu"])
+        write_record()
+        return
+
+    def record_and_exit():
+        # The figures are complete when the loop ends; saving the adapter and the trainers' teardown (over a
+        # minute for LLaMA-Factory with persistent loader workers on the GPU machine) are not part of the benchmark.
+        write_record()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    install_meter(meter, record_and_exit)
+    run_trainer(spec["trainer"], Path(spec["config"]))
+    raise RuntimeError(f"{spec['trainer']} returned without ending its training loop")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Orchestrator (any Python with yaml, numpy, PIL; starts one worker process per variant)
+
+
+def trainer_env(pythonpath: str | None) -> dict:
+    from tools.offline import offline_env
+
+    env = offline_env(PYTHONUNBUFFERED="1")
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
+    return env
+
+
+def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -> dict:
+    name, overrides = parse_variant(spec_name)
+    kind, trainer, _, settings = VARIANTS[name]
+    record = {"model": args.model, "trainer": trainer, "variant": kind, "name": spec_name,
+              "date": datetime.now(timezone.utc).date().isoformat()}
+    spec = {"trainer": trainer, "ckpt": str(ckpt), "data": str(data), "cpu": args.cpu,
+            "record": str(work / f"record_{name}.json"), "steps": args.steps}
+    if trainer == "transformers":
+        spec["warmup"] = args.warmup
+        python, path = args.lf_python, args.lf_path
+    else:
+        config, spec["warmup"] = trainer_config(name, overrides, args.model, ckpt, data, work, args.warmup,
+                                                args.steps, args.cpu)
+        config_path = work / f"config_{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        spec["config"] = str(config_path)
+        settings = settings or ""
+        settings = "; ".join(filter(None, [settings, settings_text(config)]))
+        python, path = (args.lf_python, args.lf_path) if trainer == "llamafactory" else (args.swift_python,
+                                                                                         args.swift_path)
+    record["settings"] = settings
+    spec_path = work / f"spec_{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    Path(spec["record"]).unlink(missing_ok=True)
+    log.write(f"\n===== {spec_name} ({trainer}) =====\n")
+    log.flush()
+    start = time.time()
+    try:
+        proc = subprocess.run([python, "-m", "tools.bench_train", "worker", str(spec_path)], cwd=REPO_ROOT,
+                              env=trainer_env(path), stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
+        failed = proc.returncode != 0 or not Path(spec["record"]).exists()
+        error = f"exit {proc.returncode}" if failed else None
+    except subprocess.TimeoutExpired:
+        failed, error = True, f"timeout after {args.timeout}s"
+    record["wall_s"] = round(time.time() - start, 1)
+    if failed:
+        return dict(record, error=error, samples_per_s=None, tokens_per_s=None, peak_gib=None, mfu=None,
+                    device=None)
+    return dict(record, **json.loads(Path(spec["record"]).read_text()))
+
+
+def install_wheels(wheels: Path, site_root: Path) -> tuple[str, str]:
+    """pip-install the carried wheel sets of tools/prepare_gpu_wheels.sh (common, lf, swift) into
+    site_root/site-<set>; return the PYTHONPATH prefixes of the LLaMA-Factory and ms-swift environments."""
+    for name in ("common", "lf", "swift"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(site_root / f"site-{name}"),
+                        *map(str, sorted((wheels / name).glob("*.whl")))], check=True)
+    common = str(site_root / "site-common")
+    return (os.pathsep.join([str(site_root / "site-lf"), common]),
+            os.pathsep.join([str(site_root / "site-swift"), common]))
+
+
+def prepare(args, work: Path) -> tuple[Path, Path]:
+    """Build (or reuse) the random checkpoint in the LLaMA-Factory environment and write the task's data."""
+    ckpt = Path(args.ckpt or work / "ckpt" / args.model)
+    command = [args.lf_python, "-m", "tools.random_checkpoint", "--model", args.model, "--out", str(ckpt)]
+    if args.cpu:
+        command += ["--tiny", "--device", "cpu"]
+    subprocess.run(command, cwd=REPO_ROOT, env=trainer_env(args.lf_path), check=True)
+    task = TASKS[args.model]
+    data = write_bench_data(work / "data" / args.model, task["image"], task["prompt"], task["answer_words"])
+    return ckpt, data
+
+
+def run(args) -> list[dict]:
+    out = Path(args.out)
+    work = Path(args.work) / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    variants = args.variants or TASKS[args.model]["variants"]
+    for spec in variants:
+        parse_variant(spec)  # fail before the long work
+    records = []
+    if args.wheels:
+        args.lf_path, args.swift_path = install_wheels(Path(args.wheels), Path(args.work))
+    with open(out / f"bench_{args.model}.log", "a") as log:
+        t0 = time.time()
+        ckpt, data = prepare(args, work)
+        print(f"checkpoint + data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
+        for spec in variants:
+            record = run_variant(spec, args, ckpt, data, work, log)
+            records.append(record)
+            add_ratios(records)
+            (out / f"bench_{args.model}.json").write_text(json.dumps(records, indent=1))
+            print(f"{spec}: " + (record.get("error") or f"{record['samples_per_s']:.2f} samples/s, "
+                  f"{record['peak_gib']:.1f} GiB, MFU {record['mfu']:.1%}, {record['tokens_per_sample']:.0f} "
+                  f"tok/sample, grads {record['n_trainable_with_grad']}/{record['n_trainable']}") +
+                  f" ({record['wall_s']}s)", flush=True)
+    table = format_table(records)
+    (out / f"bench_{args.model}.md").write_text(table + "\n")
+    print(table)
+    return records
+
+
+def report(args) -> None:
+    """Merge per-model record files into docs/performance.json and the table of docs/performance.md."""
+    records = [r for path in args.records for r in json.loads(Path(path).read_text())]
+    for r in records:
+        check_record(r)
+    docs = Path(args.docs)
+    (docs / "performance.json").write_text(json.dumps(records, indent=1) + "\n")
+    print(format_table(records))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="benchmark one model's variants in one job (on the GPU machine)")
+    p.add_argument("--model", required=True, choices=sorted(TASKS))
+    p.add_argument("--out", required=True, help="folder for bench_<model>.{json,md,log}")
+    p.add_argument("--work", default="/tmp/qvr-bench", help="scratch folder: checkpoint, data, trainer outputs")
+    p.add_argument("--ckpt", help="random checkpoint folder (default WORK/<model>/ckpt/<model>)")
+    p.add_argument("--variants", nargs="+", help="VARIANTS names, each with optional :key=value,key=value "
+                                                 "overrides (default: the model's set in TASKS)")
+    p.add_argument("--steps", type=int, default=20, help="measured micro-steps (>= 20 for reported figures)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up micro-steps before the window")
+    p.add_argument("--timeout", type=int, default=150, help="seconds allowed per variant")
+    p.add_argument("--lf-python", default=sys.executable, help="python of the LLaMA-Factory environment")
+    p.add_argument("--lf-path", help="PYTHONPATH prefix of the LLaMA-Factory environment (e.g. /tmp/site-lf)")
+    p.add_argument("--swift-python", default=sys.executable, help="python of the ms-swift environment")
+    p.add_argument("--swift-path", help="PYTHONPATH prefix of the ms-swift environment")
+    p.add_argument("--wheels", help="folder written by tools/prepare_gpu_wheels.sh: install its sets under WORK and "
+                                    "use them as --lf-path / --swift-path")
+    p.add_argument("--cpu", action="store_true", help="tiny model on CPU (tests the pipeline, not speed)")
+    w = sub.add_parser("worker", help="internal: run one variant from its spec file")
+    w.add_argument("spec")
+    r = sub.add_parser("report", help="write docs/performance.json from bench_<model>.json files")
+    r.add_argument("records", nargs="+")
+    r.add_argument("--docs", default=str(REPO_ROOT / "docs"))
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args)
+    elif args.command == "worker":
+        worker(Path(args.spec))
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
