@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from custom_modules.vision_encoder.files import staged_dir
 from tools.model_configs import FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
 
 SEED = 1234
@@ -49,17 +48,10 @@ def build_random_checkpoint(model_id: str, out_dir: str | os.PathLike, config=No
     min_pixels, max_pixels = REAL_PIXELS[family]
     processor = build_processor(family, build_tokenizer(family), min_pixels=min_pixels, max_pixels=max_pixels)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / STAMP).write_text(json.dumps(stamp) + "\n")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -179,3 +179,21 @@ def test_bench_data_shapes(tmp_path):
     assert len(rows[0]["messages"][1]["content"].split()) == 5
     assert Image.open(rows[1]["images"][0]).size == (56, 56)
     assert json.loads((out / "dataset_info.json").read_text())["bench_train"]["file_name"] == "bench_train.json"
+
+
+def test_random_checkpoint_loads_with_real_pixel_limits_and_is_reused(tmp_path):
+    from transformers import AutoConfig, AutoProcessor
+
+    from tools.model_configs import tiny_config
+    from tools.random_checkpoint import REAL_PIXELS, build_random_checkpoint
+
+    out = build_random_checkpoint("qwen2_5_vl_7b", tmp_path / "ckpt", config=tiny_config("qwen2_5_vl"), device="cpu")
+    config = AutoConfig.from_pretrained(out)
+    assert config.model_type == "qwen2_5_vl" and config.image_token_id == 151655
+    processor = AutoProcessor.from_pretrained(out)
+    size = processor.image_processor.size  # transformers 5 keeps the pixel limits as shortest/longest edge
+    assert (size["shortest_edge"], size["longest_edge"]) == REAL_PIXELS["qwen2_5_vl"]
+    weights = out / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    build_random_checkpoint("qwen2_5_vl_7b", out, config=tiny_config("qwen2_5_vl"), device="cpu")
+    assert weights.stat().st_mtime_ns == before
