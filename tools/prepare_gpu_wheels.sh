@@ -8,8 +8,8 @@
 #   tools/prepare_gpu_wheels.sh [DEST]      # DEST defaults to .whl (ignored by git)
 #
 # Versions come from requirements/*.lock where pinned there, else from the explicit pins below.
-# On the GPU machine (see docs/performance.md) install each set with
-#   pip install --no-index --no-deps --target /tmp/site-common .whl/common/*.whl   (and site-lf, site-swift)
+# On the GPU machine `python3 -m tools.bench_train run ... --wheels .whl` installs each set into its own
+# --target folder (site-common, site-lf, site-swift) and runs each trainer on its own PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.whl}

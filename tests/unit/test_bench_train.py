@@ -139,7 +139,8 @@ def test_record_schema():
 
 def test_report_writes_performance_json(tmp_path):
     source = tmp_path / "bench_qwen2_5_vl_7b.json"
-    source.write_text(json.dumps([record("seed_loop", 2.0, "transformers"), record("ours", 12.0)]))
+    source.write_text(json.dumps([record("seed_loop", 2.0, "transformers"), record("ours", 12.0),
+                                  record("ours_24gib", None, error="timeout after 150s")]))
     bt.main(["report", str(source), "--docs", str(tmp_path)])
     written = json.loads((tmp_path / "performance.json").read_text())
     assert [r["variant"] for r in written] == ["seed_loop", "ours"]
