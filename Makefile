@@ -8,7 +8,7 @@ LF_PY := $(LF_VENV)/bin/python
 SWIFT_PY := $(SWIFT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test lock tiny-models synthetic-data bench-converters clean help
+.PHONY: install demo test lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu clean help
 
 help:
 	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
@@ -16,6 +16,8 @@ help:
 	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"
 	@echo "make synthetic-data      sample inputs of all four tasks, in their real source formats, under data/synthetic"
 	@echo "make bench-converters    converter records/s on a generated 400k-caption COCO json"
+	@echo "make gpu-wheels          download the trainers' wheels a bare GPU machine lacks into .whl/"
+	@echo "make bench-gpu MODEL=qwen2_5_vl_7b OUT=dir [VARIANTS=...]   (on the GPU machine; docs/performance.md)"
 
 install: $(LF_VENV)/.installed $(SWIFT_VENV)/.installed
 
@@ -44,6 +46,13 @@ synthetic-data: $(LF_VENV)/.installed
 
 bench-converters: $(LF_VENV)/.installed
 	$(LF_PY) -m tools.bench_converters
+
+gpu-wheels:
+	tools/prepare_gpu_wheels.sh
+
+# Runs on a GPU machine with its own torch: it installs the carried wheels itself, so it needs no `install`.
+bench-gpu:
+	PYTHONUNBUFFERED=1 python3 -m tools.bench_train run --model $(MODEL) --out $(OUT) --wheels .whl $(if $(VARIANTS),--variants $(VARIANTS))
 
 # Resolve the human-edited pins into full locks (every transitive package pinned).
 lock:
