@@ -10,5 +10,8 @@ metrics.py   image AUROC/AP/F1/accuracy, pixel F1/IoU
 evaluate.py  predictions -> per-sample CSV + metrics JSON (CLI)
 checkpoint.py save/load adapters + head weights together
 callbacks.py transformers TrainerCallback: step, checkpoint saving, best-by-AUROC
-loop.py      plain PyTorch training loop (learning proof, GPU benchmark)
+lora.py      LoRA for a mode outside the trainers (chosen ViT blocks / LM attention), then attach
+loop.py      plain PyTorch training loop (learning proof)
+proof.py     CPU learning proof on synthetic spliced forgeries (CLI)
+bench_gpu.py T1/T3 speed and memory on a full-size model with random weights (CLI)
 """

@@ -96,7 +96,8 @@ def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> Forge
     if spec.lm and tokenizer is None:
         raise ValueError(f"mode {settings.mode} scores the answer word: attach needs the tokenizer")
     answers = answer_token_ids(tokenizer, settings) if spec.lm else None
-    modules = ForgeryModules(settings, visual.config.hidden_size, hf.config.get_text_config().hidden_size,
+    # the ViT width: Qwen2-VL's vision config calls it embed_dim (its hidden_size is the LM's)
+    modules = ForgeryModules(settings, visual.patch_embed.embed_dim, hf.config.get_text_config().hidden_size,
                              head_blocks, answers)
     modules.to(device=next(visual.parameters()).device, dtype=torch.float32)
     if modules.head is not None:

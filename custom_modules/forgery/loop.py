@@ -44,7 +44,7 @@ def train(model, modules: ForgeryModules, processor, train_rows: list[dict], *, 
             with autocast(device, amp_dtype):
                 loss = model(**batch).loss
             (loss / grad_accum).backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if (index + 1) % grad_accum == 0 or index + 1 == len(batches):
                 optimizer.step()
                 scheduler.step() if scheduler.last_epoch < steps else None

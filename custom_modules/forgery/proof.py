@@ -4,8 +4,8 @@
         [--n 96] [--epochs 10] [--modes vit_lora_head hybrid]
 
 Data: tools.synthetic_data.make_forgery (textured images, half with a pasted colour-noise patch + mask),
-converted by `python -m converters forgery`. The rows are split into train / val / test (every 4th row val,
-the row after it test), so every split holds both classes. Each mode trains with our loop; the epoch with the
+converted by `python -m converters forgery`. The rows are re-split 50/25/25 into train / val / test so that
+every split holds both classes (the generator's own val split holds only fakes). Each mode trains with our loop; the epoch with the
 best val AUROC is kept (best_by_AUROC) and then scored on the untouched test rows: figures in proof.json.
 """
 from __future__ import annotations
@@ -30,13 +30,14 @@ def synthetic_splits(out_dir: Path, n: int, seed: int) -> dict[str, list[dict]]:
     convert(["forgery", "--input", str(source), "--out", str(out_dir / "data"), "--target", "swift"])
     rows = sorted((row for split in ("train", "val") for row in read_rows(out_dir / "data" / f"forgery_{split}.jsonl")),
                   key=lambda row: row["images"][0])
-    return {"train": [r for i, r in enumerate(rows) if i % 4 in (0, 3)],
-            "val": [r for i, r in enumerate(rows) if i % 4 == 1],
-            "test": [r for i, r in enumerate(rows) if i % 4 == 2]}
+    # make_forgery alternates real / fake, so each split takes one even and one odd row of every 8
+    return {"train": [r for i, r in enumerate(rows) if i % 8 in (0, 3, 4, 5)],
+            "val": [r for i, r in enumerate(rows) if i % 8 in (1, 6)],
+            "test": [r for i, r in enumerate(rows) if i % 8 in (2, 7)]}
 
 
 def prove(model_dir: str, out_dir: Path, n: int, epochs: int, modes: list[str], seed: int = 0,
-          lr: float = 1e-2, batch_size: int = 8) -> dict:
+          lr: float = 1e-2, batch_size: int = 4) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from custom_modules.forgery.checkpoint import load_checkpoint
@@ -77,8 +78,10 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--modes", nargs="+", default=["vit_lora_head", "hybrid"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
-    report = prove(args.model, args.out, args.n, args.epochs, args.modes, args.seed)
+    report = prove(args.model, args.out, args.n, args.epochs, args.modes, args.seed, args.lr, args.batch_size)
     for mode, figures in report["modes"].items():
         test = figures["test"]
         print(f"{mode}: best val AUROC {figures['best_val_auroc']:.3f}; test AUROC {test['auroc']:.3f} AP "

@@ -6,7 +6,8 @@
 ms-swift turns every YAML key into a command-line flag and rejects unknown ones, so this launcher pops the
 `qwenvl_recipes` block, passes it to the swift processes as JSON in the environment variable
 QVR_RECIPE_FEATURES, writes the rest of the recipe to a temporary YAML and runs ms-swift's own CLI on it
-with `--external_plugins <this file>` (NPROC_PER_NODE etc. launch torchrun exactly as `swift sft` does).
+with `--external_plugins <this file>` (NPROC_PER_NODE etc. launch torchrun exactly as `swift sft` does;
+without them the command runs in this process, as swift's CLI would in a child).
 Equivalent by hand: QVR_RECIPE_FEATURES='{"forgery": {...}}' swift sft plain.yaml \
     --external_plugins custom_modules/integrations/swift_plugin.py
 
@@ -17,8 +18,10 @@ line in FEATURES: "key": "module:function" (imported only when used).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
+import runpy
 import sys
 import tempfile
 from pathlib import Path
@@ -83,14 +86,22 @@ def main(argv: list[str] | None = None) -> None:
     config, block = split_recipe(recipe)
     flags = pop_block_overrides(block, flags)
     import yaml
-    from swift.cli.main import cli_main
+    from swift.cli.main import ROUTE_MAPPING, cli_main, parse_yaml_args, use_torchrun
 
     with tempfile.TemporaryDirectory(prefix="qvr_swift_") as tmp:
         plain = Path(tmp) / Path(recipe).name
         plain.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         os.environ[ENV_KEY] = json.dumps(block)
-        sys.argv = ["swift", command, str(plain), "--external_plugins", str(Path(__file__).resolve()), *flags]
-        cli_main()
+        args = [str(plain), "--external_plugins", str(Path(__file__).resolve()), *flags]
+        if use_torchrun():  # swift's CLI starts the torchrun workers
+            sys.argv = ["swift", command, *args]
+            cli_main()
+            return
+        # one process: what swift's CLI would run in a child interpreter, run here (saves an import of swift)
+        parse_yaml_args(args)
+        script = importlib.util.find_spec(ROUTE_MAPPING[command]).origin
+        sys.argv = [script, *args]
+        runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":

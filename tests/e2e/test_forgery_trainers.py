@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from custom_modules.forgery.checkpoint import load_checkpoint
+from custom_modules.forgery.data import read_rows
+from custom_modules.forgery.evaluate import evaluate
 from custom_modules.forgery.vit import lora_target_regex, lora_targets
 from tools.synthetic_data import make_forgery
 
@@ -60,13 +64,20 @@ def assert_run_output(out: Path, checkpoint: Path, variant: str, base_model: Pat
     evals = [json.loads(line) for line in (out / "forgery_eval.jsonl").read_text().splitlines()]
     assert evals and evals[-1]["n"] == 4 and evals[-1]["auroc"] is not None
     assert (out / "best_by_AUROC" / "forgery_head.safetensors").is_file()
-    # the saved checkpoint loads back for evaluation (base model + adapters + head)
-    report = out / "eval_report"
-    run([python, "-m", "custom_modules.forgery.evaluate", "--model", base_model, "--checkpoint", checkpoint,
-         "--data", eval_file, "--out", report, "--device", "cpu"])
-    metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["n"] == 4 and metrics["mode"] == json.loads((checkpoint / "forgery_settings.json").read_text())["mode"]
-    assert len((report / "predictions.csv").read_text().splitlines()) == 5
+    # the saved checkpoint loads back for evaluation (base model + adapters + head): in process for every
+    # mode, and through the evaluation CLI for the hybrid (adapters on ViT and LM, head, fusion)
+    processor = AutoProcessor.from_pretrained(base_model)
+    model, modules = load_checkpoint(AutoModelForImageTextToText.from_pretrained(base_model), checkpoint,
+                                     processor.tokenizer)
+    metrics, records = evaluate(model, modules, processor, read_rows(eval_file))
+    assert metrics["n"] == 4 and len(records) == 4 and all(0.0 <= r["score"] <= 1.0 for r in records)
+    assert modules.settings.mode == json.loads((checkpoint / "forgery_settings.json").read_text())["mode"]
+    if variant == "t3_hybrid":
+        report = out / "eval_report"
+        run([python, "-m", "custom_modules.forgery.evaluate", "--model", base_model, "--checkpoint", checkpoint,
+             "--data", eval_file, "--out", report, "--device", "cpu", "--dataset-limit", "3"])
+        assert json.loads((report / "metrics.json").read_text())["n"] == 3
+        assert len((report / "predictions.csv").read_text().splitlines()) == 4
 
 
 def test_llamafactory_all_modes(tiny_model_dir, forgery_data, lf_bin, tmp_path):

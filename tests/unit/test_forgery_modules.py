@@ -134,6 +134,20 @@ def test_fusion_tokens_enter_the_lm_input(tiny, rows):
     assert modules.head.project[0][1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_hybrid_trains_on_the_other_families(tiny_model_dir, rows, family):
+    path = tiny_model_dir(family)
+    processor = AutoProcessor.from_pretrained(path)
+    model, modules = prepare_model(AutoModelForImageTextToText.from_pretrained(path),
+                                   parse_settings(dict(TINY, mode="hybrid")), processor.tokenizer)
+    out = model(**Collator(processor, 16)(rows[:2]))
+    out.loss.backward()
+    assert set(modules.last_parts) == {"cls_loss", "heatmap_loss", "lm_loss"} and out.score.shape == (2,)
+    lora_b = [p.grad for n, p in model.named_parameters() if "visual.blocks.0" in n and "lora_B" in n]
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+    assert modules.fusion.net[-1].weight.grad.abs().sum() > 0
+
+
 def test_loss_skips_and_counts_maskless_fakes():
     heat = [torch.randn(4, 6), torch.randn(4, 6), torch.randn(5, 5)]
     head = HeadOutput(torch.tensor([0.3, -0.2, 1.0]), heat, torch.zeros(3, 4))
