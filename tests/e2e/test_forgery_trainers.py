@@ -94,10 +94,13 @@ def test_llamafactory_all_modes(tiny_model_dir, forgery_data, lf_bin, tmp_path):
             args["lora_target"] = ",".join(lora_targets("qwen2_5_vl", TINY_BLOCKS if vit else (), lm))
         args.update({f"qwenvl_recipes.forgery.{k}": v
                      for k, v in block_overrides(variant, eval_file, pretrained).items()})
-        run([lf_bin / "python", "-m", "custom_modules.integrations.llamafactory_entry",
+        # the hybrid runs under torchrun (2 CPU processes, DDP over gloo): the entry must work there too
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2"] if variant == "t3_hybrid" else []
+        run([lf_bin / "python", *launcher, "-m", "custom_modules.integrations.llamafactory_entry",
              RECIPES / "llamafactory" / f"qwen2_5_vl_7b_{variant}.yaml"] + [f"{k}={v}" for k, v in args.items()])
         log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
         assert [entry["current_steps"] for entry in log if "loss" in entry] == [1, 2]
+        assert all(torch.isfinite(torch.tensor([entry["loss"] for entry in log if "loss" in entry])))
         assert (out / "checkpoint-2" / "forgery_head.safetensors").is_file()
         assert_run_output(out, out, variant, base_model, eval_file, lf_bin / "python")
         if variant == "head_pretrain":
