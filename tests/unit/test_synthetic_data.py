@@ -56,3 +56,13 @@ def test_cli_all(tmp_path, capsys):
     printed = capsys.readouterr().out
     for task in MAKERS:
         assert f"{task}: --input {tmp_path / task}" in printed
+
+
+def test_forgery_val_split_holds_both_labels(tmp_path):
+    import json
+
+    from tools.synthetic_data import make_forgery
+
+    rows = json.loads(make_forgery(tmp_path, n=16, seed=0).read_text())
+    for split in ("train", "val"):
+        assert {row["label"] for row in rows if row["split"] == split} == {0, 1}
