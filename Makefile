@@ -8,7 +8,7 @@ LF_PY := $(LF_VENV)/bin/python
 SWIFT_PY := $(SWIFT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu clean help
+.PHONY: install demo test lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu forgery-proof clean help
 
 help:
 	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
@@ -16,6 +16,7 @@ help:
 	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"
 	@echo "make synthetic-data      sample inputs of all four tasks, in their real source formats, under data/synthetic"
 	@echo "make bench-converters    converter records/s on a generated 400k-caption COCO json"
+	@echo "make forgery-proof       the longer CPU learning proof of forgery modes T1/T3 (AUROC on synthetic splices)"
 	@echo "make gpu-wheels          download the trainers' wheels a bare GPU machine lacks into .whl/"
 	@echo "make bench-gpu MODEL=qwen2_5_vl_7b OUT=dir [VARIANTS=...]   (on the GPU machine; docs/performance.md)"
 
@@ -46,6 +47,9 @@ synthetic-data: $(LF_VENV)/.installed
 
 bench-converters: $(LF_VENV)/.installed
 	$(LF_PY) -m tools.bench_converters
+
+forgery-proof: tiny-models
+	$(LF_PY) -m custom_modules.forgery.proof --model .cache/tiny-models/qwen2_5_vl --out reports/forgery_proof --n 128 --epochs 10
 
 gpu-wheels:
 	tools/prepare_gpu_wheels.sh
