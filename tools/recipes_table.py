@@ -8,14 +8,14 @@ its effective batch and step count. This module is also the one place that knows
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from converters.files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -114,7 +114,8 @@ def load_recipe(path: Path) -> Recipe:
 def discover(root: Path = RECIPES_DIR) -> list[Recipe]:
     """Every recipe YAML under `root`, sorted by path (directories starting with _ hold shared files)."""
     paths = sorted(p for p in Path(root).rglob("*.y*ml")
-                   if p.suffix in (".yaml", ".yml") and not any(part.startswith("_") for part in p.relative_to(root).parts))
+                   if p.suffix in (".yaml", ".yml")
+                   and not any(part.startswith("_") for part in p.relative_to(root).parts))
     return [load_recipe(p) for p in paths]
 
 
@@ -140,16 +141,10 @@ def render_readme(recipes: list[Recipe], current: str | None) -> str:
     if current and TABLE_BEGIN in current and TABLE_END in current:
         before, rest = current.split(TABLE_BEGIN, 1)
         return before + block + rest.split(TABLE_END, 1)[1]
-    intro = ("# Recipes\n\n`recipes/<task>/<trainer>/<model>_<method>[_<variant>].yaml`; each file's header says what it "
-             "trains, the data it needs, how to run it and on what. Shared DeepSpeed configs: `_deepspeed/`.\n\n")
+    intro = ("# Recipes\n\n`recipes/<task>/<trainer>/<model>_<method>[_<variant>].yaml`; each file's header says "
+             "what it trains, the data it needs, how to run it and on what. Shared DeepSpeed configs: "
+             "`_deepspeed/`.\n\n")
     return intro + block + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if wanted != current:
-        write_atomic(README, wanted)
+        write_text_atomic(README, wanted)
     print(f"{README.relative_to(REPO_ROOT)}: {wanted.count(chr(10) + '| [')} recipes")
     return 0
 

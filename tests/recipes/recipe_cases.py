@@ -9,10 +9,10 @@ from pathlib import Path
 from tools import synthetic_data
 from tools.offline import offline_env
 from tools.recipes_table import REPO_ROOT, discover
+from tools.trainers import venv_bin
 
 RECIPES = discover()
 HERE = Path(__file__).resolve().parent
-SWIFT_PLUGIN = REPO_ROOT / "custom_modules" / "integrations" / "swift_plugin.py"
 
 # task -> (tools.synthetic_data kind, converters subcommand, extra converter args, dataset name the recipes use)
 TASK_DATA = {
@@ -39,10 +39,14 @@ def make_dataset(task: str, family: str, out: Path) -> Path:
 
 
 def trainer_env(trainer: str, **extra) -> dict:
-    """Offline environment for a trainer subprocess. DeepSpeed JIT-builds its CPU shm comm op into
-    TORCH_EXTENSIONS_DIR even just to parse a DeepSpeed recipe; the two venvs' sources differ, so a shared
-    directory (the default ~/.cache/torch_extensions) is rebuilt (~1 min) whenever the other trainer ran last."""
-    return offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer), **extra)
+    """Offline environment for a trainer subprocess, its venv's bin/ first on PATH (torchrun, ninja).
+
+    DeepSpeed JIT-builds its CPU shm comm op into TORCH_EXTENSIONS_DIR even just to parse a DeepSpeed recipe
+    (~1 min on 2 cores). The build is redone whenever the sources or the build command differ from the last
+    one, so each venv gets its own directory and every subprocess of a venv the same PATH."""
+    env = offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer), **extra)
+    env["PATH"] = f"{venv_bin(trainer)}:{env['PATH']}"
+    return env
 
 
 def run_parse_worker(trainer: str, bin_dir: Path, items: list[dict]) -> dict:

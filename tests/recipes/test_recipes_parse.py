@@ -3,6 +3,7 @@ its header, follows the naming scheme, and agrees with the converters on image r
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from converters.boxes import default_pixels
-from tests.recipes.recipe_cases import RECIPES, SWIFT_PLUGIN, recipe_id, run_parse_worker
+from custom_modules.integrations import swift_plugin
+from tests.recipes.recipe_cases import RECIPES, recipe_id, run_parse_worker
 from tools.recipes_table import (HEADER_KEYS, METHODS, MODELS, README, TASKS, TRAINERS, discover,
                                  render_readme)
 from tools.trainers import CPU_OVERRIDES
@@ -19,6 +21,7 @@ from tools.trainers import CPU_OVERRIDES
 # Settings only a GPU machine can honour (triton kernels, absent from the CPU environments), switched off here
 # like bf16 is; only where a recipe sets them, so the override itself is always a known key.
 GPU_ONLY = {"use_liger_kernel": False}
+TYPO = "#with-typo"  # parse_results key of the seed recipe with a misspelt key
 
 
 def parse_item(recipe, tiny_model_dir, tmp_path) -> dict:
@@ -45,9 +48,11 @@ def parse_item(recipe, tiny_model_dir, tmp_path) -> dict:
     else:
         config["model"] = tiny
         overrides += ["--torch_dtype", CPU_OVERRIDES["swift"]["torch_dtype"], "--check_model", "false"]
-    if recipe.custom is not None:
-        overrides += ["--external_plugins", str(SWIFT_PLUGIN)]
-    return {"path": recipe.rel, "kind": kind, "config": config, "overrides": overrides}
+    env = {}
+    if recipe.custom is not None:  # what `python -m custom_modules.integrations.swift_plugin sft recipe.yaml` does
+        overrides += ["--external_plugins", swift_plugin.__file__]
+        env[swift_plugin.ENV_KEY] = json.dumps(recipe.custom)
+    return {"path": recipe.rel, "kind": kind, "config": config, "overrides": overrides, "env": env}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,9 @@ def parse_results(tiny_model_dir, lf_bin, swift_bin, tmp_path_factory):
     for trainer in TRAINERS:
         tmp_path = tmp_path_factory.mktemp(f"parse-{trainer}")
         items[trainer] = [parse_item(r, tiny_model_dir, tmp_path) for r in RECIPES if r.trainer == trainer]
+        typo = parse_item(_get(trainer, "caption", "qwen2_vl_2b_lora"), tiny_model_dir, tmp_path)
+        typo["config"]["lora_rnak"] = 8
+        items[trainer].append({**typo, "path": typo["path"] + TYPO})
     with ThreadPoolExecutor(max_workers=len(TRAINERS)) as pool:  # the two workers overlap well on 2 cores
         parsed = [pool.submit(run_parse_worker, t, bins[t], items[t]) for t in TRAINERS]
         return {path: error for future in parsed for path, error in future.result().items()}
@@ -81,16 +89,11 @@ def test_custom_block_is_valid(recipe):
             module.validate_config(settings)
 
 
-def test_parser_rejects_unknown_key(tiny_model_dir, lf_bin, swift_bin, tmp_path):
-    """The parse check has teeth: a typo in a recipe key fails in both trainers."""
-    seeds = [r for r in RECIPES if r.rel.endswith("caption/llamafactory/qwen2_vl_2b_lora.yaml")
-             or r.rel.endswith("caption/swift/qwen2_vl_2b_lora.yaml")]
-    for recipe in seeds:
-        item = parse_item(recipe, tiny_model_dir, tmp_path)
-        item["config"]["lora_rnak"] = 8
-        bin_dir = lf_bin if recipe.trainer == "llamafactory" else swift_bin
-        error = run_parse_worker(recipe.trainer, bin_dir, [item])[recipe.rel]
-        assert error is not None and "lora_rnak" in error, (recipe.rel, error)
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_parser_rejects_unknown_key(trainer, parse_results):
+    """The parse check has teeth: the seed recipe with a misspelt key fails in the trainer's parser."""
+    error = parse_results[_get(trainer, "caption", "qwen2_vl_2b_lora").rel + TYPO]
+    assert error is not None and "lora_rnak" in error, error
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
@@ -102,7 +105,8 @@ def test_header_block(recipe):
     words = shlex.split(run.replace("<", "").replace(">", ""))
     if "swift" in words:
         # ms-swift 4.6 reads a YAML only as the first argument after the subcommand; `--config` is not a flag
-        assert "--config" not in words, f"{recipe.rel}: `swift <cmd> --config` does not read the file; use `swift <cmd> {recipe.rel}`"
+        assert "--config" not in words, \
+            f"{recipe.rel}: `swift <cmd> --config` does not read the file; use `swift <cmd> {recipe.rel}`"
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.custom is None], ids=recipe_id)
@@ -180,10 +184,12 @@ def test_seed_caption_recipe(trainer):
     assert (c["per_device_train_batch_size"], c["gradient_accumulation_steps"]) == (2, 2)
     assert (c["num_train_epochs"], c["learning_rate"], c["gradient_checkpointing"]) == (2, 1e-4, True)
     if trainer == "llamafactory":
-        assert (c["model_name_or_path"], c["image_max_pixels"], c["bf16"]) == ("Qwen/Qwen2-VL-2B-Instruct", 280 * 280, True)
+        assert c["model_name_or_path"] == "Qwen/Qwen2-VL-2B-Instruct"
+        assert (c["image_max_pixels"], c["bf16"]) == (280 * 280, True)
         assert (c["dataset_dir"], c["dataset"]) == ("data/coco_caption", "coco_caption_train")
     else:
-        assert (c["model"], c["ENV"]["MAX_PIXELS"], c["torch_dtype"]) == ("Qwen/Qwen2-VL-2B-Instruct", 280 * 280, "bfloat16")
+        assert c["model"] == "Qwen/Qwen2-VL-2B-Instruct"
+        assert (c["ENV"]["MAX_PIXELS"], c["torch_dtype"]) == (280 * 280, "bfloat16")
         assert c["dataset"] == "data/coco_caption/coco_caption_train.jsonl"
     assert c["output_dir"].startswith("outputs/")
 
@@ -211,4 +217,5 @@ def test_seed_merger_recipes(trainer):
 
 def test_readme_table_is_current():
     current = README.read_text(encoding="utf-8") if README.exists() else None
-    assert render_readme(discover(), current) == current, "recipes/README.md is stale: run python -m tools.recipes_table"
+    assert render_readme(discover(), current) == current, \
+        "recipes/README.md is stale: run python -m tools.recipes_table"

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from tests.recipes.recipe_cases import RECIPES, make_dataset, trainer_env
-from tools.recipes_table import REPO_ROOT
 from tools.trainers import CPU_OVERRIDES, run_logged, train_command, venv_bin
 
 # One recipe per method: the seeds (caption LoRA, Qwen3-VL LoRA + merger), DeepSpeed ZeRO-3 (it runs on CPU:
@@ -64,9 +63,7 @@ def launch_env(recipe) -> dict:
         extra.update(NPROC_PER_NODE="1", MASTER_PORT=str(MASTER_PORTS[recipe.trainer]))
         if recipe.trainer == "llamafactory":
             extra["FORCE_TORCHRUN"] = "1"
-    env = trainer_env(recipe.trainer, **extra)
-    env["PATH"] = f"{venv_bin(recipe.trainer)}:{env['PATH']}"  # torchrun of the trainer's venv
-    return env
+    return trainer_env(recipe.trainer, **extra)
 
 
 @pytest.fixture(scope="session")
