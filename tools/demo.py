@@ -19,7 +19,8 @@ from pathlib import Path
 from tools.offline import offline_env
 from tools.synthetic_data import make_coco_caption
 from tools.tiny_models import ensure_tiny_models
-from tools.trainers import CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, loss_history, run_logged, train_command
+from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, loss_history, run_logged, train_command,
+                            trainer_env)
 
 FAMILY = "qwen2_vl"
 RECIPES = {
@@ -145,7 +146,7 @@ def main(argv=None) -> Path:
         command = train_command(trainer, RECIPES[trainer],
                                 demo_overrides(trainer, model_dir, data_dir, output_dir, args.steps))
         commands[trainer] = command
-        timings[trainer] = run_logged(command, logs / f"train_{trainer}.log")
+        timings[trainer] = run_logged(command, logs / f"train_{trainer}.log", env=trainer_env(trainer))
         histories[trainer] = loss_history(trainer, output_dir)
         adapters[trainer] = adapter_dir(trainer, output_dir)
     plot_losses(histories, out / "loss.png")

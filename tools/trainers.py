@@ -37,6 +37,17 @@ def venv_bin(trainer: str) -> Path:
     return Path(os.environ.get(VENV_OVERRIDE_VARS[trainer], REPO_ROOT / VENVS[trainer])) / "bin"
 
 
+def trainer_env(trainer: str, **extra) -> dict:
+    """Offline environment for a trainer subprocess, its venv's bin/ first on PATH (torchrun, ninja).
+
+    DeepSpeed JIT-builds its CPU shm comm op into TORCH_EXTENSIONS_DIR even just to parse a DeepSpeed recipe
+    (~1 min on 2 cores). The build is redone whenever the sources or the build command differ from the last
+    one, so each venv gets its own directory and every subprocess of a venv the same PATH."""
+    env = offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer), **extra)
+    env["PATH"] = f"{venv_bin(trainer)}:{env['PATH']}"
+    return env
+
+
 def _words(value) -> list[str]:
     """A recipe value as command-line words: booleans as true/false, lists item by item."""
     if isinstance(value, bool):

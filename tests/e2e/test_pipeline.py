@@ -15,7 +15,7 @@ from tools.demo import RECIPES, adapter_dir, demo_overrides
 from tools.offline import offline_env
 from tools.synthetic_data import make_coco_caption
 from tools.tiny_models import FAMILIES, token_id_mismatches
-from tools.trainers import REPO_ROOT, loss_history, run_logged, train_command
+from tools.trainers import REPO_ROOT, loss_history, run_logged, train_command, trainer_env
 
 
 class ConnectionTrap:
@@ -43,9 +43,10 @@ class ConnectionTrap:
             self.requests.append(first_line)
             conn.close()
 
-    def env(self) -> dict:
+    def env_vars(self) -> dict:
+        """Proxy and hub endpoint variables that send every outgoing request here."""
         url = f"http://127.0.0.1:{self.port}"
-        return offline_env(HTTP_PROXY=url, HTTPS_PROXY=url, ALL_PROXY=url, http_proxy=url, https_proxy=url,
+        return dict(HTTP_PROXY=url, HTTPS_PROXY=url, ALL_PROXY=url, http_proxy=url, https_proxy=url,
                            NO_PROXY="", no_proxy="", HF_ENDPOINT=url, MODELSCOPE_DOMAIN=f"127.0.0.1:{self.port}")
 
     def close(self):
@@ -74,7 +75,7 @@ def test_hub_trap_counts_a_proxied_request(hub_trap):
     probe = ("import urllib.request\ntry:\n    urllib.request.urlopen('http://example.invalid/', timeout=5)\n"
              "except Exception:\n    pass\n")
     before = len(hub_trap.requests)
-    subprocess.run([sys.executable, "-c", probe], env=hub_trap.env(), check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", probe], env=offline_env(**hub_trap.env_vars()), check=True, timeout=60)
     assert hub_trap.requests[before:] == ["GET http://example.invalid/ HTTP/1.1"]
 
 
@@ -87,7 +88,7 @@ def test_seed_caption_recipe_trains_two_steps_offline(trainer, caption_data, tin
     output_dir = tmp_path / "out"
     before = len(hub_trap.requests)
     command = train_command(trainer, RECIPES[trainer], demo_overrides(trainer, model_dir, caption_data, output_dir, 2))
-    run_logged(command, tmp_path / "train.log", env=hub_trap.env(), timeout=900)
+    run_logged(command, tmp_path / "train.log", env=trainer_env(trainer, **hub_trap.env_vars()), timeout=900)
     assert hub_trap.requests[before:] == [], "training tried to reach the network"
 
     history = loss_history(trainer, output_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from tools import synthetic_data
 from tools.offline import offline_env
 from tools.recipes_table import REPO_ROOT, discover
-from tools.trainers import venv_bin
+from tools.trainers import trainer_env
 
 RECIPES = discover()
 HERE = Path(__file__).resolve().parent
@@ -36,17 +36,6 @@ def make_dataset(task: str, family: str, out: Path) -> Path:
                     "--model", family, "--name", name, *extra],
                    capture_output=True, text=True, cwd=REPO_ROOT, env=offline_env(), check=True)
     return data_dir
-
-
-def trainer_env(trainer: str, **extra) -> dict:
-    """Offline environment for a trainer subprocess, its venv's bin/ first on PATH (torchrun, ninja).
-
-    DeepSpeed JIT-builds its CPU shm comm op into TORCH_EXTENSIONS_DIR even just to parse a DeepSpeed recipe
-    (~1 min on 2 cores). The build is redone whenever the sources or the build command differ from the last
-    one, so each venv gets its own directory and every subprocess of a venv the same PATH."""
-    env = offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer), **extra)
-    env["PATH"] = f"{venv_bin(trainer)}:{env['PATH']}"
-    return env
 
 
 def run_parse_worker(trainer: str, bin_dir: Path, items: list[dict]) -> dict:
