@@ -119,7 +119,7 @@ def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     parser.add_argument("--work", default=".cache/demo", help="data, checkpoints and adapters (default .cache/demo)")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per trainer (default 20)")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per trainer (default 60)")
     parser.add_argument("--eval-limit", type=int, default=8, help="validation samples to evaluate (default 8)")
     args = parser.parse_args(argv)
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
