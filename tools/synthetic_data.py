@@ -172,8 +172,8 @@ def make_microscopy(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
 
 
 def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
-    """Real textures and fakes with a spliced patch of different statistics and its png mask; train rows
-    alternate real/fake, val rows (every 4th) too."""
+    """Half real textures, half fakes with a spliced patch of different statistics and its png mask (odd rows);
+    rows 6 and 7 of every 8 form the val split."""
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -183,9 +183,8 @@ def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
         size = rng.choice(SIZES)
         image = _texture(rng, size)
         name = f"images/{i:04d}.png"
-        split = "val" if i % 4 == 3 else "train"
-        # Odd rows are fakes, except every other val row, so the val split holds both labels (AUROC defined).
-        if i % 2 == 0 or i % 8 == 7:
+        split = "val" if i % 8 in (6, 7) else "train"  # one real, one fake: val AUROC is defined
+        if i % 2 == 0:
             image.save(out_dir / name)
             rows.append({"image_path": name, "label": 0, "mask_path": f"{size[1]}x{size[0]}", "split": split})
             continue

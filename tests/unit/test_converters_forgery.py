@@ -57,7 +57,7 @@ def test_synthetic_forgery_masks_cover_the_splice(tmp_path):
     assert main(["forgery", "--input", str(source), "--out", str(out), "--strict"]) == 0
     converted = rows(out / "forgery_train.json") + rows(out / "forgery_val.json")
     fakes = [r for r in converted if r["label"] == 1]
-    assert len(fakes) == 3 and len(converted) == 8  # rows 1, 3, 5 (row 7 is a real val image)
+    assert len(fakes) == 4 and len(converted) == 8
     for row in fakes:
         with Image.open(row["mask"]) as mask:
             assert mask.getbbox() is not None  # a non-empty spliced region
