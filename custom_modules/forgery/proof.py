@@ -6,8 +6,8 @@
 Data: tools.synthetic_data.make_forgery (textured images, half with a pasted colour-noise patch + mask),
 converted by `python -m converters forgery`. The rows are re-split 50/25/25 into train / val / test so that
 every split holds both classes and the test rows stay unseen by checkpoint selection. Each mode trains with
-our loop; the epoch with the
-best val AUROC is kept (best_by_AUROC) and then scored on the untouched test rows: figures in proof.json.
+our loop; the epoch with the best val AUROC is kept (best_by_AUROC) and then scored on the untouched test rows:
+figures in proof.json.
 """
 from __future__ import annotations
 
