@@ -1,4 +1,5 @@
-"""File I/O at the edges: atomic writes, checksums, image headers, content-addressed image copies."""
+"""File I/O at the edges: atomic writes (files and folders), checksums, image headers, content-addressed image
+copies."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,21 @@ def atomic_open(path: Path, mode: str = "w"):
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike):
+    """Yield an empty staging folder beside `target`; on success it replaces `target`, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:

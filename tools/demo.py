@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tools.offline import offline_env
+from converters.files import write_text_atomic
 from tools.synthetic_data import make_coco_caption
 from tools.tiny_models import ensure_tiny_models
 from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, loss_history, run_logged, train_command,
@@ -109,9 +108,7 @@ Base vs fine-tuned, sample by sample:
 Data conversion took {timings['convert']:.1f} s; evaluation {timings['eval']:.0f} s. Logs are in `logs/`.
 """
     path = out / "README.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(report, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, report)
     return path
 
 

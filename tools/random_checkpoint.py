@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from custom_modules.vision_encoder.files import staged_dir
+from converters.files import staged_dir
 from tools.model_configs import FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
 
 SEED = 1234

@@ -11,13 +11,13 @@ sizes are tiny (2 LM layers of width 64, a 2-block ViT), so CPU training takes s
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
-import tempfile
-import importlib.util
 from pathlib import Path
 
+from converters.files import staged_dir
 from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, tiny_config
 
 SEED = 1234
@@ -137,16 +137,9 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike) -> Path:
     model.generation_config.eos_token_id = [SPECIAL_TOKEN_IDS["<|im_end|>"], SPECIAL_TOKEN_IDS["<|endoftext|>"]]
     model.generation_config.pad_token_id = SPECIAL_TOKEN_IDS["<|endoftext|>"]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from converters.files import write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules
 from custom_modules.forgery.data import Collator, read_rows
 from custom_modules.forgery.losses import upsample_heatmaps
@@ -82,9 +83,7 @@ def write_report(out_dir: str | os.PathLike, metrics: dict, records: list[dict])
     writer.writeheader()
     writer.writerows(records)
     for name, text in (("metrics.json", json.dumps(metrics, indent=1) + "\n"), ("predictions.csv", buffer.getvalue())):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        write_text_atomic(out_dir / name, text)
 
 
 def main(argv=None) -> None:
