@@ -19,6 +19,7 @@ RECIPE_KEY = "qwenvl_recipes"
 FEATURES = {
     "forgery": "custom_modules.integrations.llamafactory_forgery:setup",
     "vision_encoder": "custom_modules.integrations.llamafactory_vision_encoder:install",
+    "speedups": "custom_modules.integrations.speedups:llamafactory_setup",
 }
 
 

@@ -36,6 +36,7 @@ ENV_KEY = "QVR_RECIPE_FEATURES"
 FEATURES = {
     "forgery": "custom_modules.integrations.swift_forgery:register",
     "vision_encoder": "custom_modules.integrations.swift_vision_encoder:register",
+    "speedups": "custom_modules.integrations.speedups:swift_register",
 }
 
 

@@ -1,0 +1,67 @@
+"""Speed-ups for LoRA training of Qwen-VL models that leave what is learned unchanged.
+
+    vision_attention   the vision towers' windowed/per-image attention as one batched sdpa call per layer
+    vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
+    lora_input         no fp32 copy of LoRA inputs under bf16 autocast
+    compile_vision     torch.compile of each vision block (off by default: compile time, recompiles per new
+                       image size)
+
+`apply_speedups(model, settings, autocast)` applies the switched-on ones to a loaded model (peft-wrapped or not);
+`SpeedupsCallback` does it when a transformers Trainer begins training, after the trainer has loaded, frozen
+and wrapped the model. Recipes switch it on with `qwenvl_recipes: {speedups: {}}` (custom_modules/integrations).
+docs/performance.md has what each one gave on an H100.
+"""
+from __future__ import annotations
+
+import logging
+
+from transformers import TrainerCallback
+
+DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "compile_vision": False}
+logger = logging.getLogger(__name__)
+
+
+def parse_settings(block: dict | None) -> dict:
+    """The recipe's `speedups` block over DEFAULTS; unknown keys and non-boolean values are errors."""
+    block = block or {}
+    unknown = sorted(set(block) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"qwenvl_recipes.speedups: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    wrong = sorted(k for k, v in block.items() if not isinstance(v, bool))
+    if wrong:
+        raise ValueError(f"qwenvl_recipes.speedups: {wrong} must be true or false")
+    return {**DEFAULTS, **block}
+
+
+def validate_config(block: dict) -> None:
+    parse_settings(block)
+
+
+def apply_speedups(model, settings: dict, autocast: bool) -> dict:
+    """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
+    from custom_modules.speedups.lora_input import keep_lora_input_dtype
+    from custom_modules.speedups.vision_attention import use_segment_attention
+    from custom_modules.speedups.vision_mlp import align_vision_mlps, vision_towers
+
+    changed = {}
+    if settings["vision_attention"]:
+        changed["vision_attention"] = use_segment_attention(model)
+    if settings["vision_mlp"]:
+        changed["vision_mlp"] = align_vision_mlps(model)
+    if settings["lora_input"] and autocast:
+        changed["lora_input"] = keep_lora_input_dtype(model)
+    if settings["compile_vision"]:
+        blocks = [block for tower in vision_towers(model) for block in tower.blocks]
+        for block in blocks:
+            block.compile()
+        changed["compile_vision"] = len(blocks)
+    return changed
+
+
+class SpeedupsCallback(TrainerCallback):
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        autocast = bool(getattr(args, "bf16", False) or getattr(args, "fp16", False))
+        logger.warning("speedups applied: %s", apply_speedups(model, self.settings, autocast))

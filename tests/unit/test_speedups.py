@@ -1,0 +1,143 @@
+"""The batched segment attention gives the vision towers' own per-segment attention, forward and backward."""
+
+import pytest
+import torch
+
+from custom_modules.speedups.vision_attention import ATTN_NAME, _segment_plan, use_segment_attention
+
+# (t, h, w) patch grids: one square image (every window full: the reshape path) and a mix of sizes whose
+# windows and images differ in length (the grouped path).
+GRIDS = {"even": [[1, 16, 16]], "mixed": [[1, 16, 16], [1, 10, 14], [1, 6, 6]]}
+
+
+def tower_output_and_grads(visual, grid):
+    torch.manual_seed(0)
+    grid_thw = torch.tensor(grid)
+    cfg = visual.config
+    width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
+    pixels = torch.randn(int(grid_thw.prod(-1).sum()), width)
+    visual.zero_grad()
+    out = visual(pixels, grid_thw=grid_thw)
+    merged = out.pooler_output
+    (merged * torch.randn_like(merged)).sum().backward()
+    return merged.detach(), {n: p.grad.clone() for n, p in visual.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("layout", sorted(GRIDS))
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_segment_attention_matches_per_segment_loop(tiny_model_dir, family, layout):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family), dtype=torch.float32,
+                                                        attn_implementation="sdpa")
+    visual = model.model.visual
+    expected, expected_grads = tower_output_and_grads(visual, GRIDS[layout])
+
+    assert use_segment_attention(model) == 1
+    assert visual.config._attn_implementation == ATTN_NAME
+    assert model.config.get_text_config()._attn_implementation == "sdpa"  # the LM keeps its attention
+    got, grads = tower_output_and_grads(visual, GRIDS[layout])
+
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert use_segment_attention(model) == 0  # already switched
+
+
+def test_segment_plan_groups_by_length():
+    even = _segment_plan(torch.tensor([0, 4, 8, 12], dtype=torch.int32))
+    assert [(length, index, count) for length, index, count in even] == [(4, None, 3)]
+    mixed = _segment_plan(torch.tensor([0, 4, 6, 10, 10, 12], dtype=torch.int32))
+    assert [(length, index.tolist(), count) for length, index, count in mixed] == [
+        (4, [[0, 1, 2, 3], [6, 7, 8, 9]], 2), (2, [[4, 5], [10, 11]], 2)]
+
+
+def test_aligned_vision_mlp_gives_the_same_tower_and_keeps_checkpoint_shapes(tiny_model_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from custom_modules.speedups.vision_mlp import align_vision_mlps
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"), dtype=torch.float32)
+    visual = model.model.visual
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    grid = torch.tensor(GRIDS["mixed"])
+    cfg = visual.config
+    pixels = torch.randn(int(grid.prod(-1).sum()), cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2)
+    with torch.no_grad():
+        expected = visual(pixels, grid_thw=grid).pooler_output
+
+    visual.requires_grad_(True)
+    assert align_vision_mlps(model, multiple=48) == 0  # trainable weights: left alone
+    visual.requires_grad_(False)
+    assert align_vision_mlps(model, multiple=64) == 0  # width 64 is already aligned
+    assert align_vision_mlps(model, multiple=48) == cfg.depth  # 64 -> 96
+    mlp = visual.blocks[0].mlp
+    assert mlp.aligned_gate_weight.shape == (96, cfg.hidden_size) and mlp.aligned_down_weight.shape[1] == 96
+    with torch.no_grad():
+        got = visual(pixels, grid_thw=grid).pooler_output
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes  # checkpoints keep the published shapes
+
+    mlp.up_proj.weight.requires_grad_(True)  # unfrozen afterwards: transformers' own forward again
+    with torch.no_grad():
+        mlp.up_proj.weight.mul_(2)
+        changed = visual(pixels, grid_thw=grid).pooler_output
+    assert not torch.allclose(changed, expected)
+
+
+def test_lora_input_under_autocast_gives_the_same_loss_and_gradients(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from custom_modules.speedups.lora_input import keep_lora_input_dtype
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"), dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
+                                            target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)"))
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}  # peft's upcast
+    ids = torch.randint(0, 1000, (2, 12))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected_loss, expected_grads = loss_and_grads()
+    n_layers = base.config.get_text_config().num_hidden_layers
+    assert keep_lora_input_dtype(model) == 3 * n_layers
+    assert keep_lora_input_dtype(model) == 0
+    loss, grads = loss_and_grads()
+    assert torch.equal(loss, expected_loss)
+    assert grads.keys() == expected_grads.keys() and len(grads) == 6 * n_layers
+    for name in grads:
+        assert grads[name].dtype == torch.float32  # fp32 weights keep fp32 gradients
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=0, msg=name)
+
+
+def test_speedups_settings():
+    from custom_modules.speedups import DEFAULTS, parse_settings
+
+    assert parse_settings({}) == DEFAULTS and parse_settings(None) == DEFAULTS
+    assert parse_settings({"compile_vision": True})["compile_vision"] is True
+    with pytest.raises(ValueError, match="unknown keys \\['vision_atention'\\]"):
+        parse_settings({"vision_atention": False})
+    with pytest.raises(ValueError, match="true or false"):
+        parse_settings({"lora_input": "yes"})
+
+
+def test_callback_applies_speedups_only_as_configured(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForImageTextToText
+
+    from custom_modules.speedups import SpeedupsCallback, parse_settings
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"), attn_implementation="sdpa")
+    model.requires_grad_(False)
+    callback = SpeedupsCallback(parse_settings({"vision_mlp": False}))
+    callback.on_train_begin(SimpleNamespace(bf16=False), None, None, model=model)
+    assert model.model.visual.config._attn_implementation == ATTN_NAME
+    assert not hasattr(model.model.visual.blocks[0].mlp, "aligned_down_weight")
