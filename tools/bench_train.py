@@ -16,7 +16,8 @@ tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`
 
 The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
 `run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
-calls directly), with a callback that times each micro-step and counts its tokens and image patches.
+calls directly), or through our entry points for recipes with a `qwenvl_recipes` block (the speedups feature),
+with a callback that times each micro-step and counts its tokens and image patches.
 
 MFU (DESIGN.md, Performance method): model FLOPs per micro-step = k*N_lm*tokens + k*N_vis*patches with k=4 for
 LoRA (frozen weights: forward + input gradients) and 6 for full tuning, against 989 TFLOP/s (H100/H200 bf16
@@ -199,7 +200,7 @@ VARIANTS = {
 }
 SETTING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
                 "disable_gradient_checkpointing", "enable_liger_kernel", "use_liger_kernel", "lora_rank",
-                "dataloader_num_workers", "torch_compile")
+                "dataloader_num_workers", "torch_compile", "qwenvl_recipes")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -239,7 +240,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
             config["template"] = LF_TEMPLATE[family]
     else:
         path = REPO_ROOT / source.format(model=model_id)
-        config = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "qwenvl_recipes"}
+        config = yaml.safe_load(path.read_text())
     config.update(overrides)
     accum = int(config.get("gradient_accumulation_steps", 1))
     warm, max_steps = micro_steps(warmup, steps, accum)
@@ -252,7 +253,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
         config.update(common, model_name_or_path=str(ckpt), dataset_dir=str(data), dataset="bench_train",
                       overwrite_output_dir=True, plot_loss=False, overwrite_cache=True, preprocessing_num_workers=4)
         if cpu:
-            config.update(bf16=False, enable_liger_kernel=False)
+            config.update(bf16=False, enable_liger_kernel=False, use_liger_kernel=False)
     else:
         config.update(common, model=str(ckpt), model_type=family, template=family, check_model=False,
                       dataset=[str(data / "bench_train.jsonl")], add_version=False, split_dataset_ratio=0.0,
@@ -379,11 +380,22 @@ def install_meter(meter: Meter, on_train_end) -> None:
 
 
 def run_trainer(trainer: str, config_path: Path) -> None:
-    if trainer == "llamafactory":
+    """Run the recipe as its header's Run line does: the trainer's CLI, or our entry point when the recipe has a
+    `qwenvl_recipes` block (custom_modules/integrations)."""
+    custom = "qwenvl_recipes" in yaml.safe_load(config_path.read_text())
+    if trainer == "llamafactory" and custom:
+        from custom_modules.integrations.llamafactory_entry import main as entry_main
+
+        entry_main([str(config_path)])
+    elif trainer == "llamafactory":
         from llamafactory.cli import main as lf_main
 
         sys.argv = ["llamafactory-cli", "train", str(config_path)]
         lf_main()
+    elif custom:
+        from custom_modules.integrations.swift_plugin import main as plugin_main
+
+        plugin_main(["sft", str(config_path)])
     else:
         from swift.cli.main import parse_yaml_args
         from swift.pipelines import sft_main
@@ -393,12 +405,32 @@ def run_trainer(trainer: str, config_path: Path) -> None:
         sft_main(argv)
 
 
+# The seed recipe's adapter: LoRA r64 on the language model's seven projections.
+SEED_LORA = dict(r=64, lora_alpha=16, lora_dropout=0.05,
+                 target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+
+
+def encode_batch(processor, rows: list[dict], device: str):
+    """(model inputs, labels) of benchmark rows, as a plain loop builds them: the chat template, the processor,
+    padding masked out of the labels."""
+    from PIL import Image
+
+    texts = [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"},
+                                      {"type": "text", "text": r["messages"][0]["content"][len("<image>"):]}]},
+         {"role": "assistant", "content": [{"type": "text", "text": r["messages"][1]["content"]}]}],
+        tokenize=False) for r in rows]
+    images = [Image.open(r["images"][0]).convert("RGB") for r in rows]
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(device)
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.tokenizer.pad_token_id, -100)
+    return inputs, labels
+
+
 def seed_loop(ckpt: Path, data: Path, meter: Meter, total_steps: int, batch_size: int = 2, cpu: bool = False):
     """The seed-style plain transformers loop: LoRA r64/alpha16/dropout0.05 on the LM's linear layers, gradient
     checkpointing, AdamW, the processor called on each batch in the loop."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device = "cpu" if cpu else "cuda"
@@ -407,23 +439,13 @@ def seed_loop(ckpt: Path, data: Path, meter: Meter, total_steps: int, batch_size
     model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa").to(device)
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
-    lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05,
-                      target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, LoraConfig(**SEED_LORA))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     rows = json.loads((data / "bench_train.json").read_text())
-    pad_id = processor.tokenizer.pad_token_id
     for step in range(total_steps):
         batch = [rows[(step * batch_size + i) % len(rows)] for i in range(batch_size)]
-        texts = [processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"},
-                                          {"type": "text", "text": r["messages"][0]["content"][len("<image>"):]}]},
-             {"role": "assistant", "content": [{"type": "text", "text": r["messages"][1]["content"]}]}],
-            tokenize=False) for r in batch]
-        images = [Image.open(r["images"][0]).convert("RGB") for r in batch]
-        inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(device)
-        labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == pad_id, -100)
+        inputs, labels = encode_batch(processor, batch, device)
         meter.count(model, inputs)
         loss = model(**inputs, labels=labels).loss
         loss.backward()
