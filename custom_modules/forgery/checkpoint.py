@@ -4,12 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from converters.files import atomic_open, write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules, attach, find_modules
 from custom_modules.forgery.settings import ForgerySettings, parse_settings
 
@@ -17,25 +17,14 @@ HEAD_FILE = "forgery_head.safetensors"
 SETTINGS_FILE = "forgery_settings.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_head(modules: ForgeryModules, out_dir: str | os.PathLike) -> None:
     """Head/fusion weights and the settings that built them (what T4/T5 and evaluation load)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in modules.state_dict().items()}
-    _atomic_write(out_dir / HEAD_FILE, lambda tmp: save_file(state, tmp))
-    settings = json.dumps(dataclasses.asdict(modules.settings), indent=1)
-    _atomic_write(out_dir / SETTINGS_FILE, lambda tmp: Path(tmp).write_text(settings + "\n", encoding="utf-8"))
+    with atomic_open(out_dir / HEAD_FILE, "wb") as f:
+        f.write(save(state))
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(dataclasses.asdict(modules.settings), indent=1) + "\n")
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike) -> None:
