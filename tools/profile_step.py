@@ -26,6 +26,7 @@ import json
 import time
 from pathlib import Path
 
+from converters.files import write_text_atomic
 from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch, mfu, write_bench_data
 
 LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision", "compile_lm", "no_dropout")
@@ -126,7 +127,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per lever set")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--levers", nargs="+", default=["liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision"], choices=LEVERS)
+    parser.add_argument("--levers", nargs="+", choices=LEVERS,
+                        default=["liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/qvr-profile")
     parser.add_argument("--tiny", action="store_true", help="the tiny test architecture on CPU (checks the script)")
@@ -142,10 +144,9 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = write_bench_data(Path(args.work) / args.model, task["image"], task["prompt"], task["answer_words"])
     rows = json.loads((data / "bench_train.json").read_text())[:args.batch]
-    processor = build_processor(family, build_tokenizer(family), *REAL_PIXELS[family])
     device = "cpu" if args.tiny else "cuda"
-    if args.tiny:
-        processor = build_processor(family, build_tokenizer(family))
+    pixels = () if args.tiny else REAL_PIXELS[family]  # the tiny model's own limits, or the published ones
+    processor = build_processor(family, build_tokenizer(family), *pixels)
     inputs, labels = encode_batch(processor, rows, device)
     model = build(args.model, device, args.tiny)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -167,8 +168,8 @@ def main(argv=None) -> None:
         print(line, flush=True)
         report += ["", line, r.pop("table")]
         results.append(r)
-    (out / f"profile_{args.model}.json").write_text(json.dumps(results, indent=1))
-    (out / f"profile_{args.model}.txt").write_text("\n".join(report) + "\n")
+    write_text_atomic(out / f"profile_{args.model}.json", json.dumps(results, indent=1))
+    write_text_atomic(out / f"profile_{args.model}.txt", "\n".join(report) + "\n")
     print("\n".join(report))
 
 
