@@ -18,7 +18,7 @@ help:
 	@echo "make bench-converters    converter records/s on a generated 400k-caption COCO json"
 	@echo "make forgery-proof       the longer CPU learning proof of forgery modes T1/T3 (AUROC on synthetic splices)"
 	@echo "make gpu-wheels          download the trainers' wheels a bare GPU machine lacks into .whl/"
-	@echo "make bench-gpu MODEL=qwen2_5_vl_7b OUT=dir [VARIANTS=...]   (on the GPU machine; docs/performance.md)"
+	@echo "make bench-gpu MODEL=qwen2_5_vl_7b OUT=dir [VARIANTS=...] [PROFILE=2]   (on the GPU machine; docs/performance.md)"
 
 install: $(LF_VENV)/.installed $(SWIFT_VENV)/.installed
 
@@ -56,7 +56,7 @@ gpu-wheels:
 
 # Runs on a GPU machine with its own torch: it installs the carried wheels itself, so it needs no `install`.
 bench-gpu:
-	PYTHONUNBUFFERED=1 python3 -m tools.bench_train run --model $(MODEL) --out $(OUT) --wheels .whl $(if $(VARIANTS),--variants $(VARIANTS))
+	PYTHONUNBUFFERED=1 python3 -m tools.bench_train run --model $(MODEL) --out $(OUT) --wheels .whl $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PROFILE),--profile $(PROFILE))
 
 # Resolve the human-edited pins into full locks (every transitive package pinned).
 lock:

@@ -12,12 +12,16 @@ micro-steps after warm-up, and prints one table with ratios to the seed loop and
 Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
 `swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_ours`,
 `swift_ours`, `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
-tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`.
+tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`; a dotted key sets a nested one
+(`lf_ours:qwenvl_recipes.speedups.compile_language=true`).
 
 The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
 `run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
 calls directly), or through our entry points for recipes with a `qwenvl_recipes` block (the speedups feature),
-with a callback that times each micro-step and counts its tokens and image patches.
+with a callback that times each micro-step (CUDA events: the host is never synchronised with the GPU inside the
+run, which would take away the overlap the trainers have) and counts its tokens and image patches. The data holds
+one epoch of every variant's micro-steps (rows_needed). `--profile N` traces N micro-steps after the measured window
+(torch.profiler; tools/gpu_gaps.py reports where the GPU waited).
 
 MFU (DESIGN.md, Performance method): model FLOPs per micro-step = k*N_lm*tokens + k*N_vis*patches with k=4 for
 LoRA (frozen weights: forward + input gradients) and 6 for full tuning, against 989 TFLOP/s (H100/H200 bf16
@@ -34,6 +38,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,19 +85,25 @@ def count_params(model) -> tuple[int, int]:
     return n_lm, n_vis
 
 
-def batch_counts(inputs: dict) -> tuple[int, int, int]:
-    """(samples, tokens, patches) of one collated batch: real tokens (padding excluded), ViT patches, and one
-    sample per image (every benchmark sample has exactly one)."""
+def batch_count_values(inputs: dict) -> tuple:
+    """batch_counts() without reading GPU tensors back: tokens and patches may be 0-d tensors, so counting does
+    not synchronise the host with the GPU."""
     input_ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
     if mask is not None and mask.dim() == 2 and mask.shape == input_ids.shape:
-        tokens = int((mask != 0).sum())  # LLaMA-Factory's packed masks hold segment ids, so count non-zeros
+        tokens = (mask != 0).sum()  # LLaMA-Factory's packed masks hold segment ids, so count non-zeros
     else:
-        tokens = int(input_ids.numel())
+        tokens = input_ids.numel()
     grid = inputs.get("image_grid_thw")
-    patches = int(grid.prod(-1).sum()) if grid is not None else 0
+    patches = grid.prod(-1).sum() if grid is not None else 0
     samples = int(grid.shape[0]) if grid is not None else int(input_ids.shape[0])
     return samples, tokens, patches
+
+
+def batch_counts(inputs: dict) -> tuple[int, int, int]:
+    """(samples, tokens, patches) of one collated batch: real tokens (padding excluded), ViT patches, and one
+    sample per image (every benchmark sample has exactly one)."""
+    return tuple(int(v) for v in batch_count_values(inputs))
 
 
 def summarise(step_ends: list[float], counts: list[tuple[int, int, int]], warmup: int) -> dict:
@@ -200,11 +211,12 @@ VARIANTS = {
 }
 SETTING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
                 "disable_gradient_checkpointing", "enable_liger_kernel", "use_liger_kernel", "lora_rank",
-                "dataloader_num_workers", "torch_compile", "qwenvl_recipes")
+                "dataloader_num_workers", "torch_compile", "logging_nan_inf_filter", "qwenvl_recipes")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False})."""
+    """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False});
+    a dotted key names a nested setting (`qwenvl_recipes.speedups.compile_language=true`)."""
     name, _, rest = spec.partition(":")
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
@@ -221,17 +233,19 @@ def settings_text(config: dict) -> str:
     return ", ".join(f"{k}={config[k]}" for k in SETTING_KEYS if k in config)
 
 
-def micro_steps(warmup: int, steps: int, accum: int) -> tuple[int, int]:
-    """(warm-up micro-steps, optimizer steps to run): whole optimizer steps on both sides of the window, with at
-    least `warmup` micro-steps before it and `steps` inside it."""
+def micro_steps(warmup: int, steps: int, accum: int, profile: int = 0) -> tuple[int, int, int]:
+    """(warm-up micro-steps, micro-steps through the end of the measured window, optimizer steps to run): whole
+    optimizer steps on both sides of the window, with at least `warmup` micro-steps before it, `steps` inside it
+    and `profile` (traced, not measured) after it."""
     warm = math.ceil(warmup / accum) * accum
-    return warm, (warm + math.ceil(steps / accum) * accum) // accum
+    window = warm + math.ceil(steps / accum) * accum
+    return warm, window, (window + math.ceil(profile / accum) * accum) // accum
 
 
 def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: Path, work: Path,
-                   warmup: int, steps: int, cpu: bool) -> tuple[dict, int]:
-    """The trainer's config for one variant, pointed at the random checkpoint and benchmark data, and its number
-    of warm-up micro-steps."""
+                   warmup: int, steps: int, cpu: bool, profile: int = 0) -> tuple[dict, int, int]:
+    """The trainer's config for one variant, pointed at the random checkpoint and benchmark data, its number of
+    warm-up micro-steps and the micro-step that ends the measured window (micro_steps)."""
     kind, trainer, source, _ = VARIANTS[name]
     family = FAMILY[model_id]
     if isinstance(source, dict):
@@ -241,9 +255,14 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     else:
         path = REPO_ROOT / source.format(model=model_id)
         config = yaml.safe_load(path.read_text())
-    config.update(overrides)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     accum = int(config.get("gradient_accumulation_steps", 1))
-    warm, max_steps = micro_steps(warmup, steps, accum)
+    warm, window, max_steps = micro_steps(warmup, steps, accum, profile)
     out = str(work / "out" / name)
     # Bench-only settings outside the measured window: no saving, no per-step logging sync, and a small
     # preprocessing pool (its start-up, not its speed, dominates on the 128-sample benchmark set).
@@ -260,7 +279,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
                       dataset_num_proc=4)
         if cpu:
             config.update(torch_dtype="float32", use_liger_kernel=False)
-    return config, warm
+    return config, warm, window
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,14 +323,20 @@ def write_bench_data(out_dir: Path, image_side: int, prompt: str, answer_words: 
 
 
 class Meter:
-    """Micro-step end times and (samples, tokens, patches) counts, plus the model facts the record needs."""
+    """Micro-step end times and (samples, tokens, patches) counts, plus the model facts the record needs.
 
-    def __init__(self):
+    Nothing here synchronises the host with the GPU inside the run (a sync would let the GPU idle while the host
+    prepares the next step, which the trainers otherwise overlap): on a GPU each micro-step's end is a CUDA event
+    and the counts stay on the device until `record()`. With `window` set, micro-steps after it are not measured;
+    `profile` micro-steps after the window are traced with torch.profiler into `trace_path` (chrome trace, gzip)."""
+
+    def __init__(self, window: int | None = None, profile: int = 0, trace_path: str | None = None):
         self.step_ends, self.counts = [], []
         self.n_lm = self.n_vis = self.n_trainable = self.n_with_grad = None
+        self.window, self.profile, self.trace_path, self.profiler = window, profile, trace_path, None
 
     def count(self, model, inputs):
-        self.counts.append(batch_counts(inputs))
+        self.counts.append(batch_count_values(inputs))
         if self.n_lm is None:
             self.n_lm, self.n_vis = count_params(model)
 
@@ -327,13 +352,35 @@ class Meter:
         import torch
 
         if torch.cuda.is_available():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.step_ends.append(event)
+        else:
+            self.step_ends.append(time.perf_counter())
+        done = len(self.step_ends)
+        if self.profile and done == self.window:
+            self.profiler = torch.profiler.profile(activities=profiler_activities())
+            self.profiler.start()
+        elif self.profiler is not None and done == self.window + self.profile:
+            self.profiler.stop()
+            write_trace(self.profiler, Path(self.trace_path))
+            self.profiler = None
+
+    def step_seconds(self) -> list[float]:
+        """Micro-step end times in seconds (on a GPU: from the first event, after waiting for the last)."""
+        import torch
+
+        ends = self.step_ends[:self.window]
+        if ends and not isinstance(ends[0], float):
             torch.cuda.synchronize()
-        self.step_ends.append(time.perf_counter())
+            return [ends[0].elapsed_time(e) / 1e3 for e in ends]
+        return ends
 
     def record(self, warmup: int, full: bool = False) -> dict:
         import torch
 
-        rates = summarise(self.step_ends, self.counts, warmup)
+        counts = [tuple(int(v) for v in c) for c in self.counts[:self.window]]
+        rates = summarise(self.step_seconds(), counts, warmup)
         cuda = torch.cuda.is_available()
         return dict(rates, n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
                     n_trainable_with_grad=self.n_with_grad,
@@ -343,6 +390,35 @@ class Meter:
                     device=torch.cuda.get_device_name(0) if cuda else "cpu",
                     tokens_per_sample=rates["tokens"] / max(rates["samples"], 1),
                     patches_per_sample=rates["patches"] / max(rates["samples"], 1))
+
+
+def profiler_activities():
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+
+def write_trace(profiler, path: Path) -> None:
+    """The profiler's chrome trace, gzipped, and the GPU idle-gap report of tools.gpu_gaps beside it (.txt)."""
+    import gzip
+    import tempfile
+
+    from converters.files import atomic_open, write_text_atomic
+    from tools.gpu_gaps import analyse, format_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        profiler.export_chrome_trace(str(raw))
+        trace = json.loads(raw.read_text())
+    with atomic_open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as gz:
+        gz.write(json.dumps(trace).encode())
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)
+    try:
+        gaps = format_report(analyse(trace))
+    except ValueError as error:  # a CPU run has no kernels
+        gaps = str(error)
+    write_text_atomic(path.with_suffix("").with_suffix(".txt"), f"{gaps}\n\n{table}\n")
 
 
 def install_meter(meter: Meter, on_train_end) -> None:
@@ -457,13 +533,13 @@ def seed_loop(ckpt: Path, data: Path, meter: Meter, total_steps: int, batch_size
 
 def worker(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
-    meter = Meter()
+    meter = Meter(spec["window"], spec["profile"], spec["trace"])
 
     def write_record():
         Path(spec["record"]).write_text(json.dumps(meter.record(spec["warmup"])))
 
     if spec["trainer"] == "transformers":
-        seed_loop(Path(spec["ckpt"]), Path(spec["data"]), meter, spec["warmup"] + spec["steps"], cpu=spec["cpu"])
+        seed_loop(Path(spec["ckpt"]), Path(spec["data"]), meter, spec["window"] + spec["profile"], cpu=spec["cpu"])
         write_record()
         return
 
@@ -499,13 +575,14 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     record = {"model": args.model, "trainer": trainer, "variant": kind, "name": spec_name,
               "date": datetime.now(timezone.utc).date().isoformat()}
     spec = {"trainer": trainer, "ckpt": str(ckpt), "data": str(data), "cpu": args.cpu,
-            "record": str(work / f"record_{name}.json"), "steps": args.steps}
+            "record": str(work / f"record_{name}.json"), "profile": args.profile,
+            "trace": str(Path(args.out) / f"trace_{re.sub(r'[^A-Za-z0-9_.-]', '-', spec_name)}.json.gz")}
     if trainer == "transformers":
-        spec["warmup"] = args.warmup
+        spec["warmup"], spec["window"] = args.warmup, args.warmup + args.steps
         python, path = args.lf_python, args.lf_path
     else:
-        config, spec["warmup"] = trainer_config(name, overrides, args.model, ckpt, data, work, args.warmup,
-                                                args.steps, args.cpu)
+        config, spec["warmup"], spec["window"] = trainer_config(name, overrides, args.model, ckpt, data, work,
+                                                                args.warmup, args.steps, args.cpu, args.profile)
         config_path = work / f"config_{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         spec["config"] = str(config_path)
@@ -546,7 +623,24 @@ def install_wheels(wheels: Path, site_root: Path) -> tuple[str, str]:
             os.pathsep.join([str(site_root / "site-swift"), common]))
 
 
-def prepare(args, work: Path) -> tuple[Path, Path]:
+def rows_needed(variants: list[str], args) -> int:
+    """Benchmark rows for one epoch to hold every variant's micro-steps: a trainer starting a new epoch inside the
+    window restarts its loader (each worker collates a first batch while the GPU waits), which real datasets of
+    thousands of samples do rarely."""
+    rows = 128
+    for spec in variants:
+        name, overrides = parse_variant(spec)
+        if VARIANTS[name][1] == "transformers":
+            rows = max(rows, 2 * (args.warmup + args.steps + args.profile))
+            continue
+        config, _, _ = trainer_config(name, overrides, args.model, Path("ckpt"), Path("data"), Path("work"),
+                                      args.warmup, args.steps, args.cpu, args.profile)
+        rows = max(rows, int(config["per_device_train_batch_size"]) * int(config.get("gradient_accumulation_steps", 1))
+                   * config["max_steps"])
+    return rows
+
+
+def prepare(args, work: Path, rows: int) -> tuple[Path, Path]:
     """Build (or reuse) the random checkpoint in the LLaMA-Factory environment and write the task's data."""
     ckpt = Path(args.ckpt or work / "ckpt" / args.model)
     command = [args.lf_python, "-m", "tools.random_checkpoint", "--model", args.model, "--out", str(ckpt)]
@@ -554,7 +648,7 @@ def prepare(args, work: Path) -> tuple[Path, Path]:
         command += ["--tiny", "--device", "cpu"]
     subprocess.run(command, cwd=REPO_ROOT, env=trainer_env(args.lf_path), check=True)
     task = TASKS[args.model]
-    data = write_bench_data(work / "data" / args.model, task["image"], task["prompt"], task["answer_words"])
+    data = write_bench_data(work / "data" / args.model, task["image"], task["prompt"], task["answer_words"], n=rows)
     return ckpt, data
 
 
@@ -564,15 +658,14 @@ def run(args) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     variants = args.variants or TASKS[args.model]["variants"]
-    for spec in variants:
-        parse_variant(spec)  # fail before the long work
+    rows = rows_needed(variants, args)  # also fails on a bad variant before the long work
     records = []
     if args.wheels:
         args.lf_path, args.swift_path = install_wheels(Path(args.wheels), Path(args.work))
     with open(out / f"bench_{args.model}.log", "a") as log:
         t0 = time.time()
-        ckpt, data = prepare(args, work)
-        print(f"checkpoint + data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
+        ckpt, data = prepare(args, work, rows)
+        print(f"checkpoint + {rows} rows of data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
         for spec in variants:
             record = run_variant(spec, args, ckpt, data, work, log)
             records.append(record)
@@ -612,6 +705,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20, help="measured micro-steps (>= 20 for reported figures)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up micro-steps before the window")
     p.add_argument("--timeout", type=int, default=150, help="seconds allowed per variant")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="trace N micro-steps after the measured window with torch.profiler: OUT/trace_<variant>"
+                        ".json.gz and .txt (GPU idle gaps, tools.gpu_gaps; host operator table)")
     p.add_argument("--lf-python", default=sys.executable, help="python of the LLaMA-Factory environment")
     p.add_argument("--lf-path", help="PYTHONPATH prefix of the LLaMA-Factory environment (e.g. /tmp/site-lf)")
     p.add_argument("--swift-python", default=sys.executable, help="python of the ms-swift environment")

@@ -16,7 +16,7 @@ time and a trainer's is the trainer's own overhead. Levers (cumulative, in the o
     vision_mlp       custom_modules.speedups, the vision MLP over weights padded to a multiple of 128
     lora_input       custom_modules.speedups, no fp32 copy of LoRA inputs under autocast
     compile_vision   custom_modules.speedups, torch.compile of each vision block
-    compile_lm       torch.compile of each language-model decoder layer (LoRA inside)
+    compile_language custom_modules.speedups, torch.compile of each language-model decoder layer (LoRA inside)
     no_dropout       LoRA dropout off (changes what is learned: only to size what dropout costs)
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 from converters.files import write_text_atomic
 from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch, mfu, write_bench_data
 
-LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision", "compile_lm", "no_dropout")
+LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision", "compile_language",
+          "no_dropout")
 
 
 def build(model_id: str, device: str, tiny: bool):
@@ -62,9 +63,6 @@ def apply_lever(lever: str, model, family: str) -> None:
         apply = {"qwen2_vl": liger.apply_liger_kernel_to_qwen2_vl, "qwen2_5_vl": liger.apply_liger_kernel_to_qwen2_5_vl,
                  "qwen3_vl": liger.apply_liger_kernel_to_qwen3_vl}[family]
         apply(model=model.get_base_model())
-    elif lever == "compile_lm":
-        for layer in model.get_base_model().model.language_model.layers:
-            layer.compile()
     elif lever == "no_dropout":
         for module in model.modules():
             if hasattr(module, "lora_dropout"):

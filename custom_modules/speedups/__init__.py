@@ -5,6 +5,8 @@
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast
     compile_vision     torch.compile of each vision block (off by default: compile time, recompiles per new
                        image size)
+    compile_language   torch.compile of each language-model decoder layer, LoRA inside (off by default: compile
+                       time; after the first change of sequence length it compiles for dynamic shapes)
 
 `apply_speedups(model, settings, autocast)` applies the switched-on ones to a loaded model (peft-wrapped or not);
 `SpeedupsCallback` does it when a transformers Trainer begins training, after the trainer has loaded, frozen
@@ -17,7 +19,9 @@ import logging
 
 from transformers import TrainerCallback
 
-DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "compile_vision": False}
+DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "compile_vision": False,
+            "compile_language": False}
+LANGUAGE_CONFIGS = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +59,18 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         for block in blocks:
             block.compile()
         changed["compile_vision"] = len(blocks)
+    if settings["compile_language"]:
+        layers = [layer for lm in language_models(model) for layer in lm.layers]
+        for layer in layers:
+            layer.compile()
+        changed["compile_language"] = len(layers)
     return changed
+
+
+def language_models(model) -> list:
+    """The Qwen-VL language models (decoder stacks) inside `model`."""
+    return [m for m in model.modules()
+            if getattr(getattr(m, "config", None), "model_type", None) in LANGUAGE_CONFIGS and hasattr(m, "layers")]
 
 
 class SpeedupsCallback(TrainerCallback):

@@ -1,7 +1,8 @@
 """The GPU benchmark's pipeline on CPU: the 24 GiB recipes of both trainers, their `speedups` block applied by our
-entry points, timed and counted by the benchmark worker (tiny model, one measured step each)."""
+entry points, timed and counted by the benchmark worker (tiny model, one measured step each, one traced after it)."""
 
 import ast
+import gzip
 import json
 import re
 import subprocess
@@ -17,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "tools.bench_train", "run", "--cpu", "--model", "qwen2_5_vl_7b",
-               "--variants", "lf_ours_24gib", "swift_ours_24gib", "--steps", "1", "--warmup", "1", "--timeout", "400",
+               "--variants", "lf_ours_24gib", "swift_ours_24gib", "--steps", "1", "--warmup", "1", "--profile", "1",
+               "--timeout", "400",
                "--out", str(out), "--work", str(tmp_path / "work"),
                "--lf-python", str(venv_bin("llamafactory") / "python"),
                "--swift-python", str(venv_bin("swift") / "python")]
@@ -36,6 +38,11 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
     assert len(applied) == 2
     for changed in map(ast.literal_eval, applied):
         assert changed["vision_attention"] == 1 and changed["vision_mlp"] == 2 and "compile_vision" not in changed
+    # --profile 1: one traced micro-step after the measured window, inside each trainer's loop
+    for name in ("lf_ours_24gib", "swift_ours_24gib"):
+        events = json.loads(gzip.decompress((out / f"trace_{name}.json.gz").read_bytes()))["traceEvents"]
+        assert any(e.get("name") == "aten::scaled_dot_product_attention" for e in events), name
+        assert "Self CPU" in (out / f"trace_{name}.txt").read_text()
 
 
 def test_profile_step_runs_each_lever_on_the_tiny_model(tmp_path):

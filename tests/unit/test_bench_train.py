@@ -1,6 +1,7 @@
 """The CPU-testable parts of tools/bench_train.py: MFU arithmetic, counting, step windows, ratios, table, schema,
 variant parsing and the trainer configs built from our perf recipes."""
 
+import gzip
 import json
 
 import pytest
@@ -92,11 +93,13 @@ def test_summarise_window_after_warmup():
         bt.summarise(ends, counts[:4], warmup=1)
 
 
-@pytest.mark.parametrize("warmup,steps,accum,expected", [(5, 20, 1, (5, 25)), (5, 20, 8, (8, 4)), (3, 8, 2, (4, 6))])
-def test_micro_steps_cover_whole_optimizer_steps(warmup, steps, accum, expected):
-    warm, max_steps = bt.micro_steps(warmup, steps, accum)
-    assert (warm, max_steps) == expected
-    assert warm >= warmup and max_steps * accum - warm >= steps
+@pytest.mark.parametrize("warmup,steps,accum,profile,expected", [
+    (5, 20, 1, 0, (5, 25, 25)), (5, 20, 8, 0, (8, 32, 4)), (3, 8, 2, 0, (4, 12, 6)), (5, 20, 1, 2, (5, 25, 27)),
+    (5, 20, 8, 2, (8, 32, 5))])
+def test_micro_steps_cover_whole_optimizer_steps(warmup, steps, accum, profile, expected):
+    warm, window, max_steps = bt.micro_steps(warmup, steps, accum, profile)
+    assert (warm, window, max_steps) == expected
+    assert warm >= warmup and window - warm >= steps and max_steps * accum - window >= profile
 
 
 def record(variant, rate, trainer="llamafactory", **extra):
@@ -161,12 +164,21 @@ def test_every_planned_variant_has_its_recipe(model_id, tmp_path):
     for name in bt.TASKS[model_id]["variants"]:
         if name == "seed":
             continue
-        config, warm = bt.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data", tmp_path,
-                                         warmup=5, steps=20, cpu=False)
+        config, warm, window = bt.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data",
+                                                 tmp_path, warmup=5, steps=20, cpu=False)
         accum = config["gradient_accumulation_steps"]
         assert warm % accum == 0 and warm >= 5
-        assert config["max_steps"] * accum - warm >= 20
+        assert config["max_steps"] * accum == window and window - warm >= 20
         assert config.get("model_name_or_path", config.get("model")) == str(tmp_path / "ckpt")
+
+
+def test_variant_overrides_reach_nested_settings(tmp_path):
+    name, overrides = bt.parse_variant("lf_ours:qwenvl_recipes.speedups.compile_language=true,"
+                                       "per_device_train_batch_size=24")
+    config, _, _ = bt.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data", tmp_path,
+                                     warmup=5, steps=20, cpu=False)
+    assert config["qwenvl_recipes"] == {"speedups": {"compile_vision": True, "compile_language": True}}
+    assert config["per_device_train_batch_size"] == 24
 
 
 def test_bench_data_shapes(tmp_path):
@@ -198,3 +210,33 @@ def test_random_checkpoint_loads_with_real_pixel_limits_and_is_reused(tmp_path):
     before = weights.stat().st_mtime_ns
     build_random_checkpoint("qwen2_5_vl_7b", out, config=tiny_config("qwen2_5_vl"), device="cpu")
     assert weights.stat().st_mtime_ns == before
+
+
+def test_meter_measures_the_window_and_traces_the_steps_after_it(tmp_path):
+    trace = tmp_path / "trace_x.json.gz"
+    meter = bt.Meter(window=4, profile=2, trace_path=str(trace))
+    model = torch.nn.Linear(3, 3)
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+             "image_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
+    meter.n_lm = meter.n_vis = 1
+    for _ in range(7):
+        meter.counts.append(bt.batch_count_values(batch))
+        model(torch.randn(4, 3)).sum().backward()
+        meter.step_end()
+    record = meter.record(warmup=1)
+    assert record["steps"] == 3 and record["samples"] == 6 and record["tokens"] == 30 and record["patches"] == 24
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert any(e.get("name") == "aten::linear" for e in events)  # the two traced steps
+    report = (tmp_path / "trace_x.txt").read_text()
+    assert "no GPU kernels" in report and "aten::linear" in report  # CPU run: no gaps, the operator table
+
+
+def test_bench_rows_hold_every_variant_in_one_epoch():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(model="qwen2_5_vl_7b", warmup=5, steps=20, profile=2, cpu=False)
+    # our batch-16 recipes run 27 optimizer steps of 16: the window must not cross an epoch boundary
+    assert bt.rows_needed(["seed", "lf_default", "lf_ours"], args) == 16 * 27
+    assert bt.rows_needed(["seed"], args) == 128
+    with pytest.raises(ValueError, match="unknown variant"):
+        bt.rows_needed(["lf_fast"], args)

@@ -141,3 +141,19 @@ def test_callback_applies_speedups_only_as_configured(tiny_model_dir):
     callback.on_train_begin(SimpleNamespace(bf16=False), None, None, model=model)
     assert model.model.visual.config._attn_implementation == ATTN_NAME
     assert not hasattr(model.model.visual.blocks[0].mlp, "aligned_down_weight")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_compile_switches_compile_exactly_the_vision_blocks_and_decoder_layers(tiny_model_dir, family):
+    from transformers import AutoModelForImageTextToText
+
+    from custom_modules.speedups import DEFAULTS, apply_speedups
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family))
+    off = {k: False for k in DEFAULTS}
+    assert apply_speedups(model, dict(off, compile_language=True), autocast=False) == {
+        "compile_language": model.config.text_config.num_hidden_layers}
+    compiled = {name for name, m in model.named_modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert compiled == {f"model.language_model.layers.{i}" for i in range(model.config.text_config.num_hidden_layers)}
+    depth = len(model.model.visual.blocks)
+    assert apply_speedups(model, dict(off, compile_vision=True), autocast=False) == {"compile_vision": depth}
