@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -597,13 +600,22 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     log.write(f"\n===== {spec_name} ({trainer}) =====\n")
     log.flush()
     start = time.time()
+    env = trainer_env(path)
+    # The worker leaves with os._exit once its figures are written, so it removes no temporary files: it gets a
+    # temporary folder of its own (a short path, since multiprocessing puts sockets there), removed here; compiled
+    # kernels stay in the usual shared cache.
+    env["TMPDIR"] = tmp = tempfile.mkdtemp(prefix="qvr-bench-")
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                   os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
     try:
         proc = subprocess.run([python, "-m", "tools.bench_train", "worker", str(spec_path)], cwd=REPO_ROOT,
-                              env=trainer_env(path), stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
         failed = proc.returncode != 0 or not Path(spec["record"]).exists()
         error = f"exit {proc.returncode}" if failed else None
     except subprocess.TimeoutExpired:
         failed, error = True, f"timeout after {args.timeout}s"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     record["wall_s"] = round(time.time() - start, 1)
     if failed:
         return dict(record, error=error, samples_per_s=None, tokens_per_s=None, peak_gib=None, mfu=None,

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tools.offline import offline_env
@@ -23,6 +24,7 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
                "--out", str(out), "--work", str(tmp_path / "work"),
                "--lf-python", str(venv_bin("llamafactory") / "python"),
                "--swift-python", str(venv_bin("swift") / "python")]
+    temp_before = sorted(Path(tempfile.gettempdir()).glob("qvr*"))
     result = subprocess.run(command, cwd=REPO_ROOT, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
@@ -38,6 +40,8 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
     assert len(applied) == 2
     for changed in map(ast.literal_eval, applied):
         assert changed["vision_attention"] == 1 and changed["vision_mlp"] == 2 and "compile_vision" not in changed
+    # the workers leave with os._exit; the temporary folder they wrote in (swift's launcher recipe) is gone
+    assert sorted(Path(tempfile.gettempdir()).glob("qvr*")) == temp_before
     # --profile 1: one traced micro-step after the measured window, inside each trainer's loop
     for name in ("lf_ours_24gib", "swift_ours_24gib"):
         events = json.loads(gzip.decompress((out / f"trace_{name}.json.gz").read_bytes()))["traceEvents"]
