@@ -219,3 +219,21 @@ def test_readme_table_is_current():
     current = README.read_text(encoding="utf-8") if README.exists() else None
     assert render_readme(discover(), current) == current, \
         "recipes/README.md is stale: run python -m tools.recipes_table"
+
+
+# ms-swift matches named target_modules anywhere in the model, frozen ViT included (freeze_vit only decides what
+# `all-linear` covers): Qwen2.5-VL's vision MLP has gate/up/down_proj like the LM.
+SWIFT_NAMED_LM_TARGETS = [r for r in RECIPES if r.trainer == "swift" and r.config.get("freeze_vit", True)
+                          and r.config.get("target_modules") and "all-linear" not in r.config["target_modules"]]
+
+
+@pytest.mark.parametrize("recipe", SWIFT_NAMED_LM_TARGETS, ids=recipe_id)
+def test_swift_named_lora_targets_miss_the_frozen_vision_tower(recipe, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(recipe.family))
+    vision_linears = {name.rsplit(".", 1)[-1] for name, m in model.model.visual.named_modules()
+                      if isinstance(m, torch.nn.Linear)}
+    assert not vision_linears & set(recipe.config["target_modules"]), \
+        f"{recipe.path}: target_modules would put LoRA on the frozen vision tower; use [all-linear]"

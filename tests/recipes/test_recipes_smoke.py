@@ -16,12 +16,14 @@ from tools.trainers import CPU_OVERRIDES, run_logged, train_command, venv_bin
 
 # One recipe per method: the seeds (caption LoRA, Qwen3-VL LoRA + merger), DeepSpeed ZeRO-3 (it runs on CPU:
 # gloo + DeepSpeed's shm comm op) and the cheapest ViT-LoRA recipe (the microscopy ones take 16 two-image
-# samples of ~200 tokens a step: ~100 s on 2 cores). The same file name in both trainers.
+# samples of ~200 tokens a step: ~100 s on 2 cores), plus the Qwen2.5-VL grounding LoRA, so each model family
+# trains. The same file name in both trainers. case -> (task, recipe name, method).
 SMOKE = {  # longest runs first: they start first in the pool
-    "full": ("caption", "qwen2_vl_2b_full_zero3"),
-    "lora_vit": ("caption", "qwen2_vl_2b_lora_vit"),
-    "merger": ("forgery", "qwen3_vl_4b_merger"),
-    "lora": ("caption", "qwen2_vl_2b_lora"),
+    "full": ("caption", "qwen2_vl_2b_full_zero3", "full"),
+    "lora_vit": ("caption", "qwen2_vl_2b_lora_vit", "lora_vit"),
+    "merger": ("forgery", "qwen3_vl_4b_merger", "merger"),
+    "grounding_lora": ("grounding", "qwen2_5_vl_7b_lora", "lora"),
+    "lora": ("caption", "qwen2_vl_2b_lora", "lora"),
 }
 EXPORTS = {"llamafactory": ("caption", "qwen2_vl_2b_lora_export"), "swift": ("caption", "qwen2_vl_2b_lora_export")}
 LM, VIT, MERGER = "language_model", "visual.blocks", "visual.merger"
@@ -78,11 +80,11 @@ def trained(tiny_model_dir, datasets, tmp_path_factory):
                    timeout=600)
         return out
 
-    for task, name in SMOKE.values():  # data first, in this thread: the converters are not run concurrently
+    for task, name, _ in SMOKE.values():  # data first, in this thread: the converters are not run concurrently
         datasets(task, find_recipe("swift", task, name).family)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {(trainer, *case): pool.submit(train, trainer, *case)
-                for case in SMOKE.values() for trainer in ("llamafactory", "swift")}
+        runs = {(trainer, task, name): pool.submit(train, trainer, task, name)
+                for task, name, _ in SMOKE.values() for trainer in ("llamafactory", "swift")}
         yield lambda trainer, task, name: runs[trainer, task, name].result()
 
 
@@ -119,15 +121,19 @@ def check_lora_moved(pairs: dict, where: str) -> None:
     assert moved, f"every lora_B in {where} is still zero after 2 steps"
 
 
+LM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
 def expected_lm_targets(recipe) -> set[str]:
     c = recipe.config
-    return set(c["lora_target"].split(",") if recipe.trainer == "llamafactory" else c["target_modules"])
+    targets = set(c["lora_target"].split(",") if recipe.trainer == "llamafactory" else c["target_modules"])
+    return LM_LINEARS if targets == {"all-linear"} else targets  # swift's all-linear: the LM's linear layers
 
 
 @pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
-@pytest.mark.parametrize("method", sorted(SMOKE))
-def test_two_steps_change_only_intended_parameters(trainer, method, trained, tiny_model_dir):
-    task, name = SMOKE[method]
+@pytest.mark.parametrize("case", sorted(SMOKE))
+def test_two_steps_change_only_intended_parameters(trainer, case, trained, tiny_model_dir):
+    task, name, method = SMOKE[case]
     recipe = find_recipe(trainer, task, name)
     saved = saved_dir(trainer, trained(trainer, task, name))
     base = base_state(tiny_model_dir(recipe.family))
@@ -176,7 +182,7 @@ def test_export_recipe_merges_into_loadable_model(trainer, trained, tiny_model_d
 
     task, name = EXPORTS[trainer]
     recipe = find_recipe(trainer, task, name)
-    adapter = saved_dir(trainer, trained(trainer, *SMOKE["lora"]))
+    adapter = saved_dir(trainer, trained(trainer, *SMOKE["lora"][:2]))
     tiny = tiny_model_dir(recipe.family)
     merged_dir = tmp_path / "merged"
     cli = ([str(venv_bin(trainer) / "llamafactory-cli"), "export"] if trainer == "llamafactory"
