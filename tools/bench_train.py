@@ -268,7 +268,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     warm, window, max_steps = micro_steps(warmup, steps, accum, profile)
     out = str(work / "out" / name)
     # Bench-only settings outside the measured window: no saving, no per-step logging sync, and a small
-    # preprocessing pool (its start-up, not its speed, dominates on the 128-sample benchmark set).
+    # preprocessing pool (its start-up, not its speed, dominates on the benchmark's few hundred samples).
     common = dict(output_dir=out, max_steps=max_steps, logging_steps=max_steps, save_strategy="no",
                   report_to="none")
     if trainer == "llamafactory":
@@ -405,7 +405,6 @@ def profiler_activities():
 def write_trace(profiler, path: Path) -> None:
     """The profiler's chrome trace, gzipped, and the GPU idle-gap report of tools.gpu_gaps beside it (.txt)."""
     import gzip
-    import tempfile
 
     from converters.files import atomic_open, write_text_atomic
     from tools.gpu_gaps import analyse, format_report
@@ -413,9 +412,10 @@ def write_trace(profiler, path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "trace.json"
         profiler.export_chrome_trace(str(raw))
-        trace = json.loads(raw.read_text())
+        data = raw.read_bytes()
     with atomic_open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as gz:
-        gz.write(json.dumps(trace).encode())
+        gz.write(data)
+    trace = json.loads(data)
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)
     try:
         gaps = format_report(analyse(trace))
