@@ -21,7 +21,6 @@ from transformers import TrainerCallback
 
 DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "compile_vision": False,
             "compile_language": False}
-LANGUAGE_CONFIGS = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
 logger = logging.getLogger(__name__)
 
 
@@ -44,8 +43,9 @@ def validate_config(block: dict) -> None:
 def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
     from custom_modules.speedups.lora_input import keep_lora_input_dtype
+    from custom_modules.speedups.parts import decoder_layers, vision_blocks
     from custom_modules.speedups.vision_attention import use_segment_attention
-    from custom_modules.speedups.vision_mlp import align_vision_mlps, vision_towers
+    from custom_modules.speedups.vision_mlp import align_vision_mlps
 
     changed = {}
     if settings["vision_attention"]:
@@ -55,22 +55,16 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     if settings["lora_input"] and autocast:
         changed["lora_input"] = keep_lora_input_dtype(model)
     if settings["compile_vision"]:
-        blocks = [block for tower in vision_towers(model) for block in tower.blocks]
-        for block in blocks:
-            block.compile()
-        changed["compile_vision"] = len(blocks)
+        changed["compile_vision"] = compile_each(vision_blocks(model))
     if settings["compile_language"]:
-        layers = [layer for lm in language_models(model) for layer in lm.layers]
-        for layer in layers:
-            layer.compile()
-        changed["compile_language"] = len(layers)
+        changed["compile_language"] = compile_each(decoder_layers(model))
     return changed
 
 
-def language_models(model) -> list:
-    """The Qwen-VL language models (decoder stacks) inside `model`."""
-    return [m for m in model.modules()
-            if getattr(getattr(m, "config", None), "model_type", None) in LANGUAGE_CONFIGS and hasattr(m, "layers")]
+def compile_each(modules: list) -> int:
+    for module in modules:
+        module.compile()
+    return len(modules)
 
 
 class SpeedupsCallback(TrainerCallback):

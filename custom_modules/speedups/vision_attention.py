@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from custom_modules.speedups.parts import VISION_CONFIGS
+
 ATTN_NAME = "flash_free_sdpa_segments"  # "flash" in the name selects transformers' cu_seqlens branch
-VISION_CONFIGS = ("qwen2_vl_vision", "qwen2_5_vl_vision", "qwen3_vl_vision")
 _plan_cache: list = []  # [(cu_seqlens tensor, plan)] of the last forward: every layer passes the same tensor
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from custom_modules.speedups.vision_attention import VISION_CONFIGS
+from custom_modules.speedups.parts import vision_towers
 
 ALIGN = 128
 
@@ -52,12 +52,6 @@ def align_mlp(mlp, multiple: int = ALIGN) -> bool:
 
     mlp.forward = forward
     return True
-
-
-def vision_towers(model) -> list:
-    """The Qwen-VL vision towers inside `model`."""
-    return [m for m in model.modules()
-            if getattr(getattr(m, "config", None), "model_type", None) in VISION_CONFIGS and hasattr(m, "blocks")]
 
 
 def align_vision_mlps(model, multiple: int = ALIGN) -> int:
