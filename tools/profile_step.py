@@ -15,6 +15,8 @@ time and a trainer's is the trainer's own overhead. Levers (cumulative, in the o
     vision_attention custom_modules.speedups, one batched sdpa call per vision layer
     vision_mlp       custom_modules.speedups, the vision MLP over weights padded to a multiple of 128
     lora_input       custom_modules.speedups, no fp32 copy of LoRA inputs under autocast
+    deepstack        custom_modules.speedups, Qwen3-VL's deepstack additions without a host-GPU sync
+    lm_head_loss     custom_modules.speedups, Liger's LM head + cross-entropy over the labelled rows, in one chunk
     compile_vision   custom_modules.speedups, torch.compile of each vision block
     compile_language custom_modules.speedups, torch.compile of each language-model decoder layer (LoRA inside)
     no_dropout       LoRA dropout off (changes what is learned: only to size what dropout costs)
@@ -29,8 +31,8 @@ from pathlib import Path
 from converters.files import write_text_atomic
 from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch, mfu, write_bench_data
 
-LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision", "compile_language",
-          "no_dropout")
+LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "deepstack", "lm_head_loss",
+          "compile_vision", "compile_language", "no_dropout")
 
 
 def build(model_id: str, device: str, tiny: bool):

@@ -3,6 +3,9 @@
     vision_attention   the vision towers' windowed/per-image attention as one batched sdpa call per layer
     vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast
+    deepstack          Qwen3-VL's deepstack additions by masked_scatter instead of boolean indexing (no host sync)
+    lm_head_loss       Liger's fused LM head + cross-entropy over the labelled rows only, in one chunk (a process-wide
+                       change to Liger's loss function, which any Liger model then uses)
     compile_vision     torch.compile of each vision block (off by default: compile time, recompiles per new
                        image size)
     compile_language   torch.compile of each language-model decoder layer, LoRA inside (off by default: compile
@@ -11,7 +14,7 @@
 `apply_speedups(model, settings, autocast)` applies the switched-on ones to a loaded model (peft-wrapped or not);
 `SpeedupsCallback` does it when a transformers Trainer begins training, after the trainer has loaded, frozen
 and wrapped the model. Recipes switch it on with `qwenvl_recipes: {speedups: {}}` (custom_modules/integrations).
-docs/performance.md has what each one gave on an H100.
+docs/performance.md has what each one gave (H100, H200).
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import logging
 
 from transformers import TrainerCallback
 
-DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "compile_vision": False,
-            "compile_language": False}
+DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "deepstack": True,
+            "lm_head_loss": True, "compile_vision": False, "compile_language": False}
 logger = logging.getLogger(__name__)
 
 
@@ -42,6 +45,8 @@ def validate_config(block: dict) -> None:
 
 def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
+    from custom_modules.speedups.deepstack import use_scattered_deepstack
+    from custom_modules.speedups.lm_head_loss import use_labelled_rows
     from custom_modules.speedups.lora_input import keep_lora_input_dtype
     from custom_modules.speedups.parts import decoder_layers, vision_blocks
     from custom_modules.speedups.vision_attention import use_segment_attention
@@ -54,6 +59,10 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["vision_mlp"] = align_vision_mlps(model)
     if settings["lora_input"] and autocast:
         changed["lora_input"] = keep_lora_input_dtype(model)
+    if settings["deepstack"]:
+        changed["deepstack"] = use_scattered_deepstack(model)
+    if settings["lm_head_loss"]:
+        changed["lm_head_loss"] = use_labelled_rows()
     if settings["compile_vision"]:
         changed["compile_vision"] = compile_each(vision_blocks(model))
     if settings["compile_language"]:
