@@ -3,7 +3,7 @@
 The architecture comes from `tools.model_configs.full_size_config(model_id)`, the tokenizer and processor from
 `tools.tiny_models` (the real Qwen BPE vocabulary and chat template) with the real pixel limits, so both trainers
 load the folder exactly as they load the published checkpoint. Weights are drawn on the GPU when there is one
-(a 7B model initialises in seconds there) and saved in bf16.
+(a 7B model initialises in seconds there) and saved in bf16 (`--tiny`: fp32, see main).
 
     python -m tools.random_checkpoint --model qwen2_5_vl_7b --out /tmp/ckpt/qwen2_5_vl_7b
 """
@@ -25,9 +25,10 @@ REAL_PIXELS = {"qwen2_vl": (56 * 56, 28 * 28 * 16384), "qwen2_5_vl": (56 * 56, 2
 STAMP = "random_checkpoint.json"
 
 
-def build_random_checkpoint(model_id: str, out_dir: str | os.PathLike, config=None, device: str | None = None) -> Path:
-    """Save a random-weight checkpoint of `model_id` to `out_dir` (atomically); `config` overrides the architecture
-    (the tests pass a tiny one). Reuses a complete earlier build of the same model id."""
+def build_random_checkpoint(model_id: str, out_dir: str | os.PathLike, config=None, device: str | None = None,
+                            dtype: str = "bfloat16") -> Path:
+    """Save a random-weight checkpoint of `model_id` to `out_dir` (atomically) in `dtype`; `config` overrides the
+    architecture (the tests pass a tiny one). Reuses a complete earlier build of the same model id and dtype."""
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -36,13 +37,13 @@ def build_random_checkpoint(model_id: str, out_dir: str | os.PathLike, config=No
     out_dir = Path(out_dir)
     family = FULL_SIZE[model_id][0]
     config = config if config is not None else full_size_config(model_id)
-    stamp = {"model_id": model_id, "seed": SEED, "hidden_size": config.get_text_config().hidden_size}
+    stamp = {"model_id": model_id, "seed": SEED, "hidden_size": config.get_text_config().hidden_size, "dtype": dtype}
     if (out_dir / STAMP).exists() and json.loads((out_dir / STAMP).read_text()) == stamp:
         return out_dir
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(SEED)
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
     model.generation_config.eos_token_id = [SPECIAL_TOKEN_IDS["<|im_end|>"], SPECIAL_TOKEN_IDS["<|endoftext|>"]]
     model.generation_config.pad_token_id = SPECIAL_TOKEN_IDS["<|endoftext|>"]
     min_pixels, max_pixels = REAL_PIXELS[family]
@@ -64,7 +65,10 @@ def main(argv=None) -> None:
                         help="the family's tiny test architecture instead (CPU checks of the benchmark pipeline)")
     args = parser.parse_args(argv)
     config = tiny_config(FULL_SIZE[args.model][0]) if args.tiny else None
-    print(build_random_checkpoint(args.model, args.out, config=config, device=args.device))
+    # The tiny checks run on CPU, where LLaMA-Factory keeps a checkpoint's bf16 and a CPU without bf16 matrix
+    # instructions (AVX512-BF16, AMX) emulates it: the tiny model's 152k-row LM head then takes seconds a step.
+    dtype = "float32" if args.tiny else "bfloat16"
+    print(build_random_checkpoint(args.model, args.out, config=config, device=args.device, dtype=dtype))
 
 
 if __name__ == "__main__":
