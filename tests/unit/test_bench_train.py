@@ -212,6 +212,18 @@ def test_random_checkpoint_loads_with_real_pixel_limits_and_is_reused(tmp_path):
     assert weights.stat().st_mtime_ns == before
 
 
+def test_tiny_random_checkpoint_is_fp32(tmp_path):
+    # CPU checks load it in LLaMA-Factory, which keeps a checkpoint's dtype on CPU (bf16 is emulated on many CPUs)
+    from safetensors import safe_open
+
+    from tools.random_checkpoint import main
+
+    main(["--model", "qwen2_5_vl_7b", "--out", str(tmp_path / "tiny"), "--tiny", "--device", "cpu"])
+    with safe_open(tmp_path / "tiny" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}
+    assert json.loads((tmp_path / "tiny" / "random_checkpoint.json").read_text())["dtype"] == "float32"
+
+
 def test_meter_measures_the_window_and_traces_the_steps_after_it(tmp_path):
     trace = tmp_path / "trace_x.json.gz"
     meter = bt.Meter(window=4, profile=2, trace_path=str(trace))
