@@ -13,6 +13,7 @@ time and a trainer's is the trainer's own overhead. Levers (cumulative, in the o
     sdpa             transformers' default: the vision attention one sdpa call per window/image
     liger            Liger kernels on the model instance (fused linear + cross-entropy, RMSNorm, SwiGLU, RoPE)
     vision_attention custom_modules.speedups, one batched sdpa call per vision layer
+    vision_positions custom_modules.speedups, Qwen3-VL's vision position tables from a cache per image size
     vision_mlp       custom_modules.speedups, the vision MLP over weights padded to a multiple of 128
     lora_input       custom_modules.speedups, no fp32 copy of LoRA inputs under autocast
     deepstack        custom_modules.speedups, Qwen3-VL's deepstack additions without a host-GPU sync
@@ -31,8 +32,8 @@ from pathlib import Path
 from converters.files import write_text_atomic
 from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch, mfu, write_bench_data
 
-LEVERS = ("sdpa", "liger", "vision_attention", "vision_mlp", "lora_input", "deepstack", "lm_head_loss",
-          "compile_vision", "compile_language", "no_dropout")
+LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "deepstack",
+          "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
 
 
 def build(model_id: str, device: str, tiny: bool):

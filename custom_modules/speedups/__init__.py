@@ -1,11 +1,14 @@
 """Speed-ups for LoRA training of Qwen-VL models that leave what is learned unchanged.
 
     vision_attention   the vision towers' windowed/per-image attention as one batched sdpa call per layer
+    vision_positions   Qwen3-VL's vision position tables from a cache per image size (no per-image host loops)
     vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast
     deepstack          Qwen3-VL's deepstack additions by masked_scatter instead of boolean indexing (no host sync)
     lm_head_loss       Liger's fused LM head + cross-entropy over the labelled rows only, in one chunk (a process-wide
                        change to Liger's loss function, which any Liger model then uses)
+    parameter_count    the model's parameter count taken once, not at every micro-step (transformers' Trainer counts
+                       them for its FLOP estimate)
     compile_vision     torch.compile of each vision block (off by default: compile time, recompiles per new
                        image size)
     compile_language   torch.compile of each language-model decoder layer, LoRA inside (off by default: compile
@@ -22,8 +25,9 @@ import logging
 
 from transformers import TrainerCallback
 
-DEFAULTS = {"vision_attention": True, "vision_mlp": True, "lora_input": True, "deepstack": True,
-            "lm_head_loss": True, "compile_vision": False, "compile_language": False}
+DEFAULTS = {"vision_attention": True, "vision_positions": True, "vision_mlp": True, "lora_input": True,
+            "deepstack": True, "lm_head_loss": True, "parameter_count": True, "compile_vision": False,
+            "compile_language": False}
 logger = logging.getLogger(__name__)
 
 
@@ -48,13 +52,17 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     from custom_modules.speedups.deepstack import use_scattered_deepstack
     from custom_modules.speedups.lm_head_loss import use_labelled_rows
     from custom_modules.speedups.lora_input import keep_lora_input_dtype
+    from custom_modules.speedups.parameter_count import count_parameters_once
     from custom_modules.speedups.parts import decoder_layers, vision_blocks
     from custom_modules.speedups.vision_attention import use_segment_attention
     from custom_modules.speedups.vision_mlp import align_vision_mlps
+    from custom_modules.speedups.vision_positions import use_cached_vision_positions
 
     changed = {}
     if settings["vision_attention"]:
         changed["vision_attention"] = use_segment_attention(model)
+    if settings["vision_positions"]:
+        changed["vision_positions"] = use_cached_vision_positions(model)
     if settings["vision_mlp"]:
         changed["vision_mlp"] = align_vision_mlps(model)
     if settings["lora_input"] and autocast:
@@ -63,6 +71,8 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["deepstack"] = use_scattered_deepstack(model)
     if settings["lm_head_loss"]:
         changed["lm_head_loss"] = use_labelled_rows()
+    if settings["parameter_count"]:
+        changed["parameter_count"] = count_parameters_once(model)
     if settings["compile_vision"]:
         changed["compile_vision"] = compile_each(vision_blocks(model))
     if settings["compile_language"]:

@@ -35,11 +35,13 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
         assert not r.get("error") and r["samples_per_s"] > 0 and r["steps"] >= 1
         assert r["n_trainable_with_grad"] == r["n_trainable"] > 0
         assert r["tokens_per_sample"] == 335 and r["patches_per_sample"] > 0
-    # each trainer applied the recipe's speedups to the tiny tower (one vision config, depth-2 MLPs of width 64)
+    # each trainer applied the recipe's speedups to the tiny tower (one vision config, depth-2 MLPs of width 64) and
+    # to the model object its Trainer counts parameters on
     applied = re.findall(r"speedups applied: (\{.*?\})", (out / "bench_qwen2_5_vl_7b.log").read_text())
     assert len(applied) == 2
     for changed in map(ast.literal_eval, applied):
         assert changed["vision_attention"] == 1 and changed["vision_mlp"] == 2 and "compile_vision" not in changed
+        assert changed["parameter_count"] == 1
     # the workers leave with os._exit; the temporary folder they wrote in (swift's launcher recipe) is gone
     assert sorted(Path(tempfile.gettempdir()).glob("qvr*")) == temp_before
     # --profile 1: one traced micro-step after the measured window, inside each trainer's loop
