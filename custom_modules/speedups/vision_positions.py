@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 
 CACHE_BYTES = 256 * 2**20  # per tower: ~140 image sizes of 28x28 patches at Qwen3-VL-8B's width 1152, in bf16
-_last_grid: list = []  # [(grid_thw tensor, rows)] of the last read-back: both tables of a forward share the tensor
+_last_grid: list = []  # [(grid_thw, its _version, rows)] of the last read-back: a forward's two tables share the tensor
 
 
 class TensorCache:
@@ -48,12 +48,13 @@ class TensorCache:
 
 
 def grid_rows(grid_thw: torch.Tensor) -> list[tuple[int, int, int]]:
-    """`grid_thw` as host tuples, read back once per tensor (the rotary table asks for the same tensor again)."""
+    """`grid_thw` as host tuples, read back once per tensor and content (the rotary table asks for the same tensor
+    again; `_version` moves when a reused tensor is written in place)."""
     last = _last_grid[0] if _last_grid else None
-    if last is not None and last[0] is grid_thw:
-        return last[1]
+    if last is not None and last[0] is grid_thw and last[1] == grid_thw._version:
+        return last[2]
     rows = [tuple(row) for row in grid_thw.tolist()]
-    _last_grid[:] = [(grid_thw, rows)]
+    _last_grid[:] = [(grid_thw, grid_thw._version, rows)]
     return rows
 
 

@@ -44,7 +44,7 @@ def test_cached_tables_and_tower_output_are_bit_identical_to_transformers():
     expected = tables(tower, grid)
     expected_out = tower(pixels(tower, grid), grid_thw=grid)
     assert use_cached_vision_positions(tower) == 1
-    for attempt in range(2):  # the first fills the cache, the second is served from it
+    for _ in range(2):  # the first fills the cache, the second is served from it
         for got, want in zip(tables(tower, torch.tensor(GRID)), expected):
             assert got.dtype == want.dtype and torch.equal(got, want)
     out = tower(pixels(tower, grid), grid_thw=torch.tensor(GRID))
@@ -73,6 +73,10 @@ def test_grid_is_read_back_once_per_forward_and_each_size_computed_once(monkeypa
     computed.clear()
     tables(tower, torch.tensor([[1, 2, 2], [1, 4, 6]]).as_subclass(CountingGrid))
     assert CountingGrid.reads == 2 and computed == []
+    reused = torch.tensor([[1, 2, 2]])
+    tower.rot_pos_emb(reused)
+    reused[0, 1:] = torch.tensor([4, 6])  # the same tensor written in place is read again
+    assert torch.equal(tower.rot_pos_emb(reused), transformers_table(tower, "rot_pos_emb", reused))
 
 
 def test_trained_position_embedding_is_not_cached_and_gets_its_gradient():
