@@ -25,6 +25,8 @@ from collections import OrderedDict
 
 import torch
 
+from custom_modules.speedups.parts import vision_towers
+
 CACHE_BYTES = 256 * 2**20  # per tower: ~140 image sizes of 28x28 patches at Qwen3-VL-8B's width 1152, in bf16
 _last_grid: list = []  # [(grid_thw, its _version, rows)] of the last read-back: a forward's two tables share the tensor
 
@@ -104,9 +106,9 @@ def use_cached_vision_positions(model) -> int:
     The methods are replaced on the tower's class, so that they bind to whichever module runs them (a
     DataParallel replica included); a tower without a `position_cache` keeps transformers' behaviour."""
     changed = 0
-    for module in model.modules():
-        if all(hasattr(module, name) for name in _REPLACEMENTS) and not hasattr(module, "position_cache"):
-            _replace_on_class(type(module))
-            module.position_cache = TensorCache(CACHE_BYTES)
+    for tower in vision_towers(model):
+        if all(hasattr(tower, name) for name in _REPLACEMENTS) and not hasattr(tower, "position_cache"):
+            _replace_on_class(type(tower))
+            tower.position_cache = TensorCache(CACHE_BYTES)
             changed += 1
     return changed
