@@ -9,8 +9,11 @@
                        change to Liger's loss function, which any Liger model then uses)
     parameter_count    the model's parameter count taken once, not at every micro-step (transformers' Trainer counts
                        them for its FLOP estimate)
-    compile_vision     torch.compile of each vision block (off by default: compile time, recompiles per new
-                       image size)
+    compile_vision     torch.compile of each vision block around its attention, which stays eager (off by default:
+                       compile time). Needs vision_attention: the per-batch segment plan of the attention is host
+                       data (Python ints and index tensors of each batch's image grids), so traced it recompiled for
+                       every new mix of image sizes; outside the graph, the compiled pieces see only the token count,
+                       which after the first change of size they compile for as a dynamic shape
     compile_language   torch.compile of each language-model decoder layer, LoRA inside (off by default: compile
                        time; after the first change of sequence length it compiles for dynamic shapes)
 
@@ -40,7 +43,11 @@ def parse_settings(block: dict | None) -> dict:
     wrong = sorted(k for k, v in block.items() if not isinstance(v, bool))
     if wrong:
         raise ValueError(f"qwenvl_recipes.speedups: {wrong} must be true or false")
-    return {**DEFAULTS, **block}
+    settings = {**DEFAULTS, **block}
+    if settings["compile_vision"] and not settings["vision_attention"]:
+        raise ValueError("qwenvl_recipes.speedups: compile_vision needs vision_attention (transformers' own vision "
+                         "attention splits each batch by its image sizes, and every new mix of sizes recompiles)")
+    return settings
 
 
 def validate_config(block: dict) -> None:

@@ -47,6 +47,7 @@ def _segment_plan(cu_seqlens: torch.Tensor) -> list[tuple[int, torch.Tensor | No
     return plan
 
 
+@torch.compiler.disable  # the plan is host data of each batch's grid: traced, every new mix of sizes recompiles
 def segment_sdpa_forward(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
                          cu_seq_lens_q=None, cu_seq_lens_k=None, is_causal=False, **kwargs):
     """transformers attention-interface function: query/key/value (1, heads, tokens, dim) split into the
