@@ -1,17 +1,21 @@
 """Training speed benchmark: seed loop vs the trainers' own example settings vs our recipes, in one job.
 
 On the GPU machine, with full-size model configs and random weights (tools/random_checkpoint.py, no download),
-a task-shaped synthetic dataset (fixed image size, prompt and answer lengths like the real task) and each
-variant run in its own process, it measures steady-state samples/s, tokens/s, peak GiB and MFU over >= 20
-micro-steps after warm-up, and prints one table with ratios to the seed loop and to the faster trainer default.
+data shaped like users' data (tools/bench_data.py: COCO's mix of image sizes, the task's range of text lengths;
+`--data ideal` for the fixed-square best case, labelled so) and each variant run in its own process, it measures
+steady-state samples/s, tokens/s, the padded share of the batches, peak GiB and MFU over >= 20 micro-steps after
+warm-up, and prints one table with ratios to the seed loop, the faster trainer example and the faster plainly
+tuned trainer.
 
     tools/prepare_gpu_wheels.sh                  # here: the wheels the GPU machine lacks, into .whl/
     python3 -m tools.bench_train run --model qwen2_5_vl_7b --out $OUT --wheels .whl     # there (make bench-gpu)
     python -m tools.bench_train report OUT/bench_*.json --docs docs    # docs/performance.json + the table
 
 Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
-`swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_ours`,
-`swift_ours`, `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
+`swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_plain` and
+`swift_plain` (the trainers plainly tuned: our fast recipe without its `qwenvl_recipes` block, i.e. batch 16, no
+gradient checkpointing, Liger, the same LoRA, only the trainer's own options), `lf_ours`, `swift_ours`,
+`lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
 tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`; a dotted key sets a nested one
 (`lf_ours:qwenvl_recipes.speedups.compile_language=true`).
 
@@ -23,12 +27,12 @@ run, which would take away the overlap the trainers have) and counts its tokens 
 one epoch of every variant's micro-steps (rows_needed). `--profile N` traces N micro-steps after the measured window
 (torch.profiler; tools/gpu_gaps.py reports where the GPU waited).
 
-MFU (DESIGN.md, Performance method): model FLOPs per micro-step = k*N_lm*tokens + k*N_vis*patches with k=4 for
-LoRA (frozen weights: forward + input gradients) and 6 for full tuning, against 989 TFLOP/s (H100/H200 bf16
-dense). N_lm counts the LM's non-embedding weights (input embedding and output projection excluded, the convention
-that reproduces DESIGN.md's reference rows, so the lm_head matmul is left out and MFU is a slight underestimate);
-N_vis counts the vision tower (encoder + merger), with k applied to it although a frozen ViT needs no backward
-pass. Gradient-checkpointing recomputation is not counted (model FLOPs).
+MFU: tools/mfu.py, the one formula (a frozen vision tower counts forward only). N_lm counts the LM's
+non-embedding weights, N_vis the vision tower (encoder + merger); how each part is trained is read from the
+model's trainable parameters.
+
+A second `run` with `--append` into the same --out adds its variants to that job's records (ratios over all),
+so long runs of some variants (`--steps 200`) and short runs of others share one table.
 """
 
 from __future__ import annotations
@@ -50,31 +54,22 @@ from pathlib import Path
 
 import yaml
 
+from tools.bench_data import write_bench_data
+from tools.mfu import mfu, step_flops, training_mode
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PEAK_BF16_FLOPS = 989e12  # H100 SXM / H200 bf16 dense
 GIB = 1024 ** 3
-RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date")
-VARIANT_KINDS = ("seed_loop", "trainer_default", "ours", "ours_24gib")
+RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date",
+               "data")
+VARIANT_KINDS = ("seed_loop", "trainer_default", "trainer_tuned", "ours", "ours_24gib")
 
 # --------------------------------------------------------------------------------------------------------------
-# Formulas and tables (pure; unit-tested on CPU)
-
-
-def step_flops(n_lm: int, n_vis: int, tokens: int, patches: int, full: bool = False) -> float:
-    """Model FLOPs of one training step over `tokens` LM tokens and `patches` ViT patches."""
-    k = 6 if full else 4
-    return k * n_lm * tokens + k * n_vis * patches
-
-
-def mfu(n_lm: int, n_vis: int, tokens: int, patches: int, seconds: float, full: bool = False,
-        peak_flops: float = PEAK_BF16_FLOPS) -> float:
-    """Model FLOPs utilisation (a fraction) of `tokens` and `patches` processed in `seconds`."""
-    return step_flops(n_lm, n_vis, tokens, patches, full) / seconds / peak_flops
+# Counting, tables (pure; unit-tested on CPU)
 
 
 def count_params(model) -> tuple[int, int]:
     """(N_lm, N_vis) of a Qwen VL model, peft-wrapped or not: N_lm is the LM's non-embedding weights (input
-    embedding and output projection excluded, as in DESIGN.md's reference MFU figures), N_vis the vision tower's
+    embedding and output projection excluded, tools/mfu.py), N_vis the vision tower's
     (encoder + merger); LoRA weights are not counted."""
     embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     n_lm = n_vis = 0
@@ -100,41 +95,48 @@ def batch_count_values(inputs: dict) -> tuple:
     grid = inputs.get("image_grid_thw")
     patches = grid.prod(-1).sum() if grid is not None else 0
     samples = int(grid.shape[0]) if grid is not None else int(input_ids.shape[0])
-    return samples, tokens, patches
+    return samples, tokens, patches, input_ids.numel()
 
 
-def batch_counts(inputs: dict) -> tuple[int, int, int]:
-    """(samples, tokens, patches) of one collated batch: real tokens (padding excluded), ViT patches, and one
-    sample per image (every benchmark sample has exactly one)."""
+def batch_counts(inputs: dict) -> tuple[int, int, int, int]:
+    """(samples, tokens, patches, positions) of one collated batch: real tokens (padding excluded), ViT patches,
+    one sample per image (every benchmark sample has exactly one), and the batch's token positions (padding
+    included)."""
     return tuple(int(v) for v in batch_count_values(inputs))
 
 
-def summarise(step_ends: list[float], counts: list[tuple[int, int, int]], warmup: int) -> dict:
-    """Steady-state rates from micro-step end times (seconds) and per-micro-step (samples, tokens, patches):
-    the window runs from the end of micro-step `warmup` to the end of the last one."""
+def summarise(step_ends: list[float], counts: list[tuple[int, int, int, int]], warmup: int) -> dict:
+    """Steady-state rates from micro-step end times (seconds) and per-micro-step (samples, tokens, patches,
+    positions): the window runs from the end of micro-step `warmup` to the end of the last one. `padding_share` is
+    the share of the window's token positions that were padding."""
     if len(step_ends) != len(counts):
         raise ValueError(f"{len(step_ends)} step times but {len(counts)} step counts")
     if len(step_ends) - warmup < 1 or warmup < 1:
         raise ValueError(f"need at least one micro-step after {warmup} warm-up steps (>= 1), got {len(step_ends)}")
     seconds = step_ends[-1] - step_ends[warmup - 1]
     window = counts[warmup:]
-    samples, tokens, patches = (sum(c[i] for c in window) for i in range(3))
+    samples, tokens, patches, positions = (sum(c[i] for c in window) for i in range(4))
     return {"steps": len(window), "seconds": seconds, "samples": samples, "tokens": tokens, "patches": patches,
-            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds}
+            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+            "padding_share": 1 - tokens / positions if positions else 0.0}
+
+
+RATIOS = {"ratio_vs_seed": "seed_loop", "ratio_vs_best_default": "trainer_default",
+          "ratio_vs_best_tuned": "trainer_tuned"}
 
 
 def add_ratios(records: list[dict]) -> list[dict]:
-    """Each record of one model run gets its samples/s over the seed loop's and over the faster trainer default's
-    (None where that baseline is absent or failed)."""
+    """Each record of one model run gets its samples/s over the seed loop's, the faster trainer example's and the
+    faster plainly tuned trainer's (None where that baseline is absent or failed)."""
     def best(kind):
         rates = [r["samples_per_s"] for r in records if r["variant"] == kind and r.get("samples_per_s")]
         return max(rates) if rates else None
 
-    seed, default = best("seed_loop"), best("trainer_default")
-    for r in records:
-        rate = r.get("samples_per_s")
-        r["ratio_vs_seed"] = rate / seed if rate and seed else None
-        r["ratio_vs_best_default"] = rate / default if rate and default else None
+    for key, kind in RATIOS.items():
+        base = best(kind)
+        for r in records:
+            rate = r.get("samples_per_s")
+            r[key] = rate / base if rate and base else None
     return records
 
 
@@ -144,18 +146,20 @@ def _fmt(value, spec):
 
 def format_table(records: list[dict]) -> str:
     """Markdown table: model, trainer, settings, samples/s, tokens/s, GiB, MFU, ratios (error text if failed)."""
-    lines = ["| model | trainer | variant | settings | samples/s | tokens/s | peak GiB | MFU | x seed | x best default |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | data | trainer | variant | settings | steps | samples/s | tokens/s | padding | peak GiB | MFU | "
+             "x seed | x best example | x best tuned |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        head = f"| {r['model']} | {r.get('data', '')} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} |"
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} | "
-                         f"failed: {r['error'][:80]} | | | | | |")
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | | | |")
             continue
+        padding = r.get("padding_share")
         lines.append(
-            f"| {r['model']} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} | "
-            f"{_fmt(r['samples_per_s'], '.2f')} | {_fmt(r['tokens_per_s'], '.0f')} | {_fmt(r['peak_gib'], '.1f')} | "
+            f"{head} {r.get('steps', '')} | {_fmt(r['samples_per_s'], '.2f')} | {_fmt(r['tokens_per_s'], '.0f')} | "
+            f"{_fmt(padding * 100 if padding is not None else None, '.0f')}% | {_fmt(r['peak_gib'], '.1f')} | "
             f"{_fmt(r['mfu'] * 100 if r['mfu'] is not None else None, '.1f')}% | "
-            f"{_fmt(r.get('ratio_vs_seed'), '.2f')} | {_fmt(r.get('ratio_vs_best_default'), '.2f')} |")
+            + " | ".join(_fmt(r.get(key), '.2f') for key in RATIOS) + " |")
     return "\n".join(lines)
 
 
@@ -173,19 +177,19 @@ def check_record(record: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Task shapes and variants
 
-# model id -> task shape: image side (pixels, square), prompt, answer words (each one token), variants to run
+# model id -> the task its perf recipes train, the pixel limits their converter command and recipe use, the side
+# of the images a resizing converter writes (the 2B caption recipe's `--resize 280x280`), and the variants to run
 # by default (what one 10-minute device command holds; the 24 GiB variants need no ratio, so they run apart:
 # `--variants lf_ours_24gib swift_ours_24gib`).
 TASKS = {
-    "qwen2_vl_2b": dict(task="caption", image=280, prompt="Describe this image in one sentence.", answer_words=14,
+    "qwen2_vl_2b": dict(task="caption", pixels=(3136, 78400), resize=280,
                         variants=["seed", "lf_ours", "swift_ours"]),
-    "qwen2_5_vl_7b": dict(task="grounding", image=448, prompt="Locate every object in the image and describe it.",
-                          answer_words=44, variants=["seed", "lf_default", "swift_default", "lf_ours", "swift_ours"]),
-    "qwen3_vl_8b": dict(task="grounding", image=448, prompt="Locate every object in the image and describe it.",
-                        answer_words=44, variants=["seed", "lf_ours", "swift_ours"]),
+    "qwen2_5_vl_7b": dict(task="grounding", pixels=(3136, 200704), resize=None,
+                          variants=["lf_default", "swift_default", "lf_plain", "swift_plain", "lf_ours",
+                                    "swift_ours"]),
+    "qwen3_vl_8b": dict(task="grounding", pixels=(4096, 200704), resize=None,
+                        variants=["lf_plain", "swift_plain", "lf_ours", "swift_ours"]),
 }
-WORDS = ("the a red blue green small large dog cat car tree house person table chair on in near left right top "
-         "bottom with and of is there two three one white black man woman street window door sign road sky").split()
 FAMILY = {"qwen2_vl_2b": "qwen2_vl", "qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_2b": "qwen3_vl",
           "qwen3_vl_4b": "qwen3_vl", "qwen3_vl_8b": "qwen3_vl"}
 LF_TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
@@ -196,7 +200,7 @@ LF_EXAMPLE = dict(stage="sft", do_train=True, finetuning_type="lora", lora_rank=
                   preprocessing_num_workers=16, dataloader_num_workers=4, per_device_train_batch_size=1,
                   gradient_accumulation_steps=8, learning_rate=1.0e-4, lr_scheduler_type="cosine",
                   warmup_ratio=0.1, bf16=True)
-# ms-swift's examples/train/multimodal/caption.sh values (accumulation 8, as in DESIGN.md's reference table).
+# ms-swift's examples/train/multimodal/caption.sh values (accumulation 8, to match LLaMA-Factory's example).
 SWIFT_EXAMPLE = dict(tuner_type="lora", torch_dtype="bfloat16", per_device_train_batch_size=1, learning_rate=1e-4,
                      lora_rank=8, lora_alpha=32, target_modules=["all-linear"], freeze_vit=True,
                      gradient_accumulation_steps=8, max_length=2048, warmup_ratio=0.05, dataloader_num_workers=4)
@@ -207,6 +211,10 @@ VARIANTS = {
     "lf_default": ("trainer_default", "llamafactory", LF_EXAMPLE, "example: batch 1 x accum 8, r8 all, grad ckpt"),
     "swift_default": ("trainer_default", "ms-swift", SWIFT_EXAMPLE, "example: batch 1 x accum 8, r8 all-linear, "
                                                                     "grad ckpt"),
+    "lf_plain": ("trainer_tuned", "llamafactory", "recipes/perf/llamafactory/{model}_lora_fast.yaml",
+                 "plainly tuned: the fast recipe without qwenvl_recipes"),
+    "swift_plain": ("trainer_tuned", "ms-swift", "recipes/perf/swift/{model}_lora_fast.yaml",
+                    "plainly tuned: the fast recipe without qwenvl_recipes"),
     "lf_ours": ("ours", "llamafactory", "recipes/perf/llamafactory/{model}_lora_fast.yaml", None),
     "swift_ours": ("ours", "ms-swift", "recipes/perf/swift/{model}_lora_fast.yaml", None),
     "lf_ours_24gib": ("ours_24gib", "llamafactory", "recipes/perf/llamafactory/{model}_lora_24gib.yaml", None),
@@ -258,6 +266,8 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     else:
         path = REPO_ROOT / source.format(model=model_id)
         config = yaml.safe_load(path.read_text())
+        if kind == "trainer_tuned":
+            config.pop("qwenvl_recipes", None)  # the trainer's own options only
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config
@@ -267,58 +277,24 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     accum = int(config.get("gradient_accumulation_steps", 1))
     warm, window, max_steps = micro_steps(warmup, steps, accum, profile)
     out = str(work / "out" / name)
-    # Bench-only settings outside the measured window: no saving, no per-step logging sync, and a small
-    # preprocessing pool (its start-up, not its speed, dominates on the benchmark's few hundred samples).
+    # Bench-only settings outside the measured window: no saving, no per-step logging sync, and a preprocessing
+    # pool of the host's cores (LLaMA-Factory reads and sizes every COCO-sized image while it tokenizes: a
+    # 200-step run's 3,280 rows took over three minutes on 4 processes).
     common = dict(output_dir=out, max_steps=max_steps, logging_steps=max_steps, save_strategy="no",
                   report_to="none")
+    workers = min(16, os.cpu_count() or 1)
     if trainer == "llamafactory":
         config.update(common, model_name_or_path=str(ckpt), dataset_dir=str(data), dataset="bench_train",
-                      overwrite_output_dir=True, plot_loss=False, overwrite_cache=True, preprocessing_num_workers=4)
+                      overwrite_output_dir=True, plot_loss=False, overwrite_cache=True, preprocessing_num_workers=workers)
         if cpu:
             config.update(bf16=False, enable_liger_kernel=False, use_liger_kernel=False)
     else:
         config.update(common, model=str(ckpt), model_type=family, template=family, check_model=False,
                       dataset=[str(data / "bench_train.jsonl")], add_version=False, split_dataset_ratio=0.0,
-                      dataset_num_proc=4)
+                      dataset_num_proc=workers)
         if cpu:
             config.update(torch_dtype="float32", use_liger_kernel=False)
     return config, warm, window
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Benchmark data
-
-
-def write_bench_data(out_dir: Path, image_side: int, prompt: str, answer_words: int, n: int = 128,
-                     n_images: int = 32, seed: int = 0) -> Path:
-    """`n` one-image samples (LLaMA-Factory sharegpt + dataset_info, ms-swift jsonl) over `n_images` distinct
-    random JPEGs of `image_side` pixels; answers are `answer_words` one-token words."""
-    import random
-
-    import numpy as np
-    from PIL import Image
-
-    rng = random.Random(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images = []
-    for i in range(n_images):
-        path = out_dir / f"img_{i:03d}.jpg"
-        pixels = np.random.default_rng(seed + i).integers(0, 256, (image_side, image_side, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(path, quality=90)
-        images.append(str(path))
-    rows = []
-    for i in range(n):
-        answer = " ".join(rng.choice(WORDS) for _ in range(answer_words)) + "."
-        rows.append({"messages": [{"role": "user", "content": f"<image>{prompt}"},
-                                  {"role": "assistant", "content": answer}], "images": [images[i % n_images]]})
-    (out_dir / "bench_train.json").write_text(json.dumps(rows))
-    (out_dir / "bench_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    info = {"bench_train": {"file_name": "bench_train.json", "formatting": "sharegpt",
-                            "columns": {"messages": "messages", "images": "images"},
-                            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                     "assistant_tag": "assistant"}}}
-    (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
-    return out_dir
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -326,7 +302,8 @@ def write_bench_data(out_dir: Path, image_side: int, prompt: str, answer_words: 
 
 
 class Meter:
-    """Micro-step end times and (samples, tokens, patches) counts, plus the model facts the record needs.
+    """Micro-step end times and (samples, tokens, patches, positions) counts, plus the model facts the record needs:
+    parameter counts and how the LM and the vision blocks are trained (tools.mfu.training_mode).
 
     Nothing here synchronises the host with the GPU inside the run (a sync would let the GPU idle while the host
     prepares the next step, which the trainers otherwise overlap): on a GPU each micro-step's end is a CUDA event
@@ -335,13 +312,15 @@ class Meter:
 
     def __init__(self, window: int | None = None, profile: int = 0, trace_path: str | None = None):
         self.step_ends, self.counts = [], []
-        self.n_lm = self.n_vis = self.n_trainable = self.n_with_grad = None
+        self.n_lm = self.n_vis = self.n_trainable = self.n_with_grad = self.modes = None
         self.window, self.profile, self.trace_path, self.profiler = window, profile, trace_path, None
 
     def count(self, model, inputs):
         self.counts.append(batch_count_values(inputs))
         if self.n_lm is None:
             self.n_lm, self.n_vis = count_params(model)
+            named = list(model.named_parameters())
+            self.modes = {"lm": training_mode(named, ".language_model."), "vision": training_mode(named, ".visual.blocks.")}
 
     def check_grads(self, model):
         """After the first backward: how many trainable tensors got a gradient (catches checkpointing that
@@ -379,15 +358,15 @@ class Meter:
             return [ends[0].elapsed_time(e) / 1e3 for e in ends]
         return ends
 
-    def record(self, warmup: int, full: bool = False) -> dict:
+    def record(self, warmup: int) -> dict:
         import torch
 
         counts = [tuple(int(v) for v in c) for c in self.counts[:self.window]]
         rates = summarise(self.step_seconds(), counts, warmup)
         cuda = torch.cuda.is_available()
+        flops = step_flops(self.n_lm, self.n_vis, rates["tokens"], rates["patches"], **self.modes)
         return dict(rates, n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
-                    n_trainable_with_grad=self.n_with_grad,
-                    mfu=mfu(self.n_lm, self.n_vis, rates["tokens"], rates["patches"], rates["seconds"], full),
+                    n_trainable_with_grad=self.n_with_grad, trained=self.modes, mfu=mfu(flops, rates["seconds"]),
                     peak_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
                     peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
                     device=torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -601,6 +580,12 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     log.flush()
     start = time.time()
     env = trainer_env(path)
+    if trainer == "llamafactory":
+        # LLaMA-Factory sizes every image while it tokenizes, in `preprocessing_num_workers` processes that each
+        # keep torch's full thread pool: a 640x480 image took 75 ms with the pool and 7 ms with one thread on two
+        # cores, and 3,280 rows ran at 8-10 rows/s on 16 processes of a 16-core host. One thread each, as torch's
+        # own data loader workers have (ms-swift processes images there).
+        env.setdefault("OMP_NUM_THREADS", "1")
     # The worker leaves with os._exit once its figures are written, so it removes no temporary files: it gets a
     # temporary folder of its own (a short path, since multiprocessing puts sockets there), removed here; compiled
     # kernels stay in the usual shared cache.
@@ -652,6 +637,18 @@ def rows_needed(variants: list[str], args) -> int:
     return rows
 
 
+def data_label(model_id: str, shape: str) -> str:
+    """What the figures of a run were measured on, as the records and tables say it."""
+    from tools.bench_data import IDEAL
+
+    task = TASKS[model_id]
+    if shape == "ideal":
+        side = IDEAL[task["task"]]["side"]
+        return f"ideal {side}x{side}, fixed text"
+    resized = f", resized {task['resize']}x{task['resize']}" if task["resize"] else ""
+    return f"coco{resized}, {task['task']} text"
+
+
 def prepare(args, work: Path, rows: int) -> tuple[Path, Path]:
     """Build (or reuse) the random checkpoint in the LLaMA-Factory environment and write the task's data."""
     ckpt = Path(args.ckpt or work / "ckpt" / args.model)
@@ -660,7 +657,8 @@ def prepare(args, work: Path, rows: int) -> tuple[Path, Path]:
         command += ["--tiny", "--device", "cpu"]
     subprocess.run(command, cwd=REPO_ROOT, env=trainer_env(args.lf_path), check=True)
     task = TASKS[args.model]
-    data = write_bench_data(work / "data" / args.model, task["image"], task["prompt"], task["answer_words"], n=rows)
+    data = write_bench_data(work / "data" / f"{args.data}_{rows}", task["task"], rows, FAMILY[args.model],
+                            *task["pixels"], shape=args.data, resize=task["resize"])
     return ckpt, data
 
 
@@ -670,8 +668,9 @@ def run(args) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     variants = args.variants or TASKS[args.model]["variants"]
-    rows = rows_needed(variants, args)  # also fails on a bad variant before the long work
-    records = []
+    rows = max(rows_needed(variants, args), args.rows or 0)  # also fails on a bad variant before the long work
+    records_path = out / f"bench_{args.model}.json"
+    records = json.loads(records_path.read_text()) if args.append and records_path.exists() else []
     if args.wheels:
         args.lf_path, args.swift_path = install_wheels(Path(args.wheels), Path(args.work))
     with open(out / f"bench_{args.model}.log", "a") as log:
@@ -679,13 +678,14 @@ def run(args) -> list[dict]:
         ckpt, data = prepare(args, work, rows)
         print(f"checkpoint + {rows} rows of data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
         for spec in variants:
-            record = run_variant(spec, args, ckpt, data, work, log)
+            record = dict(run_variant(spec, args, ckpt, data, work, log), data=data_label(args.model, args.data))
             records.append(record)
             add_ratios(records)
-            (out / f"bench_{args.model}.json").write_text(json.dumps(records, indent=1))
+            records_path.write_text(json.dumps(records, indent=1))
             print(f"{spec}: " + (record.get("error") or f"{record['samples_per_s']:.2f} samples/s, "
                   f"{record['peak_gib']:.1f} GiB, MFU {record['mfu']:.1%}, {record['tokens_per_sample']:.0f} "
-                  f"tok/sample, grads {record['n_trainable_with_grad']}/{record['n_trainable']}") +
+                  f"tok/sample, padding {record['padding_share']:.0%}, {record['steps']} steps, "
+                  f"grads {record['n_trainable_with_grad']}/{record['n_trainable']}") +
                   f" ({record['wall_s']}s)", flush=True)
     table = format_table(records)
     (out / f"bench_{args.model}.md").write_text(table + "\n")
@@ -714,6 +714,13 @@ def main(argv=None) -> None:
     p.add_argument("--ckpt", help="random checkpoint folder (default WORK/<model>/ckpt/<model>)")
     p.add_argument("--variants", nargs="+", help="VARIANTS names, each with optional :key=value,key=value "
                                                  "overrides (default: the model's set in TASKS)")
+    p.add_argument("--data", choices=("coco", "ideal"), default="coco",
+                   help="coco: COCO's image-size mix and the task's text lengths (default); ideal: fixed squares and "
+                        "fixed texts, the best case, labelled so (tools/bench_data.py)")
+    p.add_argument("--append", action="store_true",
+                   help="add to OUT/bench_<model>.json of an earlier run of this job instead of starting it anew")
+    p.add_argument("--rows", type=int, help="benchmark rows to write, when more than the variants need (default: one "
+                                            "epoch of the longest variant): the same data for runs that --append")
     p.add_argument("--steps", type=int, default=20, help="measured micro-steps (>= 20 for reported figures)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up micro-steps before the window")
     p.add_argument("--timeout", type=int, default=150, help="seconds allowed per variant")

@@ -1,10 +1,10 @@
 """Speed and memory of stage 2 (merger + LM LoRA r64, encoder frozen) with random weights, plain torch loop.
 
 Full-size Qwen3-VL config (tools.model_configs) + a ViT-B/14 Dinov2 at 518 px (RAD-DINO's shape: 1369 tokens an
-image), bf16, sdpa, AdamW. Prints one JSON line per setting (samples/s, tokens/s, peak GiB, MFU against 989
-TFLOP/s with 4*N_lm*tokens + 2*N_vis*patches FLOPs: LoRA LM, frozen encoder forward only) and writes them to --out.
+image), bf16, sdpa, AdamW. Prints one JSON line per setting (samples/s, tokens/s, peak GiB, MFU by tools/mfu.py:
+LoRA LM, frozen encoder forward only) and writes them to --out.
 
-    python -m custom_modules.vision_encoder.benchmark --model qwen3_vl_8b --out results.json
+    python -m tools.bench_vision_encoder --model qwen3_vl_8b --out results.json
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from custom_modules.vision_encoder.settings import parse_settings
 from custom_modules.vision_encoder.training import apply_stage, param_groups, prepare_model
+from tools.mfu import mfu, step_flops
 
-H100_BF16_FLOPS = 989e12
 ENCODERS = {  # Dinov2Config sizes
     "vit_b14": dict(image_size=518, patch_size=14, hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
     "tiny": dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
@@ -157,9 +157,9 @@ def main(argv=None) -> None:
             run = {"error": "out of memory"}
             torch.cuda.empty_cache()
         if "error" not in run:
-            flops = (4 * counts["lm"] * run["seq_len"] + 2 * counts["encoder"] * adapter.tokens_per_image) \
-                * run["samples_per_s"]
-            run["mfu"] = flops / H100_BF16_FLOPS
+            # LM LoRA, frozen encoder (tools/mfu.py); per sample, times samples per second
+            flops = step_flops(counts["lm"], counts["encoder"], run["seq_len"], adapter.tokens_per_image)
+            run["mfu"] = mfu(flops * run["samples_per_s"], seconds=1.0)
         run.update(batch=int(batch_size), gradient_checkpointing=mode == "gc", image=f"{side}x{side}")
         results["runs"].append(run)
         print(json.dumps(run), flush=True)

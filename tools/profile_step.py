@@ -1,11 +1,10 @@
 """Where a LoRA training step's time goes: one full-size Qwen VL model (random weights, built on the GPU, nothing
-saved), one fixed task-shaped batch, a plain forward/backward/AdamW step, with speed levers switched on one after
+saved), one batch of the benchmark's data (tools/bench_data.py: COCO-shaped by default), a plain forward/backward/AdamW step, with speed levers switched on one after
 another in the same process.
 
     python3 -m tools.profile_step --model qwen2_5_vl_7b --batch 16 --out $OUT     # on the GPU machine
 
-For each lever set it prints the vision tower's forward time, the whole step's time, MFU (tools.bench_train's
-formula) and a torch.profiler table of the step's most expensive CUDA kernels, and writes them to
+For each lever set it prints the vision tower's forward time, the whole step's time, MFU (tools/mfu.py) and a torch.profiler table of the step's most expensive CUDA kernels, and writes them to
 OUT/profile_<model>.{json,txt}. Data loading is left out (the batch is built once), so the gap between this step
 time and a trainer's is the trainer's own overhead. Levers (cumulative, in the order given):
 
@@ -30,7 +29,9 @@ import time
 from pathlib import Path
 
 from converters.files import write_text_atomic
-from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch, mfu, write_bench_data
+from tools.bench_data import write_bench_data
+from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch
+from tools.mfu import mfu, step_flops
 
 LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "deepstack",
           "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
@@ -130,6 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--levers", nargs="+", choices=LEVERS,
                         default=["liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision"])
+    parser.add_argument("--data", choices=("coco", "ideal"), default="coco",
+                        help="the batch's images and texts: COCO-shaped (default) or fixed squares (tools/bench_data.py)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/qvr-profile")
     parser.add_argument("--tiny", action="store_true", help="the tiny test architecture on CPU (checks the script)")
@@ -143,7 +146,8 @@ def main(argv=None) -> None:
     family, task = FAMILY[args.model], TASKS[args.model]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = write_bench_data(Path(args.work) / args.model, task["image"], task["prompt"], task["answer_words"])
+    data = write_bench_data(Path(args.work) / args.model / args.data, task["task"], args.batch, family, *task["pixels"],
+                            shape=args.data, resize=task["resize"])
     rows = json.loads((data / "bench_train.json").read_text())[:args.batch]
     device = "cpu" if args.tiny else "cuda"
     pixels = () if args.tiny else REAL_PIXELS[family]  # the tiny model's own limits, or the published ones
@@ -161,7 +165,7 @@ def main(argv=None) -> None:
             torch.cuda.reset_peak_memory_stats()
         r = measure(model, optimizer, inputs, labels, args.steps, args.warmup)
         r.update(lever=lever, batch=args.batch, samples_per_s=args.batch / r["step_s"],
-                 mfu=mfu(n_lm, n_vis, tokens, patches, r["step_s"]))
+                 mfu=mfu(step_flops(n_lm, n_vis, tokens, patches), r["step_s"]))  # LM LoRA, frozen tower
         line = (f"+{lever}: step {r['step_s'] * 1e3:.0f} ms ({r['samples_per_s']:.2f} samples/s, MFU {r['mfu']:.1%}), "
                 f"GPU busy {r['gpu_busy_s'] * 1e3:.0f} ms, ViT forward {r['vit_forward_s'] * 1e3:.0f} ms, "
                 f"{r['cuda_launches_per_step']:.0f} launches, {r['sdpa_calls_per_step']:.0f} sdpa calls, "

@@ -34,7 +34,7 @@ MODELS = {
 # longest first, so `lora_vit` is not read as `lora` + variant `vit`
 METHODS = ("lora_vit", "merger", "qlora", "lora", "full")
 HEADER_KEYS = ("Trains", "Data", "Run", "GPUs", "Effective batch")
-# Our own modules' settings; the trainers never see this key (see DESIGN.md, custom-module recipes).
+# Our own modules' settings; the trainers never see this key.
 CUSTOM_KEY = "qwenvl_recipes"
 # Recipes that merge an adapter instead of training (llamafactory-cli export / swift export).
 EXPORT_VARIANT = "export"
