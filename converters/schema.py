@@ -67,3 +67,8 @@ class SkipRecord(Exception):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class InputError(Exception):
+    """A problem with a whole input file or folder (unreadable, truncated, wrong encoding, wrong type):
+    nothing can be converted from it. The message is one line: '<path>: <cause>'."""
