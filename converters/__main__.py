@@ -278,27 +278,25 @@ def _convert(args: argparse.Namespace) -> int:
 def _report(entries: dict, args: argparse.Namespace, name: str) -> int:
     """Counts and skip reasons per split on stderr; 1 when a split (or the whole input) gave no sample."""
     manifest = args.out / "manifest.json"
-    for key, entry in entries.items():
-        print(f"{key}: {entry['count']} samples, {entry['skipped_count']} skipped"
-              + (f", {len(entry['notes'])} noted" if entry["notes"] else ""), file=sys.stderr)
-        for line in pipeline.skip_summary(entry):
-            print(line, file=sys.stderr)
-    if entries and any(entry["skipped_count"] for entry in entries.values()):
-        print(f"every skipped record: {manifest}, datasets.<name>_<split>.skipped", file=sys.stderr)
     if not entries:
         wanted = f" of split {args.split!r}" if args.split else ""
         hint = (" (rows without a split field are train; --split-of-file puts a whole file in one split)"
                 if args.command in ("microscopy", "forgery") and args.split else "")
         print(f"error: {args.input}: no record{wanted} in the input{hint}; nothing written", file=sys.stderr)
         return 1
-    empty = [key for key, entry in entries.items() if entry["count"] == 0]
-    for key in empty:
-        entry = entries[key]
-        print(f"error: {key}: no usable sample, all {entry['skipped_count']} record(s) of {args.input} were "
-              f"skipped; top reasons:", file=sys.stderr)
+    empty = []
+    for key, entry in entries.items():
+        if entry["count"] == 0:
+            empty.append(key)
+            print(f"error: {key}: no usable sample, all {entry['skipped_count']} record(s) of {args.input} "
+                  "were skipped; top reasons:", file=sys.stderr)
+        else:
+            print(f"{key}: {entry['count']} samples, {entry['skipped_count']} skipped"
+                  + (f", {len(entry['notes'])} noted" if entry["notes"] else ""), file=sys.stderr)
         for line in pipeline.skip_summary(entry):
             print(line, file=sys.stderr)
-        print(f"  full list: {manifest}, datasets.{key}.skipped", file=sys.stderr)
+        if entry["skipped_count"]:
+            print(f"  full list: {manifest}, datasets.{key}.skipped", file=sys.stderr)
     return 1 if empty else 0
 
 

@@ -281,6 +281,7 @@ def _row_phrases(row: dict) -> list[tuple[object, str]]:
 
 
 def _iter_rows(files: list[Path], columns: list[str] | None = None) -> Iterator[tuple[Path, int, dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for path in files:
@@ -294,8 +295,8 @@ def _iter_rows(files: list[Path], columns: list[str] | None = None) -> Iterator[
                 for row in batch.to_pylist():
                     yield path, index, row
                     index += 1
-        except OSError as error:  # pyarrow's ArrowInvalid (not parquet, truncated) is an OSError too
-            cause = os_error_cause(error) if error.errno else str(error).splitlines()[0]
+        except (OSError, pa.ArrowException) as error:  # ArrowInvalid: not parquet, truncated
+            cause = os_error_cause(error) if getattr(error, "errno", None) else str(error).splitlines()[0]
             raise InputError(f"{path}: not a readable parquet file ({cause})") from error
 
 
