@@ -3,17 +3,32 @@ that name file and line."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from converters.files import write_text_atomic
 
 
+def finite_or_null(value):
+    """`value` with every NaN/inf float replaced by None: JSON has no NaN, and a metric that could not be
+    computed is null, which every JSON reader accepts (Python's NaN output is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(finite_or_null(value), indent=2, ensure_ascii=False, sort_keys=True,
+                                       allow_nan=False) + "\n")
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(finite_or_null(r), ensure_ascii=False, allow_nan=False) + "\n"
+                                    for r in rows))
 
 
 def read_json(path: Path):

@@ -8,11 +8,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from converters.boxes import MODEL_FAMILIES
-from eval.data import find_split_file, load_samples, read_manifest_entry, trainer_resize_path
+from eval.infer import resolve_adapter
+from eval.data import choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
 from eval.io import read_json, write_json_atomic, write_text_atomic
 from eval.score import TASKS, ScoreSettings, normalize_records, score_records, write_scores
 
 BACKEND_NAMES = ("transformers", "vllm")
+
+
+def forgery_head(adapter_dir: Path | None) -> Path | None:
+    """The forgery head weights saved next to the adapter, if any."""
+    if adapter_dir is None:
+        return None
+    from custom_modules.forgery.checkpoint import HEAD_FILE  # imports torch: only for forgery runs
+
+    return adapter_dir / HEAD_FILE if (adapter_dir / HEAD_FILE).is_file() else None
 
 
 def read_done(predictions: Path) -> list[dict]:
@@ -78,7 +88,14 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
     out = Path(out)
-    data_file = find_split_file(Path(data), split)
+    resolved = resolve_adapter(adapter) if adapter else None
+    data_file = choose_data_file(Path(data), split, Path(adapter) if adapter else None, resolved)
+    head = forgery_head(resolved) if task == "forgery" else None
+    if head is not None:
+        raise ValueError(f"--adapter {adapter}: {head} holds a forgery detection head, which eval run does not "
+                         "load (it would score the answer words and ignore the head); evaluate it with: "
+                         f"python -m custom_modules.forgery.evaluate --model {model} --checkpoint {resolved} "
+                         f"--data {data_file.with_suffix('.jsonl')} --out {out}")
     settings = data_settings(task, data_file, read_manifest_entry(data_file), min_pixels=min_pixels,
                              max_pixels=max_pixels, resize_path=resize_path, java_metrics=java_metrics)
     convention = settings.box_convention()
@@ -129,6 +146,8 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     rows = [row for row in read_done(predictions) if row["id"] in wanted]
     records = normalize_records(rows, str(predictions))
     metrics, judged = score_records(task, records, settings)
+    if task == "forgery":
+        metrics["convention"]["forgery_head"] = "none in the checkpoint: P(fake) comes from the answer words"
     metrics["run"] = read_json(out / "run.json")
     if left_out:
         metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"
