@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", required=True, choices=TASKS, help="what the data and the answers are")
     run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
     run.add_argument("--adapter", default=None, help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
-                     "(newest vX-*/checkpoint-N is used); a forgery head checkpoint is refused, pointing at "
-                     "custom_modules.forgery.evaluate (default: the base model alone)")
+                     "(newest vX-*/checkpoint-N is used), or a custom_modules.forgery checkpoint dir, scored "
+                     "with its head (default: the base model alone)")
     run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json / .jsonl file)")
     run.add_argument("--split", default=None,
                      help="val | test | train (default: val if present, else test, else train)")

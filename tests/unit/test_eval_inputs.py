@@ -61,16 +61,15 @@ def test_cli_refuses_before_loading_a_model(grounding, tmp_path, capsys):
     assert err.startswith("error: cannot tell which trainer wrote --adapter") and "Traceback" not in err
 
 
-def test_forgery_head_checkpoint_is_not_silently_ignored(tmp_path):
+def test_forgery_head_checkpoint_needs_the_transformers_backend(tmp_path):
     data = tmp_path / "data"
     assert convert(["forgery", "--input", str(make_forgery(tmp_path / "src", n=8)), "--out", str(data)]) == 0
     checkpoint = _adapter(tmp_path / "forgery_ckpt")
-    (checkpoint / "trainer_log.jsonl").write_text("")
     (checkpoint / "forgery_head.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="forgery_head.safetensors holds a forgery detection head") as info:
-        run_eval("forgery", str(tmp_path / "no-model"), data, tmp_path / "run", adapter=str(checkpoint))
-    assert f"python -m custom_modules.forgery.evaluate --model {tmp_path / 'no-model'} --checkpoint {checkpoint}" \
-        in str(info.value)
+    with pytest.raises(ValueError, match="holds a forgery head .forgery_head.safetensors., which only the "
+                                         "transformers backend runs"):
+        run_eval("forgery", str(tmp_path / "no-model"), data, tmp_path / "run", adapter=str(checkpoint),
+                 backend="vllm")
 
 
 def _score(tmp_path, task, family, rows):
