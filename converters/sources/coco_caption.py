@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, image_size, load_json_file,
                               read_input_text, resized_copy, store_image_bytes)
 from converters.schema import InputError, Sample, Skip, SkipRecord, Turn
+from converters.sources.tables import hashable
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
 MODELSCOPE_PREFIX = "modelscope:"
@@ -132,6 +133,10 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
             yield split, Skip(f"images[{index}]", f"image entry is a {type(image).__name__}, expected an object",
                               f"{source} images[{index}]", "images[]")
             continue
+        if not hashable(image.get("id")):
+            yield split, Skip(f"images[{index}]", f"image id must be a number or string, got {image.get('id')!r}",
+                              f"{source} images[{index}]", "images[].id")
+            continue
         if image.get("id") in images:
             yield split, Skip(str(image.get("id")), "duplicate image id", source, "images[].id")
             continue
@@ -143,7 +148,7 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
                               f"{source} annotations[{index}]", "annotations[]")
             continue
         image_id = ann.get("image_id")
-        if image_id not in images:
+        if not hashable(image_id) or image_id not in images:
             yield split, Skip(f"{image_id}_{ann.get('id')}", f"unknown image_id {image_id}", source,
                               "annotations[].image_id")
             continue

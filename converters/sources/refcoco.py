@@ -21,7 +21,7 @@ from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, i
 from converters.geometry import clip_box, xywh_to_xyxy
 from converters.safe_pickle import load_plain_pickle
 from converters.schema import Box, InputError, Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import select_splits
+from converters.sources.tables import hashable, select_splits
 
 SPLITBYS = ("umd", "google", "unc")
 TASKS = ("rec", "reg")
@@ -134,8 +134,10 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
     for key in ("images", "annotations"):
         if not isinstance(instances.get(key), list):
             raise InputError(f"{instances_path}: '{key}' must be a list, got {type(instances.get(key)).__name__}")
-    images = {image.get("id"): image for image in instances["images"] if isinstance(image, dict)}
-    boxes = {ann.get("id"): ann.get("bbox") for ann in instances["annotations"] if isinstance(ann, dict)}
+    # Entries that are not objects (or whose id is a list) index nothing: the refs naming them are skipped.
+    images = {image.get("id"): image for image in instances["images"] if isinstance(image, dict) and hashable(image.get("id"))}
+    boxes = {ann.get("id"): ann.get("bbox") for ann in instances["annotations"]
+             if isinstance(ann, dict) and hashable(ann.get("id"))}
     del instances
     sizes: dict[object, tuple[str, tuple[int, int]] | SkipRecord] = {}
     source = refs_path.name
@@ -147,11 +149,11 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
         base = {"id": str(ref.get("ref_id")), "source": f"{source}[{index}]", "bbox_format": "xywh"}
         try:
             phrases = _ref_phrases(ref)
-            image = images.get(ref.get("image_id"))
+            image = images.get(ref.get("image_id")) if hashable(ref.get("image_id")) else None
             if image is None:
-                raise SkipRecord(f"unknown image_id {ref.get('image_id')} (not in instances.json)", "image_id")
-            if ref.get("ann_id") not in boxes:
-                raise SkipRecord(f"unknown ann_id {ref.get('ann_id')} (not in instances.json)", "ann_id")
+                raise SkipRecord(f"unknown image_id {ref.get('image_id')!r} (not in instances.json)", "image_id")
+            if not hashable(ref.get("ann_id")) or ref.get("ann_id") not in boxes:
+                raise SkipRecord(f"unknown ann_id {ref.get('ann_id')!r} (not in instances.json)", "ann_id")
             base["image"], base["size"] = _refer_image(images_dir, image, sizes, probe)
             base["bbox"] = boxes[ref["ann_id"]]
         except SkipRecord as skip:

@@ -18,6 +18,15 @@ T = TypeVar("T")
 DEFAULT_SPLIT = "train"
 
 
+def hashable(value) -> bool:
+    """Whether `value` can be an index key: an id that is a list or a dict names no record."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def row_source(path: Path, number: int) -> str:
     """How a row is named in skips: file:line for line-based files, file[index] for a JSON list."""
     return f"{path.name}:{number}" if path.suffix.lower() in (".csv", ".jsonl") else f"{path.name}[{number}]"

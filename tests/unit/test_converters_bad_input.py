@@ -192,7 +192,21 @@ def case_parquet_empty_answer_list(root):
             ("train-00000.parquet[1]", "2", "answer", "answer holds no referring expression"))
 
 
-RECORD_CASES = [case_bool_distance, case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
+def case_ref_ann_id_is_a_list(root):
+    refer, n = refer_dir(root, {"ann_id": [11]})
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1_0", "ann_id", "unknown ann_id [11]")
+
+
+def case_coco_annotation_not_an_object(root):
+    png(root / "train2014" / "COCO_train2014_000000000001.jpg")
+    (root / "captions_train2014.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 16, "height": 12}],
+        "annotations": [{"id": 5, "image_id": 1, "caption": "A red image."}, "A stray caption."]}))
+    return (["coco-caption", "--input", str(root / "captions_train2014.json")], 2,
+            ("captions_train2014.json annotations[1]", "annotations[1]", "annotations[]", "annotation is a str"))
+
+
+RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance, case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
                 case_nan_z, case_text_file_named_jpg, case_path_outside_root, case_symlink_loop_in_image_folder,
                 case_bool_label, case_split_is_a_number, case_nan_bbox, case_ref_split_none,
                 case_ref_without_sentences, case_image_size_differs_from_json, case_parquet_empty_answer_list]
@@ -306,6 +320,13 @@ def test_an_unusable_file_stops_the_run_naming_it(case, tmp_path, capsys):
     # --debug adds the traceback
     main([*argv, "--out", str(out), "--debug"])
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_check_names_a_truncated_manifest(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text('{"datasets": {')
+    assert main(["check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'manifest.json'}: truncated JSON " \
+                                              "(the text ends inside a value at line 1 column 15)"
 
 
 # ---- runs that convert nothing: non-zero, and why ----------------------------------------------------
