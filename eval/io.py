@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from converters.files import write_text_atomic
+from converters.files import load_json_file, read_input_text, write_text_atomic
 
 
 def finite_or_null(value):
@@ -32,24 +32,21 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 
 def read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    """The parsed file; an unreadable, non-UTF-8, empty or truncated file is a ValueError naming it."""
+    return load_json_file(path)
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file; a bad line is a ValueError naming file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for number, line in enumerate(read_input_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
