@@ -4,10 +4,11 @@ Inputs: a pairs table (image1,image2,direction,distance[,analysis][,split][,id];
 CSV); conversation rows as the microscopy seed writes them (`conversations`: a user turn with two images
 and the prompt, an assistant turn whose text is the JSON answer; content either a list of
 {"type": "image"|"text"} parts or a string with <image> tags plus a row-level `images` list), whose own
-prompt and answer are kept; or a z-stack table (stack_id,image,z,focus_z[,split]) from which consecutive pairs are drawn:
-images of a stack sorted by z, each neighbour pair (z_a < z_b) shown in that order, the second image
-being the current position. The target moves the motor from z_b to focus_z: direction "+" when
-focus_z > z_b (else "-"), distance |focus_z - z_b| * steps_per_z, rounded to whole steps.
+prompt and answer are kept; or a z-stack table (stack_id,image,z,focus_z[,split]) from which
+consecutive pairs are drawn: images of a stack sorted by z, each neighbour pair (z_a < z_b) shown in
+that order, the second image being the current position. The target moves the motor from z_b to
+focus_z: direction "+" when focus_z > z_b (else "-"), distance |focus_z - z_b| * steps_per_z, rounded to
+whole steps.
 """
 from __future__ import annotations
 
@@ -132,14 +133,14 @@ def parse_conversation(row: dict) -> dict:
     turns = row[key]
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise SkipRecord(f"{key} must be a list of turn objects, got {type(turns).__name__}", key)
-    roles = [ROLE_NAMES.get(t.get("role", t.get("from"))) for t in turns]
+    named = [t.get("role", t.get("from")) for t in turns]
+    roles = [ROLE_NAMES.get(r) if isinstance(r, str) else None for r in named]
     system = None
     if roles[:1] == ["system"]:
         system, turns, roles = _turn_text(turns[0], f"{key}[0]"), turns[1:], roles[1:]
     offset = len(row[key]) - len(turns)
     if roles != ["user", "assistant"]:
-        raise SkipRecord(f"expected one user turn then one assistant answer, got roles "
-                         f"{[t.get('role', t.get('from')) for t in row[key]]}", key)
+        raise SkipRecord(f"expected one user turn then one assistant answer, got roles {named}", key)
     user, assistant = turns
     where = f"{key}[{offset}]"
     content = user.get("content", user.get("value"))

@@ -135,7 +135,8 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
         if not isinstance(instances.get(key), list):
             raise InputError(f"{instances_path}: '{key}' must be a list, got {type(instances.get(key)).__name__}")
     # Entries that are not objects (or whose id is a list) index nothing: the refs naming them are skipped.
-    images = {image.get("id"): image for image in instances["images"] if isinstance(image, dict) and hashable(image.get("id"))}
+    images = {image.get("id"): image for image in instances["images"]
+              if isinstance(image, dict) and hashable(image.get("id"))}
     boxes = {ann.get("id"): ann.get("bbox") for ann in instances["annotations"]
              if isinstance(ann, dict) and hashable(ann.get("id"))}
     del instances

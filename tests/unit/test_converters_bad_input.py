@@ -206,7 +206,8 @@ def case_coco_annotation_not_an_object(root):
             ("captions_train2014.json annotations[1]", "annotations[1]", "annotations[]", "annotation is a str"))
 
 
-RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance, case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
+RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance,
+                case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
                 case_nan_z, case_text_file_named_jpg, case_path_outside_root, case_symlink_loop_in_image_folder,
                 case_bool_label, case_split_is_a_number, case_nan_bbox, case_ref_split_none,
                 case_ref_without_sentences, case_image_size_differs_from_json, case_parquet_empty_answer_list]
