@@ -179,9 +179,10 @@ def _bind_options(source_fn, opts, record: dict, resize_path: str):
 
 
 def _options(args: argparse.Namespace, **extra) -> dict:
-    # workers changes nothing in the output, so it stays out of the manifest (reruns stay byte-identical)
+    # workers and debug change nothing in the output, so they stay out of the manifest (reruns stay
+    # byte-identical)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-               if k not in ("command", "workers")}
+               if k not in ("command", "workers", "debug")}
     options.update(extra)
     return options
 
@@ -215,7 +216,8 @@ def _convert(args: argparse.Namespace) -> int:
     # Relative image paths resolve against --images, else against the input's own directory.
     images = args.images or (source if source.is_dir() else source.parent)
     if args.images is not None and not args.images.is_dir():
-        raise InputError(f"--images {args.images}: {'no such folder' if not args.images.exists() else 'not a folder'}")
+        cause = "no such folder" if not args.images.exists() else "not a folder"
+        raise InputError(f"--images {args.images}: {cause}")
     files.allow_outside_root(args.allow_outside_root)
     inputs = [source]
     trainer_dependent = False
