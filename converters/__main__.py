@@ -86,8 +86,9 @@ def _common(parser: argparse.ArgumentParser, input_help: str, images_default: st
                         help="the data root: the folder relative image paths are relative to, and that record "
                              f"paths may not leave; {images_default}")
     parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept record paths that resolve outside the data root (../.., absolute paths "
-                             "elsewhere); without it such records are skipped")
+                        help="accept record paths that resolve outside the data root: relative paths with "
+                             "../.. and, when --images is given, absolute paths elsewhere (without --images "
+                             "an absolute path is taken as written); without it such records are skipped")
     parser.add_argument("--out", required=True, type=Path, help="output directory (dataset_dir for recipes)")
     parser.add_argument("--model", choices=MODEL_FAMILIES, default="qwen2_5_vl", help="model family")
     parser.add_argument("--target", choices=TARGET_CHOICES, default="both", help="trainer file(s) to write")
@@ -218,7 +219,7 @@ def _convert(args: argparse.Namespace) -> int:
     if args.images is not None and not args.images.is_dir():
         cause = "no such folder" if not args.images.exists() else "not a folder"
         raise InputError(f"--images {args.images}: {cause}")
-    files.allow_outside_root(args.allow_outside_root)
+    files.allow_outside_root(args.allow_outside_root, absolute=args.images is None)
     inputs = [source]
     trainer_dependent = False
     if args.command == "coco-caption":

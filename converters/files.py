@@ -149,12 +149,14 @@ def claimed_size(width: object, height: object) -> tuple[int, int] | None:
     return None
 
 
-_OUTSIDE_ROOT = {"allowed": False}
+_OUTSIDE_ROOT = {"allowed": False, "absolute": False}
 
 
-def allow_outside_root(allowed: bool) -> None:
-    """--allow-outside-root: accept record paths that leave the data root (set once per conversion)."""
-    _OUTSIDE_ROOT["allowed"] = allowed
+def allow_outside_root(allowed: bool, absolute: bool = False) -> None:
+    """Set once per conversion: `allowed` (--allow-outside-root) accepts every record path that leaves the
+    data root; `absolute` accepts absolute paths anywhere (when the root is only the default guess, the
+    input's folder, an absolute path names its own place; relative paths must still stay inside)."""
+    _OUTSIDE_ROOT["allowed"], _OUTSIDE_ROOT["absolute"] = allowed, absolute
 
 
 def resolve_image(images_dir: Path | str | None, name: str, field: str = "image") -> str:
@@ -162,13 +164,14 @@ def resolve_image(images_dir: Path | str | None, name: str, field: str = "image"
 
     Absolute paths because the trainers disagree on relative ones: LLaMA-Factory joins them to
     media_dir (default: dataset_dir), ms-swift to the working directory (or ROOT_IMAGE_DIR).
-    A path that leaves `images_dir` (the data root: `../..` or an absolute path elsewhere) is skipped
-    unless allow_outside_root(True): a list file must not make the output point anywhere on the disk.
+    A path that leaves `images_dir` (the data root: `../..`, or an absolute path elsewhere when the root
+    was given) is skipped unless allowed (allow_outside_root): a list file must not make the output point
+    anywhere on the disk by accident.
     String operations only: this runs once per record on inputs of 400k+ records.
     """
     if not isinstance(name, str) or not name:
         raise SkipRecord(f"image path must be a non-empty string, got {name!r}", field)
-    if images_dir is None:
+    if images_dir is None or (_OUTSIDE_ROOT["absolute"] and os.path.isabs(name)):
         return os.path.abspath(name)
     root = os.path.abspath(images_dir)
     path = os.path.abspath(os.path.join(root, name))

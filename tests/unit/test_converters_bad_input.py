@@ -136,6 +136,13 @@ def case_path_outside_root(root):
     return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "outside the data root")
 
 
+def case_absolute_path_outside_given_root(root):
+    elsewhere = png(root.parent / f"{root.name}_elsewhere" / "x.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": str(elsewhere), "label": 0})
+    return (["forgery", "--input", str(path), "--images", str(root)], n,
+            ("list.json[1]", "bad", "image_path", "outside the data root"))
+
+
 def case_symlink_loop_in_image_folder(root):
     (root / "images").mkdir(parents=True)
     os.symlink("loop_b.png", root / "images" / "loop_a.png")
@@ -208,7 +215,8 @@ def case_coco_annotation_not_an_object(root):
 
 RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance,
                 case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
-                case_nan_z, case_text_file_named_jpg, case_path_outside_root, case_symlink_loop_in_image_folder,
+                case_nan_z, case_text_file_named_jpg, case_path_outside_root,
+                case_absolute_path_outside_given_root, case_symlink_loop_in_image_folder,
                 case_bool_label, case_split_is_a_number, case_nan_bbox, case_ref_split_none,
                 case_ref_without_sentences, case_image_size_differs_from_json, case_parquet_empty_answer_list]
 
@@ -229,6 +237,14 @@ def test_a_bad_record_is_a_named_skip(case, tmp_path, capsys):
     assert f"1 x field {field}:" in err and f"e.g. {source} record {record_id}: " in err and reason in err
     assert "Traceback" not in err
     assert not [name for name in datasets if name.endswith("_None")]
+
+
+def test_absolute_paths_are_taken_as_written_without_images(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    argv, records, _ = case_absolute_path_outside_given_root(root)
+    code, err, datasets = run([*argv[:3], "--out", str(tmp_path / "out")], capsys)  # no --images
+    assert code == 0 and counts(datasets) == (records, 0)
 
 
 def test_outside_root_is_accepted_when_asked(tmp_path, capsys):

@@ -164,3 +164,17 @@ def test_distance_types_are_strict(value, reason):
     with pytest.raises(SkipRecord, match=reason):
         to_sample(record, MicroscopyOptions())
     assert to_sample(record | {"distance": 7}, MicroscopyOptions()).turns[1].content.endswith('"distance": 7}')
+
+
+def test_seed_file_with_absolute_image_paths_converts_without_flags(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows_ = seed_rows(tmp_path / "images")
+    for part in rows_[0]["conversations"][0]["content"][:2]:
+        part["image"] = str(tmp_path / "images" / part["image"])
+    path = tmp_path / "seed" / "seed.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(rows_[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(path), "--out", str(out), "--strict"]) == 0
+    (row,) = rows(out / "microscopy_train.json")
+    assert row["images"] == [str(tmp_path / "images" / "s1.png"), str(tmp_path / "images" / "s2.png")]
