@@ -266,7 +266,8 @@ class ImageFolderProbe:
 
     def fail(self):
         raise InputError(
-            f"{self.source}: none of the first {self.missed} image(s) it names is in {self.images_dir} "
+            f"{self.source}: none of the first {self.missed} image(s) it names is in "
+            f"{os.path.abspath(self.images_dir) if self.images_dir is not None else 'the paths it gives'} "
             f"(e.g. {self.example}); pass --images with the folder that holds them (for COCO file names, the "
             "folder holding them or holding their train2014/, val2014/ folder)")
 
