@@ -54,16 +54,18 @@ TRAINER_NAMES = {"swift": "ms-swift", "llamafactory": "LLaMA-Factory"}
 
 
 def adapter_trainer(given: Path, resolved: Path) -> tuple[str | None, Path | None]:
-    """(trainer, marker file) of a LoRA dir: ms-swift writes args.json next to its checkpoints, LLaMA-Factory
-    trainer_log.jsonl into its output_dir. Looked for in `resolved` and the folders up to `given`;
+    """(trainer, marker file) of a LoRA dir: ms-swift writes args.json into its output dir and every
+    checkpoint-N, LLaMA-Factory trainer_log.jsonl into its output_dir (above its checkpoint-N). Looked for
+    in `resolved` and the folders up to `given` (and above it, when `given` is a checkpoint-N itself);
     (None, None) when neither or both are found."""
     given, folder = Path(given).resolve(), Path(resolved).resolve()
+    top = given.parent if given.name.startswith("checkpoint-") else given
     found: dict[str, Path] = {}
     while True:
         for trainer, name in TRAINER_MARKERS.items():
             if trainer not in found and (folder / name).is_file():
                 found[trainer] = folder / name
-        if folder == given or folder == folder.parent or given not in folder.parents:
+        if folder == top or folder == folder.parent or top not in folder.parents:
             break
         folder = folder.parent
     return next(iter(found.items())) if len(found) == 1 else (None, None)

@@ -35,6 +35,8 @@ def test_swift_adapter_gets_the_jsonl_and_llamafactory_the_json(grounding, tmp_p
     (llamafactory / "trainer_log.jsonl").write_text("")
     assert choose_data_file(grounding, None, llamafactory, llamafactory) == grounding / "refcoco_val.json"
     assert choose_data_file(grounding, "train", None) == grounding / "refcoco_train.json"  # base model
+    lf_checkpoint = _adapter(llamafactory / "checkpoint-5")  # its trainer_log.jsonl is one folder up
+    assert adapter_trainer(lf_checkpoint, lf_checkpoint) == ("llamafactory", llamafactory / "trainer_log.jsonl")
 
     with pytest.raises(ValueError, match=r"trained with ms-swift \(args.json in .*\), but --data .*refcoco_val.json "
                                          r"is the file of the other trainer; pass --data .*refcoco_val.jsonl"):
