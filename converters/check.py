@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from converters.boxes import parse_boxes
-from converters.files import image_size
+from converters.files import image_size, load_json_file
 from converters.schema import SkipRecord
 from converters.targets import TARGETS
 
@@ -72,8 +72,8 @@ def check_row(row: object, where: str, task: str | None, options: dict, resize_p
 def check_dir(out: Path) -> list[str]:
     problems = []
     info_path, manifest_path = out / "dataset_info.json", out / "manifest.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
+    info = load_json_file(info_path, dict, "dataset_info.json") if info_path.exists() else {}
+    manifest = load_json_file(manifest_path, dict, "manifest.json") if manifest_path.exists() else {}
     if not info and not manifest:
         return [f"{out}: neither dataset_info.json nor manifest.json found"]
     files: dict[str, dict] = {}  # file name -> manifest entry (or {})

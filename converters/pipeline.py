@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -162,6 +163,37 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
         }
     _merge_index_files(out, entries, targets)
     return entries
+
+
+# What varies between skips of one kind: quoted values, lists, absolute paths, numbers.
+_DETAIL = re.compile(r"'[^']*'|\"[^\"]*\"|\[[^\]]*\]|(?<![\w.])/[^\s:,)]+|-?\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b")
+TOP_REASONS = 5
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason with its record-specific details blanked, so that skips of one kind count together
+    ("missing image /d/a.jpg" and "missing image /d/b.jpg" are both "missing image …")."""
+    return _DETAIL.sub("…", reason)
+
+
+def skip_summary(entry: dict, top: int = TOP_REASONS) -> list[str]:
+    """Lines counting a split's skips per (field, reason kind), most frequent first, each with its first
+    example (file/record, field, full reason)."""
+    kinds: Counter = Counter()
+    examples: dict[tuple[str, str], dict] = {}
+    for skip in entry["skipped"]:
+        key = (skip["field"], reason_kind(skip["reason"]))
+        kinds[key] += 1
+        examples.setdefault(key, skip)
+    lines = []
+    for (field, kind), count in kinds.most_common(top):
+        example = examples[field, kind]
+        lines.append(f"  {count} x field {field or '-'}: {kind}\n"
+                     f"      e.g. {example['source'] or '-'} record {example['id']}: {example['reason']}")
+    if len(kinds) > top:
+        rest = sum(count for _, count in kinds.most_common()[top:])
+        lines.append(f"  ... {rest} more skip(s) of {len(kinds) - top} other kind(s)")
+    return lines
 
 
 def _merge_index_files(out: Path, entries: dict, targets: tuple[str, ...]) -> None:

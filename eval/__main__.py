@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
+from functools import partial
 
+from converters.__main__ import HelpFormatter
 from converters.boxes import MODEL_FAMILIES
 from converters.geometry import RESIZE_PATHS
 from eval.score import TASKS
@@ -37,66 +40,83 @@ def _compare(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    sub = partial(commands.add_parser, formatter_class=HelpFormatter)
     java = {"action": "store_true", "help": "skip METEOR/SPICE even when Java is installed (they take seconds to start)"}
+    debug = {"action": "store_true", "help": "show the Python traceback of an error (otherwise one line)"}
 
-    run = commands.add_parser("run", help="generate answers for a converter split and score them",
+    run = sub("run", help="generate answers for a converter split and score them",
                               description="Batched greedy generation (left padding, the model's chat template, "
                               "optional peft adapter), predictions appended to <out>/predictions.jsonl as they "
                               "come (a rerun with the same --out resumes), then <out>/metrics.json and "
                               "<out>/samples.jsonl. Model family, pixel limits and real/fake words come from "
-                              "the converter's manifest.json.")
-    run.add_argument("--task", required=True, choices=TASKS)
+                              "the converter's manifest.json. With a converter output dir as --data, the "
+                              "split file is the one of the trainer that wrote --adapter (ms-swift: .jsonl, "
+                              "LLaMA-Factory: .json), told by the files each leaves (args.json, "
+                              "trainer_log.jsonl); an adapter of unknown origin is refused when both exist.",
+                              formatter_class=HelpFormatter)
+    run.add_argument("--task", required=True, choices=TASKS, help="what the data and the answers are")
     run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
-    run.add_argument("--adapter", help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
-                     "(newest vX-*/checkpoint-N is used)")
+    run.add_argument("--adapter", default=None, help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
+                     "(newest vX-*/checkpoint-N is used), or a custom_modules.forgery checkpoint dir, scored "
+                     "with its head (default: the base model alone)")
     run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json / .jsonl file)")
-    run.add_argument("--split", help="val | test | train (default: val if present, else test, else train)")
+    run.add_argument("--split", default=None,
+                     help="val | test | train (default: val if present, else test, else train)")
     run.add_argument("--out", required=True, help="run directory")
-    run.add_argument("--limit", type=int, help="first N samples only")
-    run.add_argument("--batch-size", type=int, default=4)
-    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--limit", type=int, default=None, help="first N samples only (default: all)")
+    run.add_argument("--batch-size", type=int, default=4, help="samples generated together")
+    run.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
     run.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
                      help="vllm: text only (forgery then scores from the answer words)")
-    run.add_argument("--device", help="default: cuda when available, else cpu")
-    run.add_argument("--dtype", help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
-    run.add_argument("--min-pixels", type=int, help="override the manifest's (must match training)")
-    run.add_argument("--max-pixels", type=int, help="override the manifest's (must match training)")
+    run.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    run.add_argument("--dtype", default=None, help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
+    run.add_argument("--min-pixels", type=int, default=None,
+                     help="override the manifest's (must match training; default: the manifest's)")
+    run.add_argument("--max-pixels", type=int, default=None,
+                     help="override the manifest's (must match training; default: the manifest's)")
     run.add_argument("--resize-path", choices=RESIZE_PATHS,
                      help="how images are resized before the model (default: the path of the trainer the "
                           "data file was written for: .json llamafactory, .jsonl swift)")
     run.add_argument("--no-java-metrics", **java)
+    run.add_argument("--debug", **debug)
     run.set_defaults(func=_run)
 
-    score = commands.add_parser("score", help="metrics from any predictions JSONL",
-                                description="Each line: {prediction, reference, id?, image_size? [w,h], "
-                                "score? (P(fake)), label? (forgery 0/1)}. Writes <out>/metrics.json and "
-                                "<out>/samples.jsonl.")
-    score.add_argument("--task", required=True, choices=TASKS)
+    score = sub("score", help="metrics from any predictions JSONL",
+                description="Each line: {prediction, reference, id?, image_size? [w,h] positive integers, "
+                "score? (P(fake) in [0, 1]), label? (forgery 0/1)}; a line breaking these is an error naming "
+                "it. Writes <out>/metrics.json (metrics that cannot be computed are null) and "
+                "<out>/samples.jsonl.")
+    score.add_argument("--task", required=True, choices=TASKS, help="what the predictions answer")
     score.add_argument("--model-family", required=True, choices=MODEL_FAMILIES,
                        help="box convention of predictions and references (grounding)")
-    score.add_argument("--predictions", required=True)
-    score.add_argument("--out", required=True)
-    score.add_argument("--min-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
-    score.add_argument("--max-pixels", type=int, help="qwen2_5_vl resize (default: the family's recipe value)")
+    score.add_argument("--predictions", required=True, help="the predictions JSONL")
+    score.add_argument("--out", required=True, help="directory for metrics.json and samples.jsonl")
+    score.add_argument("--min-pixels", type=int, default=None,
+                       help="qwen2_5_vl resize (default: the family's recipe value)")
+    score.add_argument("--max-pixels", type=int, default=None,
+                       help="qwen2_5_vl resize (default: the family's recipe value)")
     score.add_argument("--resize-path", default="hf", choices=RESIZE_PATHS,
                        help="qwen2_5_vl: the resize path boxes were rendered and predicted under "
-                            "(llamafactory / swift for their converter files; default %(default)s)")
-    score.add_argument("--real-word", default="real")
-    score.add_argument("--fake-word", default="fake")
+                            "(llamafactory / swift for their converter files)")
+    score.add_argument("--real-word", default="real", help="the answer word for a real image")
+    score.add_argument("--fake-word", default="fake", help="the answer word for a fake image")
     score.add_argument("--no-java-metrics", **java)
+    score.add_argument("--debug", **debug)
     score.set_defaults(func=_score)
 
-    compare = commands.add_parser("compare", help="markdown report comparing two run dirs",
-                                  description="Writes <out>/report.md with a metrics table, failure kinds, "
-                                  "per-sample disagreements and PNG plots (grounding: images with boxes).")
-    compare.add_argument("run_a")
-    compare.add_argument("run_b")
-    compare.add_argument("--out", required=True)
-    compare.add_argument("--names", nargs=2, metavar=("A", "B"), help="labels (default: the directory names)")
+    compare = sub("compare", help="markdown report comparing two run dirs",
+                  description="Writes <out>/report.md with a metrics table, failure kinds, "
+                  "per-sample disagreements and PNG plots (grounding: images with boxes).")
+    compare.add_argument("run_a", help="first run directory (metrics.json + samples.jsonl)")
+    compare.add_argument("run_b", help="second run directory")
+    compare.add_argument("--out", required=True, help="report directory")
+    compare.add_argument("--names", nargs=2, metavar=("A", "B"), default=None,
+                         help="labels (default: the directory names)")
     compare.add_argument("--max-rows", type=int, default=20, help="disagreements listed")
     compare.add_argument("--max-images", type=int, default=4, help="grounding pictures drawn")
+    compare.add_argument("--debug", **debug)
     compare.set_defaults(func=_compare)
     return parser
 
@@ -105,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

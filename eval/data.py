@@ -29,23 +29,79 @@ class EvalSample:
             return list(image.size)
 
 
-def find_split_file(data: Path, split: str | None) -> Path:
+def find_split_file(data: Path, split: str | None, suffix: str = ".json") -> Path:
     """`data` may be the split file itself (.json sharegpt or .jsonl swift rows) or a converter output dir
-    holding `<name>_<split>.json`."""
+    holding `<name>_<split><suffix>`."""
     data = Path(data)
     if data.is_file():
         return data
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: no such file or directory")
     for candidate in ([split] if split else SPLIT_PREFERENCE):
-        files = sorted(data.glob(f"*_{candidate}.json"))
+        files = sorted(data.glob(f"*_{candidate}{suffix}"))
         if len(files) > 1:
             raise ValueError(f"{data}: several {candidate} files ({', '.join(f.name for f in files)}); "
                              "pass one of them as --data")
         if files:
             return files[0]
     wanted = split or "/".join(SPLIT_PREFERENCE)
-    raise FileNotFoundError(f"{data}: no <name>_{wanted}.json split file")
+    raise FileNotFoundError(f"{data}: no <name>_{wanted}{suffix} split file")
+
+
+# What each trainer leaves in its output folder (the adapter dir or a folder above it).
+TRAINER_MARKERS = {"swift": "args.json", "llamafactory": "trainer_log.jsonl"}
+TRAINER_NAMES = {"swift": "ms-swift", "llamafactory": "LLaMA-Factory"}
+
+
+def adapter_trainer(given: Path, resolved: Path) -> tuple[str | None, Path | None]:
+    """(trainer, marker file) of a LoRA dir: ms-swift writes args.json into its output dir and every
+    checkpoint-N, LLaMA-Factory trainer_log.jsonl into its output_dir (above its checkpoint-N). Looked for
+    in `resolved` and the folders up to `given` (and above it, when `given` is a checkpoint-N itself);
+    (None, None) when neither or both are found."""
+    given, folder = Path(given).resolve(), Path(resolved).resolve()
+    top = given.parent if given.name.startswith("checkpoint-") else given
+    found: dict[str, Path] = {}
+    while True:
+        for trainer, name in TRAINER_MARKERS.items():
+            if trainer not in found and (folder / name).is_file():
+                found[trainer] = folder / name
+        if folder == top or folder == folder.parent or top not in folder.parents:
+            break
+        folder = folder.parent
+    return next(iter(found.items())) if len(found) == 1 else (None, None)
+
+
+def choose_data_file(data: Path, split: str | None, adapter: Path | None = None,
+                     resolved_adapter: Path | None = None) -> Path:
+    """The split file of the trainer that made the adapter: the converter renders Qwen2.5-VL boxes per
+    trainer (`.json` LLaMA-Factory, `.jsonl` ms-swift), so scoring a swift adapter on the LLaMA-Factory
+    boxes would judge it against another resize. Without an adapter: the LLaMA-Factory file (else the
+    swift one). An adapter whose trainer cannot be told, with both files present, is refused."""
+    data = Path(data)
+    trainer, marker = adapter_trainer(adapter, resolved_adapter) if adapter is not None else (None, None)
+    suffixes = {t: TARGETS[t][0] for t in TARGETS}
+    if data.is_file():
+        if trainer and data.suffix != suffixes[trainer]:
+            right = data.with_suffix(suffixes[trainer])
+            raise ValueError(f"--adapter {adapter} was trained with {TRAINER_NAMES[trainer]} ({marker.name} in "
+                             f"{marker.parent}), but --data {data} is the file of the other trainer; pass --data "
+                             f"{right}")
+        return data
+    if trainer:
+        return find_split_file(data, split, suffixes[trainer])
+    found = {}
+    for target, suffix in suffixes.items():
+        try:
+            found[target] = find_split_file(data, split, suffix)
+        except FileNotFoundError:
+            continue
+    if adapter is not None and len(found) > 1:
+        raise ValueError(f"cannot tell which trainer wrote --adapter {adapter} (no ms-swift args.json and no "
+                         f"LLaMA-Factory trainer_log.jsonl in it or above it): pass --data "
+                         f"{found['llamafactory']} (LLaMA-Factory) or --data {found['swift']} (ms-swift)")
+    if not found:
+        return find_split_file(data, split)  # raises, naming the .json file
+    return found.get("llamafactory") or found["swift"]
 
 
 def read_manifest_entry(data_file: Path) -> dict:

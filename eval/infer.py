@@ -175,3 +175,45 @@ class VllmGenerator:
         outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
         return [Generation(text=o.outputs[0].text) for o in outputs]
 
+
+
+class ForgeryHeadScorer:
+    """A forgery checkpoint (custom_modules.forgery: adapters + forgery_head.safetensors) scored by its own
+    mode: P(fake) from the head, the answer word or their mix, exactly as custom_modules.forgery.evaluate
+    computes it; the answer is the fake word when P(fake) >= the checkpoint's threshold, else the real word.
+    Images go through the processor as the forgery training loop fed them (no pre-resize)."""
+
+    def __init__(self, model: str, checkpoint: Path, *, words: tuple[str, str], device: str | None = None):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from custom_modules.forgery.checkpoint import load_checkpoint
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(model)
+        base = AutoModelForImageTextToText.from_pretrained(model).to(self.device)
+        model_type = base.config.model_type
+        if model_type not in FAMILY_BY_MODEL_TYPE:
+            raise ValueError(f"--model {model}: model_type {model_type!r} is not a Qwen-VL family "
+                             f"({', '.join(FAMILY_BY_MODEL_TYPE)})")
+        self.family = FAMILY_BY_MODEL_TYPE[model_type]
+        self.model, self.modules = load_checkpoint(base, checkpoint, self.processor.tokenizer)
+        self.model.to(self.device)
+        self.adapter = Path(checkpoint)
+        self.real_word, self.fake_word = words
+
+    def describe(self) -> str:
+        settings = self.modules.settings
+        return (f"the checkpoint's forgery {settings.mode} score (custom_modules.forgery), answer = "
+                f"{self.fake_word!r} when P(fake) >= {settings.threshold}")
+
+    def generate(self, batch: list[EvalSample], max_new_tokens: int = 0,
+                 score_words: tuple[str, str] | None = None) -> list[Generation]:
+        from custom_modules.forgery.evaluate import predict
+
+        rows = [{"messages": s.prompt + [{"role": "assistant", "content": str(s.reference)}], "images": s.images,
+                 "label": s.extra.get("label", 0), "mask": s.extra.get("mask")} for s in batch]
+        records, _, _ = predict(self.model, self.modules, self.processor, rows, batch_size=len(rows))
+        threshold = self.modules.settings.threshold
+        return [Generation(text=self.fake_word if r["score"] >= threshold else self.real_word, score=r["score"])
+                for r in records]

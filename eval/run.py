@@ -8,11 +8,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from converters.boxes import MODEL_FAMILIES
-from eval.data import find_split_file, load_samples, read_manifest_entry, trainer_resize_path
+from eval.infer import resolve_adapter
+from eval.data import choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
 from eval.io import read_json, write_json_atomic, write_text_atomic
 from eval.score import TASKS, ScoreSettings, normalize_records, score_records, write_scores
 
 BACKEND_NAMES = ("transformers", "vllm")
+
+
+def forgery_head(adapter_dir: Path) -> Path | None:
+    """The forgery head weights of a custom_modules.forgery checkpoint dir, if it is one."""
+    from custom_modules.forgery.checkpoint import HEAD_FILE  # imports torch: only for forgery runs
+
+    return adapter_dir / HEAD_FILE if (adapter_dir / HEAD_FILE).is_file() else None
 
 
 def read_done(predictions: Path) -> list[dict]:
@@ -78,7 +86,16 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
     out = Path(out)
-    data_file = find_split_file(Path(data), split)
+    head = forgery_head(Path(adapter)) if task == "forgery" and adapter else None
+    if head is not None:
+        if backend != "transformers":
+            raise ValueError(f"--adapter {adapter} holds a forgery head ({head.name}), which only the transformers "
+                             "backend runs")
+        # The forgery loop feeds images through the processor alone: both split files serve.
+        resolved, data_file = head.parent, choose_data_file(Path(data), split)
+    else:
+        resolved = resolve_adapter(adapter) if adapter else None
+        data_file = choose_data_file(Path(data), split, Path(adapter) if adapter else None, resolved)
     settings = data_settings(task, data_file, read_manifest_entry(data_file), min_pixels=min_pixels,
                              max_pixels=max_pixels, resize_path=resize_path, java_metrics=java_metrics)
     convention = settings.box_convention()
@@ -90,7 +107,11 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
         left_out, samples = len(samples) - len(rec), rec
     samples = samples[:limit] if limit else samples
 
-    if backend == "vllm":
+    if head is not None:
+        from eval.infer import ForgeryHeadScorer
+        generator = ForgeryHeadScorer(model, head.parent, words=(settings.real_word, settings.fake_word),
+                                      device=device)
+    elif backend == "vllm":
         from eval.infer import VllmGenerator
         generator = VllmGenerator(model, adapter, convention=convention,
                                   max_images=max((len(s.images) for s in samples), default=1))
@@ -104,7 +125,8 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     _check_same_run(out, {"task": task, "model": str(model), "adapter": str(generator.adapter or ""),
                           "data_file": str(data_file.resolve()), "model_family": generator.family,
                           "data_family": settings.family, "box_convention": convention.describe(),
-                          "max_new_tokens": max_new_tokens, "backend": backend})
+                          "max_new_tokens": max_new_tokens, "backend": backend,
+                          **({"forgery_head": str(head)} if head else {})})
     predictions = out / "predictions.jsonl"
     done_ids = {row["id"] for row in read_done(predictions)}
     todo = [s for s in samples if s.id not in done_ids]
@@ -129,6 +151,11 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     rows = [row for row in read_done(predictions) if row["id"] in wanted]
     records = normalize_records(rows, str(predictions))
     metrics, judged = score_records(task, records, settings)
+    if head is not None:
+        metrics["convention"]["score_source"] = generator.describe()
+        metrics["convention"]["forgery_head"] = f"used: {head}"
+    elif task == "forgery":
+        metrics["convention"]["forgery_head"] = "none in the checkpoint: P(fake) comes from the answer words"
     metrics["run"] = read_json(out / "run.json")
     if left_out:
         metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"

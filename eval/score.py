@@ -6,6 +6,7 @@ task's metric keys plus `task`, `n`, `convention`, `failure_kinds`) and <out>/sa
 judgement a line: id, correct, failure kind, task fields) that `eval compare` reads."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,26 @@ _SCORERS = {"caption": _score_caption, "grounding": _score_grounding,
             "microscopy": _score_microscopy, "forgery": _score_forgery}
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_fields(row: dict, where: str) -> None:
+    """The optional fields, each named in its error: image_size [w, h] of positive integers, label 0|1,
+    score a probability in [0, 1]."""
+    size = row.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0
+                                                                                  for v in size)):
+        raise ValueError(f"{where}: 'image_size' must be [width, height] of positive integers, got {size!r}")
+    label = row.get("label")
+    if label is not None and not (_is_int(label) and label in (0, 1)):
+        raise ValueError(f"{where}: 'label' must be 0 (real) or 1 (fake), got {label!r}")
+    score = row.get("score")
+    if score is not None and not (isinstance(score, (int, float)) and not isinstance(score, bool)
+                                  and math.isfinite(score) and 0.0 <= score <= 1.0):
+        raise ValueError(f"{where}: 'score' must be P(fake), a number in [0, 1], got {score!r}")
+
+
 def normalize_records(rows: list[dict], where: str) -> list[dict]:
     """Check the predictions-file fields and give every line an id (its line number by default)."""
     records, seen = [], set()
@@ -164,6 +185,7 @@ def normalize_records(rows: list[dict], where: str) -> list[dict]:
                 raise ValueError(f"{where}, line {number}: missing field {field!r}")
         if not isinstance(row["prediction"], str):
             raise ValueError(f"{where}, line {number}: 'prediction' must be a string")
+        check_fields(row, f"{where}, line {number}")
         record = dict(row)
         record["id"] = str(row.get("id", number))
         if record["id"] in seen:

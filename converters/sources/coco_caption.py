@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import re
@@ -16,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from converters.files import find_coco_image, image_size, resized_copy, store_image_bytes
-from converters.schema import Sample, Skip, SkipRecord, Turn
+from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, image_size, load_json_file,
+                              read_input_text, resized_copy, store_image_bytes)
+from converters.schema import InputError, Sample, Skip, SkipRecord, Turn
+from converters.sources.tables import hashable
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
 MODELSCOPE_PREFIX = "modelscope:"
@@ -64,9 +65,10 @@ def to_sample(record: dict, opts: CaptionOptions, resize_path: str = "hf") -> Sa
 
 def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir: Path | None, out: Path,
                   captions_per_image: str, seed: int, limit: int | None, resize: tuple[int, int] | None,
-                  only_split: str | None = None) -> Iterator[tuple[str, object]]:
+                  only_split: str | None = None, source: str = "") -> Iterator[tuple[str, object]]:
     """Image groups -> (split, record | Skip). `limit` counts images per split."""
     images_per_split: dict[str, int] = {}
+    probe = ImageFolderProbe(source, images_dir)
     for group in groups:
         split = group[0] if isinstance(group, tuple) else group.split
         if only_split is not None and split != only_split:
@@ -77,6 +79,9 @@ def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir
         if limit is not None and images_per_split.get(group.split, 0) >= limit:
             continue
         images_per_split[group.split] = images_per_split.get(group.split, 0) + 1
+        if not group.captions:
+            yield group.split, Skip(group.key, "image has no captions", group.source, "sentences")
+            continue
         if captions_per_image == "one":
             chosen = [random.Random(f"{seed}:{group.key}").choice(group.captions)] if group.captions else []
             ids = [group.key]
@@ -84,7 +89,7 @@ def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir
             chosen = list(group.captions)
             ids = [f"{group.key}_{cid}" for cid, _ in chosen]
         try:
-            image, size = _locate_image(group, images_dir, out, resize)
+            image, size = _locate_image(group, images_dir, out, resize, probe)
         except SkipRecord as skip:
             for record_id in ids:
                 yield group.split, Skip(record_id, skip.reason, group.source, skip.field)
@@ -92,15 +97,16 @@ def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir
         for record_id, (_, caption) in zip(ids, chosen):
             yield group.split, {"id": record_id, "image": image, "size": size, "caption": caption,
                                 "source": group.source}
+    probe.finish()
 
 
-def _locate_image(group: ImageGroup, images_dir: Path | None, out: Path,
-                  resize: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
+def _locate_image(group: ImageGroup, images_dir: Path | None, out: Path, resize: tuple[int, int] | None,
+                  probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
     if group.data is not None:
         image, size = store_image_bytes(group.data, out / "images")
     else:
-        image = find_coco_image(images_dir, group.image)
-        size = group.size or image_size(image)
+        image = probe.look(find_coco_image, images_dir, group.image)
+        size = image_size(image, expected=group.size)
     if resize is not None:
         image = resized_copy(image, resize, out / "images", images_dir)
         size = resize
@@ -119,16 +125,30 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
     """captions_<split>2014.json: images joined to annotations by image_id, file order kept."""
     split = split_from_filename(path)
     source = path.name
+    if not isinstance(data["annotations"], list):
+        raise InputError(f"{path}: 'annotations' must be a list, got {type(data['annotations']).__name__}")
     images: dict[object, dict] = {}
-    for image in data.get("images", []):
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict):
+            yield split, Skip(f"images[{index}]", f"image entry is a {type(image).__name__}, expected an object",
+                              f"{source} images[{index}]", "images[]")
+            continue
+        if not hashable(image.get("id")):
+            yield split, Skip(f"images[{index}]", f"image id must be a number or string, got {image.get('id')!r}",
+                              f"{source} images[{index}]", "images[].id")
+            continue
         if image.get("id") in images:
             yield split, Skip(str(image.get("id")), "duplicate image id", source, "images[].id")
             continue
         images[image.get("id")] = image
     captions: dict[object, list] = {}
-    for ann in data.get("annotations", []):
+    for index, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            yield split, Skip(f"annotations[{index}]", f"annotation is a {type(ann).__name__}, expected an object",
+                              f"{source} annotations[{index}]", "annotations[]")
+            continue
         image_id = ann.get("image_id")
-        if image_id not in images:
+        if not hashable(image_id) or image_id not in images:
             yield split, Skip(f"{image_id}_{ann.get('id')}", f"unknown image_id {image_id}", source,
                               "annotations[].image_id")
             continue
@@ -137,7 +157,7 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
     for image_id, image in images.items():
         if image_id not in captions:
             continue
-        size = (image["width"], image["height"]) if image.get("width") and image.get("height") else None
+        size = claimed_size(image.get("width"), image.get("height"))
         yield ImageGroup(split, str(image_id), image.get("file_name", ""), tuple(captions.pop(image_id)), size,
                          source=source)
 
@@ -145,25 +165,45 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
 def read_karpathy(path: Path, data: dict) -> Iterator[ImageGroup]:
     """dataset_coco.json: each image carries its split (train/val/test/restval) and sentences."""
     source = path.name
-    for image in data["images"]:
+    for index, image in enumerate(data["images"]):
+        where = f"{source} images[{index}]"
+        if not isinstance(image, dict):
+            yield "train", Skip(f"images[{index}]", f"image entry is a {type(image).__name__}, expected an object",
+                                where, "images[]")
+            continue
+        key = str(image.get("cocoid", image.get("imgid", f"images[{index}]")))
+        split = image.get("split", "train")
+        problem = None
+        if not isinstance(split, str) or not split:
+            split, problem = "train", (f"split must be a name, got {split!r}", "split")
+        elif not isinstance(image.get("filename"), str) or not isinstance(image.get("filepath", ""), str):
+            problem = (f"filename must be a string, got {image.get('filename')!r}", "filename")
+        elif not isinstance(image.get("sentences", []), list):
+            problem = (f"sentences must be a list, got {image.get('sentences')!r}", "sentences")
+        if problem:
+            yield split, Skip(key, problem[0], where, problem[1])
+            continue
+        sentences = tuple((s.get("sentid", i), s.get("raw")) if isinstance(s, dict) else (i, None)
+                          for i, s in enumerate(image.get("sentences", [])))
         name = os.path.join(image.get("filepath", ""), image["filename"])
-        key = str(image.get("cocoid", image.get("imgid")))
-        sentences = tuple((s.get("sentid", i), s.get("raw")) for i, s in enumerate(image.get("sentences", [])))
-        yield ImageGroup(image.get("split", "train"), key, name, sentences, source=source)
+        yield ImageGroup(split, key, name, sentences, source=where)
 
 
 def read_csv(path: Path) -> Iterator[ImageGroup]:
     """image_path,caption[,split] rows; rows of one image are grouped, first-appearance order kept."""
     source = path.name
     groups: dict[tuple[str, str], list] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image_path", "caption"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: CSV header lacks column(s) {sorted(missing)}; expected image_path,caption")
-        for row_number, row in enumerate(reader, start=2):
-            key = (row.get("split") or "train", row["image_path"])
-            groups.setdefault(key, []).append((f"row{row_number}", row["caption"]))
+    reader = csv.DictReader(io.StringIO(read_input_text(path), newline=""))
+    missing = {"image_path", "caption"} - set(reader.fieldnames or ())
+    if missing:
+        raise InputError(f"{path}: CSV header lacks column(s) {sorted(missing)}; expected image_path,caption")
+    for row_number, row in enumerate(reader, start=2):
+        if not row["image_path"]:
+            yield row.get("split") or "train", Skip(f"row{row_number}", "empty image_path",
+                                                    f"{source}:{row_number}", "image_path")
+            continue
+        key = (row.get("split") or "train", row["image_path"])
+        groups.setdefault(key, []).append((f"row{row_number}", row["caption"]))
     for (split, image), captions in groups.items():
         yield ImageGroup(split, image, image, tuple(captions), source=source)
 
@@ -215,7 +255,7 @@ def input_files(spec: str) -> list[Path]:
         return [path]
     files = sorted(path.glob("captions_*.json")) or sorted(path.glob("dataset_*.json"))
     if not files:
-        raise FileNotFoundError(f"{path}: no captions_*.json or dataset_*.json in this directory")
+        raise InputError(f"{path}: no captions_*.json or dataset_*.json in this directory")
     return files
 
 
@@ -231,10 +271,9 @@ def read_input(spec: str, ms_splits: Iterable[str]) -> Iterator[ImageGroup | tup
     path = files[0]
     if path.suffix.lower() == ".csv":
         return read_csv(path)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path}: not a COCO captions json (no 'images' list)")
+    data = load_json_file(path, dict, "a COCO captions json")
+    if not isinstance(data.get("images"), list):
+        raise InputError(f"{path}: not a COCO captions json (no 'images' list)")
     if "annotations" in data:
         return read_official(path, data)
     return read_karpathy(path, data)

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from converters.files import existing_image, image_size, is_file, resolve_image
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import split_rows
+from converters.sources.tables import row_source, split_rows
 
 SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -46,13 +46,18 @@ def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sa
 
 
 def read_list(path: Path, images_dir: Path | None, only_split: str | None = None,
-              limit: int | None = None) -> Iterator[tuple[str, object]]:
-    for split, (number, row) in split_rows(path, only_split, limit):
+              limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
+    for split, (number, row) in split_rows(path, only_split, limit, file_split):
+        if isinstance(row, Skip):
+            yield split, row
+            continue
         record_id = str(row.get("id") or row.get("image_path") or f"row{number}")
-        source = f"{path.name}[{number}]"
+        source = row_source(path, number)
         try:
             if not row.get("image_path"):
                 raise SkipRecord("empty image_path", "image_path")
+            if not isinstance(row["image_path"], str):
+                raise SkipRecord(f"image_path must be a string, got {row['image_path']!r}", "image_path")
             image = existing_image(images_dir, str(row["image_path"]), "image_path")
             size = image_size(image, "image_path")
             label = parse_label(row.get("label"))
@@ -76,7 +81,7 @@ def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path
         if match and (int(match.group(2)), int(match.group(1))) != tuple(size):
             raise SkipRecord(f"mask_path {text!r} (HxW) differs from the image's {size[1]}x{size[0]}", "mask_path")
         return None, None
-    path = resolve_image(images_dir, text) if text and not SIZE_TEXT.match(text) else ""
+    path = resolve_image(images_dir, text, "mask_path") if text and not SIZE_TEXT.match(text) else ""
     if not path or not is_file(path):
         return None, f"maskless: fake image without a mask file ({text or 'no mask_path'})"
     mask_size = image_size(path, "mask_path")

@@ -1,21 +1,26 @@
 """Microscope focusing: two consecutive images -> {"analysis", "direction" +|-, "distance" steps}.
 
 Inputs: a pairs table (image1,image2,direction,distance[,analysis][,split][,id]; JSON list, JSONL or
-CSV), or a z-stack table (stack_id,image,z,focus_z[,split]) from which consecutive pairs are drawn:
-images of a stack sorted by z, each neighbour pair (z_a < z_b) shown in that order, the second image
-being the current position. The target moves the motor from z_b to focus_z: direction "+" when
-focus_z > z_b (else "-"), distance |focus_z - z_b| * steps_per_z, rounded to whole steps.
+CSV); conversation rows as the microscopy seed writes them (`conversations`: a user turn with two images
+and the prompt, an assistant turn whose text is the JSON answer; content either a list of
+{"type": "image"|"text"} parts or a string with <image> tags plus a row-level `images` list), whose own
+prompt and answer are kept; or a z-stack table (stack_id,image,z,focus_z[,split]) from which
+consecutive pairs are drawn: images of a stack sorted by z, each neighbour pair (z_a < z_b) shown in
+that order, the second image being the current position. The target moves the motor from z_b to
+focus_z: direction "+" when focus_z > z_b (else "-"), distance |focus_z - z_b| * steps_per_z, rounded to
+whole steps.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from converters.files import existing_image, image_size
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import read_rows, split_rows
+from converters.sources.tables import read_rows, row_source, row_split, split_rows
 
 DEFAULT_PROMPT = (
     "这两张图像是显微镜在相邻两个焦平面位置连续拍摄的（第一张为上一位置，第二张为当前位置）。"
@@ -26,9 +31,15 @@ PAIR_COLUMNS = ("image1", "image2", "direction", "distance")
 STACK_COLUMNS = ("stack_id", "image", "z", "focus_z")
 
 
+# A focusing move beyond this many motor steps is a unit or typing error, not a move (see --max-distance).
+MAX_DISTANCE = 100_000
+IMAGE_TAG = "<image>"
+
+
 @dataclass(frozen=True)
 class MicroscopyOptions:
     prompt: str = DEFAULT_PROMPT
+    max_distance: int = MAX_DISTANCE
 
 
 def default_analysis(direction: str, distance: int) -> str:
@@ -44,20 +55,55 @@ def parse_direction(value: object) -> str:
     return direction
 
 
-def parse_distance(value: object) -> int:
+def parse_distance(value: object, max_distance: int = MAX_DISTANCE, field: str = "distance") -> int:
+    """Whole motor steps from a JSON number or a CSV cell; a bool, NaN, a fraction or an absurd size is
+    a bad record, never a distance."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SkipRecord(f"distance must be a number of steps, got {value!r}", field)
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise SkipRecord(f"distance must be a number of steps, got {value!r}", "distance") from None
-    if number < 0 or number != int(number):
-        raise SkipRecord(f"distance must be a whole number of steps >= 0, got {value!r}", "distance")
+    except ValueError:
+        raise SkipRecord(f"distance must be a number of steps, got {value!r}", field) from None
+    if not math.isfinite(number) or number < 0 or number != int(number):
+        raise SkipRecord(f"distance must be a whole number of steps >= 0, got {value!r}", field)
+    if number > max_distance:
+        raise SkipRecord(f"distance {value!r} exceeds {max_distance} steps (--max-distance)", field)
     return int(number)
 
 
+def parse_answer(text: object, max_distance: int = MAX_DISTANCE) -> tuple[str, int]:
+    """(direction, distance) of an assistant answer {"analysis", "direction", "distance"}; the distance
+    must be a JSON integer there (the trained text is what eval parses back)."""
+    field = "answer"
+    try:
+        answer = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError as error:
+        raise SkipRecord(f"assistant answer is not JSON ({error.msg}): {str(text)[:80]!r}", field) from None
+    if not isinstance(answer, dict):
+        raise SkipRecord(f"assistant answer must be a JSON object with direction and distance, got {text!r}",
+                         field)
+    distance = answer.get("distance")
+    if not isinstance(distance, int) or isinstance(distance, bool):
+        raise SkipRecord(f"answer distance must be a JSON integer, got {distance!r}", f"{field}.distance")
+    try:
+        direction = parse_direction(answer.get("direction"))
+    except SkipRecord as skip:
+        raise SkipRecord(skip.reason, f"{field}.direction") from None
+    return direction, parse_distance(distance, max_distance, f"{field}.distance")
+
+
 def to_sample(record: dict, opts: MicroscopyOptions, resize_path: str = "hf") -> Sample:
-    """record: {"id", "images" (2 abs paths), "sizes", "direction", "distance"[, "analysis"]}."""
+    """record: {"id", "images" (2 abs paths), "sizes", "direction", "distance"[, "analysis"]}, or a
+    conversation record {"id", "images", "sizes", "prompt" (with <image> tags), "answer"[, "system"]}
+    whose prompt and answer text are kept as written."""
+    if "answer" in record:
+        parse_answer(record["answer"], opts.max_distance)
+        turns = ((Turn("system", record["system"]),) if record.get("system") else ()) + (
+            Turn("user", record["prompt"]), Turn("assistant", record["answer"].strip()))
+        return Sample(id=record["id"], images=tuple(record["images"]), turns=turns,
+                      image_sizes=tuple(tuple(s) for s in record["sizes"]))
     direction = parse_direction(record["direction"])
-    distance = parse_distance(record["distance"])
+    distance = parse_distance(record["distance"], opts.max_distance)
     analysis = " ".join(str(record.get("analysis") or "").split()) or default_analysis(direction, distance)
     answer = json.dumps({"analysis": analysis, "direction": direction, "distance": distance}, ensure_ascii=False)
     return Sample(id=record["id"], images=tuple(record["images"]),
@@ -65,27 +111,103 @@ def to_sample(record: dict, opts: MicroscopyOptions, resize_path: str = "hf") ->
                   image_sizes=tuple(tuple(s) for s in record["sizes"]))
 
 
-def _with_images(record: dict, names: list[str], images_dir: Path | None) -> dict:
+def _with_images(record: dict, names: list[str], images_dir: Path | None, fields=("image1", "image2")) -> dict:
     paths, sizes = [], []
-    for field, name in zip(("image1", "image2"), names):
-        if not name:
-            raise SkipRecord("empty image path", field)
+    for field, name in zip(fields, names):
+        if not isinstance(name, str) or not name:
+            raise SkipRecord(f"image path must be a non-empty string, got {name!r}", field)
         path = existing_image(images_dir, str(name), field)
         paths.append(path)
         sizes.append(image_size(path, field))
     return {**record, "images": paths, "sizes": sizes}
 
 
+ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+TURN_KEYS = ("conversations", "messages")
+
+
+def parse_conversation(row: dict) -> dict:
+    """A seed conversation row -> {"prompt" (<image> tags where the images were), "image_names",
+    "answer", "system"}; turns are {"role", "content"} (or sharegpt {"from", "value"})."""
+    key = next(k for k in TURN_KEYS if k in row)
+    turns = row[key]
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise SkipRecord(f"{key} must be a list of turn objects, got {type(turns).__name__}", key)
+    named = [t.get("role", t.get("from")) for t in turns]
+    roles = [ROLE_NAMES.get(r) if isinstance(r, str) else None for r in named]
+    system = None
+    if roles[:1] == ["system"]:
+        system, turns, roles = _turn_text(turns[0], f"{key}[0]"), turns[1:], roles[1:]
+    offset = len(row[key]) - len(turns)
+    if roles != ["user", "assistant"]:
+        raise SkipRecord(f"expected one user turn then one assistant answer, got roles {named}", key)
+    user, assistant = turns
+    where = f"{key}[{offset}]"
+    content = user.get("content", user.get("value"))
+    if isinstance(content, list):
+        prompt, names = "", []
+        for i, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                names.append(part.get("image", part.get("path")))
+                prompt += IMAGE_TAG
+            elif kind == "text" and isinstance(part.get("text"), str):
+                prompt += part["text"]
+            else:
+                raise SkipRecord(f"content part must be {{'type': 'image', 'image': path}} or "
+                                 f"{{'type': 'text', 'text': str}}, got {part!r}", f"{where}.content[{i}]")
+        if "images" in row:
+            raise SkipRecord("images given twice: as content parts and as a row-level 'images' list", "images")
+    elif isinstance(content, str):
+        names, prompt = row.get("images"), content
+        if not isinstance(names, list):
+            raise SkipRecord(f"string content needs a row-level 'images' list, got {names!r}", "images")
+        if prompt.count(IMAGE_TAG) != len(names):
+            raise SkipRecord(f"{prompt.count(IMAGE_TAG)} {IMAGE_TAG} tag(s) but {len(names)} image(s)",
+                             f"{where}.content")
+    else:
+        raise SkipRecord(f"user content must be a list of parts or a string, got {type(content).__name__}",
+                         f"{where}.content")
+    if len(names) != 2:
+        raise SkipRecord(f"a focusing pair has 2 images, this turn has {len(names)}", f"{where}.content")
+    return {"prompt": prompt, "image_names": names, "system": system,
+            "answer": _turn_text(assistant, f"{key}[{offset + 1}]")}
+
+
+def _turn_text(turn: dict, where: str) -> str:
+    """A text-only turn's text: a string, or a list of text parts joined."""
+    content = turn.get("content", turn.get("value"))
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise SkipRecord(f"expected text content, got {content!r}"[:200], f"{where}.content")
+
+
 def is_stack_table(path: Path) -> bool:
     first = next(read_rows(path), None)
-    return first is not None and all(c in first[1] for c in ("stack_id", "image", "z"))
+    return first is not None and isinstance(first[1], dict) and all(c in first[1] for c in ("stack_id", "image", "z"))
 
 
 def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = None,
-               limit: int | None = None) -> Iterator[tuple[str, object]]:
-    for split, (number, row) in split_rows(path, only_split, limit):
+               limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
+    for split, (number, row) in split_rows(path, only_split, limit, file_split):
+        if isinstance(row, Skip):
+            yield split, row
+            continue
         record_id = str(row.get("id") or f"pair{number}")
-        source = f"{path.name}:{number}"
+        source = row_source(path, number)
+        if any(k in row for k in TURN_KEYS):
+            try:
+                turn = parse_conversation(row)
+                base = {"id": record_id, "source": source, "prompt": turn["prompt"], "answer": turn["answer"],
+                        "system": turn["system"]}
+                fields = [f"image{i + 1}" for i in range(len(turn["image_names"]))]
+                yield split, _with_images(base, turn["image_names"], images_dir, fields)
+            except SkipRecord as skip:
+                yield split, Skip(record_id, skip.reason, source, skip.field)
+            continue
         missing = [c for c in PAIR_COLUMNS if row.get(c) in (None, "")]
         if missing:
             yield split, Skip(record_id, f"missing column(s) {missing}", source, missing[0])
@@ -98,26 +220,50 @@ def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = Non
             yield split, Skip(record_id, skip.reason, source, skip.field)
 
 
+def _z_value(row: dict, field: str) -> float:
+    value = row[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SkipRecord(f"{field} must be a number, got {value!r}", field)
+    try:
+        number = float(value)
+    except ValueError:
+        raise SkipRecord(f"{field} must be a number, got {value!r}", field) from None
+    if not math.isfinite(number):
+        raise SkipRecord(f"{field} must be a finite number, got {value!r}", field)
+    return number
+
+
 def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0, only_split: str | None = None,
-                limit: int | None = None) -> Iterator[tuple[str, object]]:
+                limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
     stacks: dict[str, list] = {}
     for number, row in read_rows(path):
-        missing = [c for c in STACK_COLUMNS if row.get(c) in (None, "")]
-        if missing:
-            yield str(row.get("split") or "train"), Skip(f"row{number}", f"missing column(s) {missing}",
-                                                          f"{path.name}:{number}", missing[0])
+        source = row_source(path, number)
+        if isinstance(row, Skip):
+            yield file_split or "train", row
             continue
-        stacks.setdefault(str(row["stack_id"]), []).append((number, row))
+        split, problem = row_split(row, file_split)
+        missing = [c for c in STACK_COLUMNS if row.get(c) in (None, "")]
+        if problem or missing:
+            skip = Skip(f"row{number}", problem or f"missing column(s) {missing}", source,
+                        "split" if problem else missing[0])
+            if only_split is None or split == only_split:
+                yield split, skip
+            continue
+        stacks.setdefault(str(row["stack_id"]), []).append((number, row, split))
     per_split: dict[str, int] = {}
     for stack_id, rows in stacks.items():
-        split = str(rows[0][1].get("split") or "train")
+        split = rows[0][2]
         if only_split is not None and split != only_split:
             continue
+        splits = sorted({s for _, _, s in rows})
+        if len(splits) > 1:
+            yield split, Skip(stack_id, f"stack's rows name several splits {splits}", path.name, "split")
+            continue
         try:
-            slices = sorted((float(r["z"]), n, r["image"]) for n, r in rows)
-            focus = {float(r["focus_z"]) for _, r in rows}
-        except ValueError as error:
-            yield split, Skip(stack_id, f"z or focus_z is not a number: {error}", path.name, "z")
+            slices = sorted((_z_value(r, "z"), n, r["image"]) for n, r, _ in rows)
+            focus = {_z_value(r, "focus_z") for _, r, _ in rows}
+        except SkipRecord as skip:
+            yield split, Skip(stack_id, skip.reason, path.name, skip.field)
             continue
         if len(focus) != 1:
             yield split, Skip(stack_id, f"stack has several focus_z values {sorted(focus)}", path.name, "focus_z")

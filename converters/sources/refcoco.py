@@ -8,17 +8,20 @@ Every sentence of a ref becomes one record (REC and/or REG).
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from converters.boxes import render_box, render_grounding
-from converters.files import existing_image, find_coco_image, image_size, store_image_bytes
+from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, image_size,
+                              load_json_file, os_error_cause, read_input_bytes, store_image_bytes)
 from converters.geometry import clip_box, xywh_to_xyxy
 from converters.safe_pickle import load_plain_pickle
-from converters.schema import Box, Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import select_splits
+from converters.schema import Box, InputError, Sample, Skip, SkipRecord, Turn
+from converters.sources.tables import hashable, select_splits
 
 SPLITBYS = ("umd", "google", "unc")
 TASKS = ("rec", "reg")
@@ -64,9 +67,8 @@ def to_sample(record: dict, opts: RefOptions, resize_path: str = "hf") -> Sample
 
 def record_box(record: dict, tolerance: float) -> Box:
     values = record["bbox"]
-    if not isinstance(values, (list, tuple)) or len(values) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise SkipRecord(f"bbox must be 4 numbers, got {values!r}", "bbox")
+    if not is_box(values):
+        raise SkipRecord(f"bbox must be 4 finite numbers, got {values!r}", "bbox")
     box = xywh_to_xyxy(*values) if record["bbox_format"] == "xywh" else Box(*map(float, values))
     width, height = record["size"]
     clipped = clip_box(box, width, height, tolerance)
@@ -74,6 +76,20 @@ def record_box(record: dict, tolerance: float) -> Box:
         raise SkipRecord(f"box {values} ({record['bbox_format']}) outside the {width}x{height} image "
                          f"beyond {tolerance} px, or empty", "bbox")
     return clipped
+
+
+def is_box(values: object) -> bool:
+    """4 finite numbers (a bool, None or NaN in a bbox is a broken record, not a coordinate)."""
+    return isinstance(values, (list, tuple)) and len(values) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _skips(split: str, base: dict, phrases: list, tasks: tuple[str, ...], skip: SkipRecord):
+    """The records a bad ref/row would have made, each skipped (one Skip when it has no phrase at all),
+    so that written + skipped counts what the input holds."""
+    ids = [record["id"] for record in _records(base, phrases, tasks)] or [base["id"]]
+    for record_id in ids:
+        yield split, Skip(record_id, skip.reason, base["source"], skip.field)
 
 
 def _records(base: dict, phrases: Iterable[tuple[object, str]], tasks: tuple[str, ...]) -> Iterator[dict]:
@@ -99,46 +115,96 @@ def find_refs_file(refer_dir: Path, splitby: str | None) -> Path:
     return candidates[0]
 
 
+def load_refs(refs_path: Path) -> list:
+    try:
+        refs = load_plain_pickle(read_input_bytes(refs_path))
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise InputError(f"{refs_path}: truncated or invalid pickle ({type(error).__name__}: {error})") from error
+    if not isinstance(refs, list):
+        raise InputError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    return refs
+
+
 def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None, tasks: tuple[str, ...],
                only_split: str | None = None, limit: int | None = None) -> Iterator[tuple[str, object]]:
     refs_path = find_refs_file(refer_dir, splitby)
     instances_path = refer_dir / "instances.json"
-    refs = load_plain_pickle(refs_path.read_bytes())
-    if not isinstance(refs, list):
-        raise ValueError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
-    with open(instances_path, encoding="utf-8") as f:
-        instances = json.load(f)
-    images = {image["id"]: image for image in instances.get("images", [])}
-    boxes = {ann["id"]: ann.get("bbox") for ann in instances.get("annotations", [])}
+    refs = load_refs(refs_path)
+    instances = load_json_file(instances_path, dict, "a COCO instances json")
+    for key in ("images", "annotations"):
+        if not isinstance(instances.get(key), list):
+            raise InputError(f"{instances_path}: '{key}' must be a list, got {type(instances.get(key)).__name__}")
+    # Entries that are not objects (or whose id is a list) index nothing: the refs naming them are skipped.
+    images = {image.get("id"): image for image in instances["images"]
+              if isinstance(image, dict) and hashable(image.get("id"))}
+    boxes = {ann.get("id"): ann.get("bbox") for ann in instances["annotations"]
+             if isinstance(ann, dict) and hashable(ann.get("id"))}
     del instances
     sizes: dict[object, tuple[str, tuple[int, int]] | SkipRecord] = {}
     source = refs_path.name
-    for split, ref in select_splits(((str(ref.get("split", "train")), ref) for ref in refs), only_split, limit):
-        base = {"id": str(ref.get("ref_id")), "source": source, "bbox_format": "xywh"}
-        phrases = [(s.get("sent_id", i), s.get("sent") or s.get("raw"))
-                   for i, s in enumerate(ref.get("sentences", []))]
+    probe = ImageFolderProbe(instances_path, images_dir)
+    for split, (index, ref) in select_splits(_ref_splits(refs, source), only_split, limit):
+        if isinstance(ref, Skip):
+            yield split, ref
+            continue
+        base = {"id": str(ref.get("ref_id")), "source": f"{source}[{index}]", "bbox_format": "xywh"}
         try:
-            image = images.get(ref.get("image_id"))
+            phrases = _ref_phrases(ref)
+            image = images.get(ref.get("image_id")) if hashable(ref.get("image_id")) else None
             if image is None:
-                raise SkipRecord(f"unknown image_id {ref.get('image_id')} (not in instances.json)", "image_id")
-            if ref.get("ann_id") not in boxes:
-                raise SkipRecord(f"unknown ann_id {ref.get('ann_id')} (not in instances.json)", "ann_id")
-            base["image"], base["size"] = _refer_image(images_dir, image, sizes)
+                raise SkipRecord(f"unknown image_id {ref.get('image_id')!r} (not in instances.json)", "image_id")
+            if not hashable(ref.get("ann_id")) or ref.get("ann_id") not in boxes:
+                raise SkipRecord(f"unknown ann_id {ref.get('ann_id')!r} (not in instances.json)", "ann_id")
+            base["image"], base["size"] = _refer_image(images_dir, image, sizes, probe)
             base["bbox"] = boxes[ref["ann_id"]]
         except SkipRecord as skip:
-            for record in _records(base, phrases, tasks):
-                yield split, Skip(record["id"], skip.reason, source, skip.field)
+            yield from _skips(split, base, _ref_phrases(ref, strict=False), tasks, skip)
             continue
         for record in _records(base, phrases, tasks):
             yield split, record
+    probe.finish()
 
 
-def _refer_image(images_dir: Path | None, image: dict, cache: dict) -> tuple[str, tuple[int, int]]:
+def _ref_splits(refs: list, source: str) -> Iterator[tuple[str, tuple[int, object]]]:
+    """(split, (index, ref | Skip)); a ref that is not a dict, or whose split is not a name (None), is a
+    Skip under the default split (train) rather than a split named "None"."""
+    for index, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            yield "train", (index, Skip(f"ref{index}", f"ref is a {type(ref).__name__}, expected a dict",
+                                        f"{source}[{index}]", "ref"))
+            continue
+        split = ref.get("split", "train")
+        if not isinstance(split, str) or not split:
+            yield "train", (index, Skip(str(ref.get("ref_id", f"ref{index}")), f"split must be a name, got {split!r}",
+                                        f"{source}[{index}]", "split"))
+            continue
+        yield split, (index, ref)
+
+
+def _ref_phrases(ref: dict, strict: bool = True) -> list[tuple[object, str]]:
+    """(sent_id, text) of every sentence; a ref without sentences is a skip, not nothing."""
+    sentences = ref.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        if strict:
+            raise SkipRecord(f"ref has no sentences (got {sentences!r})", "sentences")
+        return []
+    phrases = []
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, dict):
+            if strict:
+                raise SkipRecord(f"sentence {i} is a {type(sentence).__name__}, expected a dict", f"sentences[{i}]")
+            continue
+        phrases.append((sentence.get("sent_id", i), sentence.get("sent") or sentence.get("raw")))
+    return phrases
+
+
+def _refer_image(images_dir: Path | None, image: dict, cache: dict,
+                 probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
     """Image path and size, looked up once per image (many refs share one)."""
     if image["id"] not in cache:
         try:
-            path = find_coco_image(images_dir, image["file_name"], "file_name")
-            size = (image["width"], image["height"]) if image.get("width") else image_size(path)
+            path = probe.look(find_coco_image, images_dir, image.get("file_name"), "file_name")
+            size = image_size(path, "file_name", claimed_size(image.get("width"), image.get("height")))
             cache[image["id"]] = (path, size)
         except SkipRecord as skip:
             cache[image["id"]] = skip
@@ -150,14 +216,18 @@ def _refer_image(images_dir: Path | None, image: dict, cache: dict) -> tuple[str
 
 # ---- Hugging Face parquet ---------------------------------------------------------------------------
 
-PHRASE_FIELDS = ("sentences", "sentence", "answer", "question")
+# Columns that hold the referring expressions, in order of preference. Not `question`: in lmms-lab/RefCOCO*
+# it is the task prompt ("Please carefully observe the area circled..."), never the expression.
+PHRASE_FIELDS = ("sentences", "sentence", "answer")
 SPLIT_NAMES = ("train", "validation", "val", "testA", "testB", "test")
 
 
 def parquet_files(path: Path) -> list[Path]:
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    files = [path] if not path.is_dir() else sorted(path.rglob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no .parquet files under {path}")
+        raise InputError(f"{path}: no .parquet files in this directory (nor a refs(*).p of the refer layout)")
     return files
 
 
@@ -178,43 +248,59 @@ def _parse_bbox(value):
 
 
 def _row_size(row: dict) -> tuple[int, int] | None:
-    if row.get("width") and row.get("height"):
-        return int(row["width"]), int(row["height"])
-    size = row.get("image_size")
-    if isinstance(size, str):
-        size = json.loads(size)
-    return (int(size[0]), int(size[1])) if size else None
+    """The (width, height) a row states, or None when it states none or something unusable (the image
+    header decides then)."""
+    size = claimed_size(row.get("width"), row.get("height"))
+    if size:
+        return size
+    value = row.get("image_size")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return claimed_size(*value) if isinstance(value, (list, tuple)) and len(value) == 2 else None
 
 
 def _row_phrases(row: dict) -> list[tuple[object, str]]:
+    """(id, text) of the row's expressions: the first phrase column present decides; present but empty
+    (an `answer` of []) is a skip naming that column, never a fall back to another column."""
     for field in PHRASE_FIELDS:
         value = row.get(field)
-        if value is None or value == [] or value == "":
+        if value is None:
             continue
         if isinstance(value, str):
             value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise SkipRecord(f"{field} holds no referring expression (got {value!r})", field)
         phrases = []
         for i, item in enumerate(value):
             if isinstance(item, dict):
                 phrases.append((item.get("sent_id", i), item.get("sent") or item.get("raw") or ""))
             else:
-                phrases.append((i, str(item)))
+                phrases.append((i, item if isinstance(item, str) else ""))
         return phrases
-    return []
+    raise SkipRecord(f"no referring expression in any of {PHRASE_FIELDS}", "sentences")
 
 
 def _iter_rows(files: list[Path], columns: list[str] | None = None) -> Iterator[tuple[Path, int, dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for path in files:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        wanted = None if columns is None else [c for c in columns if c in names]
-        index = 0
-        for batch in parquet.iter_batches(batch_size=256, columns=wanted):
-            for row in batch.to_pylist():
-                yield path, index, row
-                index += 1
+        try:
+            parquet = pq.ParquetFile(path)
+            names = parquet.schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in names]
+            batches = parquet.iter_batches(batch_size=256, columns=wanted)
+            index = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    yield path, index, row
+                    index += 1
+        except (OSError, pa.ArrowException) as error:  # ArrowInvalid: not parquet, truncated
+            cause = os_error_cause(error) if getattr(error, "errno", None) else str(error).splitlines()[0]
+            raise InputError(f"{path}: not a readable parquet file ({cause})") from error
 
 
 def detect_bbox_format(files: list[Path], tolerance: float = 2.0) -> str:
@@ -222,8 +308,8 @@ def detect_bbox_format(files: list[Path], tolerance: float = 2.0) -> str:
     xywh_only = xyxy_only = 0
     for path, index, row in _iter_rows(files, ["bbox", "image_size", "width", "height"]):
         bbox = _parse_bbox(row.get("bbox"))
-        if not bbox or len(bbox) != 4:
-            continue
+        if not is_box(bbox):
+            continue  # such rows are skipped when read, naming their bbox
         x, y, c, d = bbox
         if c <= x or d <= y:
             xywh_only += 1  # as xyxy it would be inverted
@@ -245,29 +331,37 @@ def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format:
     files = parquet_files(path)
     if bbox_format == "auto":
         bbox_format = detect_bbox_format(files, tolerance)
-    rows = ((str(row.get("split") or split_of(file)), (file, index, row)) for file, index, row in _iter_rows(files))
+    rows = ((_parquet_split(row, file), (file, index, row)) for file, index, row in _iter_rows(files))
+    probe = ImageFolderProbe(path, images_dir)
     for split, (file, index, row) in select_splits(rows, only_split, limit):
         key = row.get("ref_id", row.get("question_id", row.get("id", index)))
         source = f"{file.name}[{index}]"
         base = {"id": str(key), "source": source, "bbox_format": bbox_format}
-        phrases = _row_phrases(row)
+        phrases = []
         try:
+            if not isinstance(row.get("split", ""), (str, type(None))):
+                raise SkipRecord(f"split must be a name, got {row['split']!r}", "split")
+            phrases = _row_phrases(row)
             bbox = _parse_bbox(row.get("bbox"))
             if bbox is None:
                 raise SkipRecord(f"bbox is neither a list nor a JSON list: {row.get('bbox')!r}", "bbox")
             base["bbox"] = bbox
-            base["image"], base["size"] = _parquet_image(row, images_dir, out)
-            if not phrases:
-                raise SkipRecord(f"no referring expression in any of {PHRASE_FIELDS}", "sentences")
+            base["image"], base["size"] = _parquet_image(row, images_dir, out, probe)
         except SkipRecord as skip:
-            for record in _records(base, phrases or [(0, "")], tasks):
-                yield split, Skip(record["id"], skip.reason, source, skip.field)
+            yield from _skips(split, base, phrases, tasks, skip)
             continue
         for record in _records(base, phrases, tasks):
             yield split, record
+    probe.finish()
 
 
-def _parquet_image(row: dict, images_dir: Path | None, out: Path) -> tuple[str, tuple[int, int]]:
+def _parquet_split(row: dict, file: Path) -> str:
+    split = row.get("split")
+    return split if isinstance(split, str) and split else split_of(file)
+
+
+def _parquet_image(row: dict, images_dir: Path | None, out: Path,
+                   probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
     image = row.get("image")
     if isinstance(image, dict) and image.get("bytes"):
         return store_image_bytes(image["bytes"], out / "images")
@@ -277,12 +371,18 @@ def _parquet_image(row: dict, images_dir: Path | None, out: Path) -> tuple[str, 
     name = name or row.get("image_path") or row.get("file_name")
     if not name:
         raise SkipRecord("row has no image bytes and no image path", "image")
+    if not isinstance(name, str):
+        raise SkipRecord(f"image path must be a string, got {name!r}", "image")
+    path = probe.look(_find_parquet_image, images_dir, name)
+    return path, image_size(path, "image", _row_size(row))
+
+
+def _find_parquet_image(images_dir: Path | None, name: str) -> str:
     try:
-        path = existing_image(images_dir, name)
+        return find_coco_image(images_dir, name)
     except SkipRecord:
         # a ref-style file_name carries an _<ann_id> suffix the real image file lacks
         unsuffixed = re.sub(r"_\d+(\.\w+)$", r"\1", name)
         if unsuffixed == name:
             raise
-        path = existing_image(images_dir, unsuffixed)
-    return path, image_size(path)
+        return find_coco_image(images_dir, unsuffixed)

@@ -55,6 +55,7 @@ def adapter(tmp_path_factory, tiny_model_dir):
             config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
             out = tmp_path_factory.mktemp(f"lora_{family}")
             get_peft_model(model, config).save_pretrained(out)
+            (out / "trainer_log.jsonl").write_text("")  # LLaMA-Factory's mark: eval run then picks the .json file
             made[family] = out
         return made[family]
     return get

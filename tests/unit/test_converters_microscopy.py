@@ -88,3 +88,93 @@ def test_duplicate_ids_keep_the_first_and_list_the_rest(tmp_path):
     assert [json.loads(r["messages"][1]["content"])["distance"] for r in rows(out / "microscopy_train.json")] == [3, 1]
     (skip,) = json.loads((out / "manifest.json").read_text())["datasets"]["microscopy_train"]["skipped"]
     assert skip == {"id": "p", "reason": "duplicate id", "source": "pairs.csv:3", "field": "id"}
+
+
+SEED_PROMPT = "这两张图像是显微镜连续拍摄的，请判断调焦方向和步数。"
+SEED_ANSWER = '{"analysis": "第二张更模糊。", "direction": "-", "distance": 7}'
+
+
+def seed_rows(tmp_path: Path) -> list[dict]:
+    """The seed's conversation rows, both content forms (typed parts; a string with <image> tags)."""
+    for name in ("s1.png", "s2.png"):
+        Image.new("RGB", (8, 6)).save(tmp_path / name)
+    parts = {"conversations": [
+        {"role": "user", "content": [{"type": "image", "image": "s1.png"}, {"type": "image", "image": "s2.png"},
+                                     {"type": "text", "text": SEED_PROMPT}]},
+        {"role": "assistant", "content": [{"type": "text", "text": SEED_ANSWER}]}]}
+    tagged = {"conversations": [{"role": "user", "content": "<image><image>" + SEED_PROMPT},
+                                {"role": "assistant", "content": SEED_ANSWER}], "images": ["s2.png", "s1.png"]}
+    return [parts, tagged]
+
+
+def test_seed_conversation_file_converts_unchanged(tmp_path):
+    path = tmp_path / "seed.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in seed_rows(tmp_path)), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(path), "--out", str(out), "--strict"]) == 0
+    s1, s2 = (str((tmp_path / n).resolve()) for n in ("s1.png", "s2.png"))
+    expected = [{"messages": [{"role": "user", "content": "<image><image>" + SEED_PROMPT},
+                              {"role": "assistant", "content": SEED_ANSWER}], "images": images}
+                for images in ([s1, s2], [s2, s1])]
+    assert rows(out / "microscopy_train.json") == expected
+    assert rows(out / "microscopy_train.jsonl") == expected
+    assert main(["check", str(out)]) == 0
+
+
+@pytest.mark.parametrize("change, field, reason", [
+    (lambda r: r["conversations"][1]["content"][0].update(text='{"direction": "+", "distance": true}'),
+     "answer.distance", "must be a JSON integer"),
+    (lambda r: r["conversations"][1]["content"][0].update(text="move down 7"), "answer", "not JSON"),
+    (lambda r: r["conversations"][0]["content"].pop(0), "conversations[0].content", "has 1"),
+    (lambda r: r["conversations"].pop(), "conversations", "expected one user turn then one assistant"),
+    (lambda r: r["conversations"][0]["content"][0].update(image="../elsewhere.png"), "image1",
+     "outside the data root"),
+])
+def test_bad_seed_rows_are_named_skips(tmp_path, change, field, reason):
+    good, _ = seed_rows(tmp_path)
+    bad = json.loads(json.dumps(good))
+    change(bad)
+    path = tmp_path / "seed.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad | {"id": "bad"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(path), "--out", str(out)]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["datasets"]["microscopy_train"]
+    assert entry["count"] == 1
+    (skip,) = entry["skipped"]
+    assert (skip["id"], skip["source"], skip["field"]) == ("bad", "seed.jsonl:2", field) and reason in skip["reason"]
+
+
+def test_split_of_file_puts_a_list_file_in_one_split(tmp_path):
+    path = tmp_path / "val.jsonl"
+    good, tagged = seed_rows(tmp_path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps(tagged | {"split": "train", "id": "other"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(path), "--out", str(out), "--split-of-file", "val"]) == 0
+    assert len(rows(out / "microscopy_val.json")) == 1 and not (out / "microscopy_train.json").exists()
+    (skip,) = json.loads((out / "manifest.json").read_text())["datasets"]["microscopy_val"]["skipped"]
+    assert skip["field"] == "split" and skip["reason"] == "row's split 'train' differs from --split-of-file 'val'"
+    assert main(["microscopy", "--input", str(path), "--out", str(tmp_path / "o2"), "--split", "val",
+                 "--split-of-file", "val"]) == 0
+
+
+@pytest.mark.parametrize("value, reason", [(True, "number of steps"), (float("nan"), "whole number"),
+                                           (10 ** 12, "exceeds 100000 steps"), ("7.5", "whole number")])
+def test_distance_types_are_strict(value, reason):
+    record = {"id": "p", "images": ["/a", "/b"], "sizes": [(1, 1)] * 2, "direction": "+", "distance": value}
+    with pytest.raises(SkipRecord, match=reason):
+        to_sample(record, MicroscopyOptions())
+    assert to_sample(record | {"distance": 7}, MicroscopyOptions()).turns[1].content.endswith('"distance": 7}')
+
+
+def test_seed_file_with_absolute_image_paths_converts_without_flags(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows_ = seed_rows(tmp_path / "images")
+    for part in rows_[0]["conversations"][0]["content"][:2]:
+        part["image"] = str(tmp_path / "images" / part["image"])
+    path = tmp_path / "seed" / "seed.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(rows_[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["microscopy", "--input", str(path), "--out", str(out), "--strict"]) == 0
+    (row,) = rows(out / "microscopy_train.json")
+    assert row["images"] == [str(tmp_path / "images" / "s1.png"), str(tmp_path / "images" / "s2.png")]

@@ -1,0 +1,435 @@
+"""Malformed input, one case a kind: a bad record is a named skip (file, record, field, reason) and the run
+goes on; an unusable file stops the run with its path and a one-line cause; nothing is dropped silently
+(written + skipped = the records the input holds)."""
+import io
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from converters.__main__ import main
+
+
+def png(path: Path, size=(16, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 20, 20)).save(path)
+    return path
+
+
+def png_bytes(size=(16, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(argv, capsys):
+    """(exit code, stderr, manifest datasets or {})."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    out = Path(argv[argv.index("--out") + 1])
+    manifest = out / "manifest.json"
+    return code, err, json.loads(manifest.read_text())["datasets"] if manifest.exists() else {}
+
+
+def counts(datasets: dict) -> tuple[int, int]:
+    return (sum(e["count"] for e in datasets.values()), sum(e["skipped_count"] for e in datasets.values()))
+
+
+def only_skip(datasets: dict) -> dict:
+    (skip,) = [s for e in datasets.values() for s in e["skipped"]]
+    return skip
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+
+
+def forgery_list(root: Path, bad: dict, suffix=".json") -> tuple[Path, int]:
+    """A list with one good real image and one bad row; returns (list path, input records)."""
+    png(root / "images" / "ok.png")
+    rows = [{"image_path": "images/ok.png", "label": 0, "mask_path": "12x16"}, bad]
+    path = root / f"list{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows))
+    return path, 2
+
+
+def microscopy_pairs(root: Path, bad: dict | str) -> tuple[Path, int]:
+    png(root / "a.png")
+    png(root / "b.png")
+    good = {"id": "good", "image1": "a.png", "image2": "b.png", "direction": "+", "distance": 3}
+    path = root / "pairs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + (bad if isinstance(bad, str) else json.dumps({**good, **bad})) + "\n")
+    return path, 2
+
+
+def refer_dir(root: Path, bad_ref: dict | None = None, bbox=(1, 1, 8, 6), images_in=None) -> tuple[Path, int]:
+    """refer layout with one good ref (and one bad one); images in `images_in` (default: the refer dir)."""
+    refer = root / "refer"
+    refer.mkdir(parents=True, exist_ok=True)
+    png((images_in or refer) / "COCO_train2014_000000000001.jpg")
+    (refer / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 16, "height": 12}],
+        "annotations": [{"id": 10, "image_id": 1, "bbox": [1, 1, 8, 6]}, {"id": 11, "image_id": 1, "bbox": list(bbox)}]}))
+    good = {"ref_id": 0, "ann_id": 10, "image_id": 1, "split": "train", "file_name": "x_10.jpg",
+            "sentences": [{"sent_id": 0, "sent": "the box"}]}
+    refs = [good] + ([{**good, "ref_id": 1, "ann_id": 11, **bad_ref}] if bad_ref is not None else [])
+    (refer / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+    return refer, len(refs)
+
+
+def parquet_file(root: Path, rows: list[dict]) -> Path:
+    path = root / "data" / "train-00000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+# ---- record-level: a named skip, the rest converted -------------------------------------------------
+
+
+def case_bool_distance(root):
+    path, n = microscopy_pairs(root, {"id": "bad", "distance": True})
+    return ["microscopy", "--input", str(path)], n, ("pairs.jsonl:2", "bad", "distance", "number of steps")
+
+
+def case_absurd_distance(root):
+    path, n = microscopy_pairs(root, {"id": "bad", "distance": 10 ** 12})
+    return ["microscopy", "--input", str(path)], n, ("pairs.jsonl:2", "bad", "distance", "exceeds 100000 steps")
+
+
+def case_jsonl_line_is_a_list(root):
+    path, n = microscopy_pairs(root, '["a.png", "b.png", "+", 3]')
+    return ["microscopy", "--input", str(path)], n, ("pairs.jsonl:2", "row2", "row", "row is a JSON list")
+
+
+def case_jsonl_line_not_json(root):
+    path, n = microscopy_pairs(root, '{"id": "bad", "image1": ')
+    return ["microscopy", "--input", str(path)], n, ("pairs.jsonl:2", "line2", "line", "invalid JSON line")
+
+
+def case_nan_z(root):
+    for z in (0, 1, 2):
+        png(root / f"z{z}.png")
+    (root / "stack.csv").write_text("stack_id,image,z,focus_z\ns1,z0.png,0,1\ns1,z1.png,1,1\n"
+                                    "s2,z0.png,nan,1\ns2,z2.png,2,1\n")
+    return ["microscopy", "--input", str(root / "stack.csv")], 2, ("stack.csv", "s2", "z", "finite number")
+
+
+def case_text_file_named_jpg(root):
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "fake.jpg").write_text("this is not an image")
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/fake.jpg", "label": 0})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "unreadable image")
+
+
+def case_path_outside_root(root):
+    png(root.parent / f"{root.name}_outside" / "x.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": f"../{root.name}_outside/x.png", "label": 0})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "outside the data root")
+
+
+def case_absolute_path_outside_given_root(root):
+    elsewhere = png(root.parent / f"{root.name}_elsewhere" / "x.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": str(elsewhere), "label": 0})
+    return (["forgery", "--input", str(path), "--images", str(root)], n,
+            ("list.json[1]", "bad", "image_path", "outside the data root"))
+
+
+def case_symlink_loop_in_image_folder(root):
+    (root / "images").mkdir(parents=True)
+    os.symlink("loop_b.png", root / "images" / "loop_a.png")
+    os.symlink("loop_a.png", root / "images" / "loop_b.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/loop_a.png", "label": 1})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "missing image")
+
+
+def case_bool_label(root):
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/ok.png", "label": True})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "label", "label must be 0")
+
+
+def case_split_is_a_number(root):
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/ok.png", "label": 0, "split": 5})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "split", "split must be a name")
+
+
+def case_nan_bbox(root):
+    refer, n = refer_dir(root, {"sentences": [{"sent_id": 5, "sent": "nan box"}]}, bbox=(math.nan, 1, 4, 4))
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1_5", "bbox", "4 finite numbers")
+
+
+def case_ref_split_none(root):
+    refer, n = refer_dir(root, {"split": None})
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1", "split", "split must be a name")
+
+
+def case_ref_without_sentences(root):
+    refer, n = refer_dir(root, {"sentences": []})
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1", "sentences", "ref has no sentences")
+
+
+def case_image_size_differs_from_json(root):
+    refer, n = refer_dir(root)
+    instances = json.loads((refer / "instances.json").read_text())
+    png(refer / "COCO_train2014_000000000002.jpg", (40, 40))
+    instances["images"].append({"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "width": 16, "height": 12})
+    (refer / "instances.json").write_text(json.dumps(instances))
+    refs = pickle.loads((refer / "refs(umd).p").read_bytes())
+    refs.append({**refs[0], "ref_id": 2, "image_id": 2})
+    (refer / "refs(umd).p").write_bytes(pickle.dumps(refs))
+    return ["refcoco", "--input", str(refer)], n + 1, ("refs(umd).p[1]", "2_0", "file_name",
+                                                      "is 40x40 but the source says 16x12")
+
+
+def case_parquet_empty_answer_list(root):
+    image = {"bytes": png_bytes(), "path": None}
+    path = parquet_file(root, [{"question_id": 1, "image": image, "bbox": [1, 1, 5, 5], "answer": ["a box"],
+                                "question": "Please describe the region."},
+                               {"question_id": 2, "image": image, "bbox": [1, 1, 5, 5], "answer": [],
+                                "question": "Please describe the region."}])
+    return (["refcoco", "--input", str(path), "--bbox-format", "xywh"], 2,
+            ("train-00000.parquet[1]", "2", "answer", "answer holds no referring expression"))
+
+
+def case_ref_ann_id_is_a_list(root):
+    refer, n = refer_dir(root, {"ann_id": [11]})
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1_0", "ann_id", "unknown ann_id [11]")
+
+
+def case_coco_annotation_not_an_object(root):
+    png(root / "train2014" / "COCO_train2014_000000000001.jpg")
+    (root / "captions_train2014.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 16, "height": 12}],
+        "annotations": [{"id": 5, "image_id": 1, "caption": "A red image."}, "A stray caption."]}))
+    return (["coco-caption", "--input", str(root / "captions_train2014.json")], 2,
+            ("captions_train2014.json annotations[1]", "annotations[1]", "annotations[]", "annotation is a str"))
+
+
+RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance,
+                case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
+                case_nan_z, case_text_file_named_jpg, case_path_outside_root,
+                case_absolute_path_outside_given_root, case_symlink_loop_in_image_folder,
+                case_bool_label, case_split_is_a_number, case_nan_bbox, case_ref_split_none,
+                case_ref_without_sentences, case_image_size_differs_from_json, case_parquet_empty_answer_list]
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=lambda c: c.__name__[5:])
+def test_a_bad_record_is_a_named_skip(case, tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    argv, records, (source, record_id, field, reason) = case(root)
+    code, err, datasets = run([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    skip = only_skip(datasets)
+    assert (skip["source"], skip["id"], skip["field"]) == (source, record_id, field)
+    assert reason in skip["reason"]
+    written, skipped = counts(datasets)
+    assert (written, skipped) == (records - 1, 1)
+    # The console says it too: count, field, reason, an example naming file and record.
+    assert f"1 x field {field}:" in err and f"e.g. {source} record {record_id}: " in err and reason in err
+    assert "Traceback" not in err
+    assert not [name for name in datasets if name.endswith("_None")]
+
+
+def test_absolute_paths_are_taken_as_written_without_images(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    argv, records, _ = case_absolute_path_outside_given_root(root)
+    code, err, datasets = run([*argv[:3], "--out", str(tmp_path / "out")], capsys)  # no --images
+    assert code == 0 and counts(datasets) == (records, 0)
+
+
+def test_outside_root_is_accepted_when_asked(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    argv, records, _ = case_path_outside_root(root)
+    code, err, datasets = run([*argv, "--out", str(tmp_path / "out"), "--allow-outside-root"], capsys)
+    assert code == 0 and counts(datasets) == (records, 0)
+
+
+# ---- file-level: exit 2, the path and one line of cause, no traceback ------------------------------
+
+
+def file_truncated_json(root):
+    (root / "list.json").write_text('[{"image_path": "a.png", "label": ')
+    return ["forgery", "--input", str(root / "list.json")], root / "list.json", "truncated JSON"
+
+
+def file_empty_json(root):
+    (root / "list.json").write_text("")
+    return ["forgery", "--input", str(root / "list.json")], root / "list.json", "empty file, expected JSON"
+
+
+def file_not_utf8(root):
+    (root / "list.json").write_bytes('[{"image_path": "caf\u00e9.png", "label": 0}]'.encode("latin-1"))
+    return ["forgery", "--input", str(root / "list.json")], root / "list.json", "not UTF-8 text (byte 0xe9"
+
+
+def file_not_utf8_jsonl(root):
+    (root / "pairs.jsonl").write_bytes(b'{"id": "a"}\n{"id": "caf\xe9"}\n')
+    return ["microscopy", "--input", str(root / "pairs.jsonl")], root / "pairs.jsonl", "not UTF-8 text"
+
+
+def file_wrong_top_level_type(root):
+    (root / "list.json").write_text(json.dumps({"image_path": "a.png", "label": 0}))
+    return ["forgery", "--input", str(root / "list.json")], root / "list.json", "top-level list, got dict"
+
+
+def file_annotations_is_a_dict(root):
+    path = root / "captions_train2014.json"
+    path.write_text(json.dumps({"images": [], "annotations": {"1": {"caption": "x"}}}))
+    return ["coco-caption", "--input", str(path)], path, "'annotations' must be a list, got dict"
+
+
+def file_directory_as_input(root):
+    (root / "list.json").mkdir()
+    return ["forgery", "--input", str(root / "list.json")], root / "list.json", "is a directory, expected a file"
+
+
+def file_missing(root):
+    return ["microscopy", "--input", str(root / "pairs.csv")], root / "pairs.csv", "no such file"
+
+
+def file_truncated_pickle(root):
+    refer, _ = refer_dir(root)
+    data = (refer / "refs(umd).p").read_bytes()
+    (refer / "refs(umd).p").write_bytes(data[: len(data) // 2])
+    return ["refcoco", "--input", str(refer)], refer / "refs(umd).p", "truncated or invalid pickle"
+
+
+def file_symlink_loop(root):
+    os.symlink("b.json", root / "a.json")
+    os.symlink("a.json", root / "b.json")
+    return ["forgery", "--input", str(root / "a.json")], root / "a.json", "symlink loop"
+
+
+def file_not_parquet(root):
+    (root / "data").mkdir()
+    (root / "data" / "train.parquet").write_text("not parquet")
+    return (["refcoco", "--input", str(root / "data"), "--bbox-format", "xywh"], root / "data" / "train.parquet",
+            "not a readable parquet file")
+
+
+FILE_CASES = [file_truncated_json, file_empty_json, file_not_utf8, file_not_utf8_jsonl, file_wrong_top_level_type,
+              file_annotations_is_a_dict, file_directory_as_input, file_missing, file_truncated_pickle,
+              file_symlink_loop, file_not_parquet]
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=lambda c: c.__name__[5:])
+def test_an_unusable_file_stops_the_run_naming_it(case, tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    argv, path, cause = case(root)
+    out = tmp_path / "out"
+    code, err, datasets = run([*argv, "--out", str(out)], capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and cause in line
+    assert datasets == {} and not list(out.glob("*.json*"))
+    # --debug adds the traceback
+    main([*argv, "--out", str(out), "--debug"])
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_check_names_a_truncated_manifest(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text('{"datasets": {')
+    assert main(["check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'manifest.json'}: truncated JSON " \
+                                              "(the text ends inside a value at line 1 column 15)"
+
+
+# ---- runs that convert nothing: non-zero, and why ----------------------------------------------------
+
+
+def test_a_split_without_any_sample_fails_with_its_top_reasons(tmp_path, capsys):
+    root = tmp_path / "in"
+    rows = [{"image_path": f"images/gone{i}.png", "label": 0, "split": "val"} for i in range(3)]
+    rows += [{"image_path": "images/ok.png", "label": 2, "split": "val"},
+             {"image_path": "images/ok.png", "label": 0, "mask_path": "12x16"}]
+    png(root / "images" / "ok.png")
+    (root / "list.json").write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    code, err, datasets = run(["forgery", "--input", str(root / "list.json"), "--out", str(out)], capsys)
+    assert code == 1
+    assert counts(datasets) == (1, 4)
+    assert "error: forgery_val: no usable sample, all 4 record(s)" in err
+    image = (root / "images" / "gone0.png").resolve()
+    assert "  3 x field image_path: missing image …" in err
+    assert f"e.g. list.json[0] record images/gone0.png: missing image {image}" in err
+    assert "  1 x field label: label must be … (real) or … (fake), got …" in err
+    assert f"full list: {out / 'manifest.json'}, datasets.forgery_val.skipped" in err
+
+
+def test_split_asked_for_is_not_in_a_list_file(tmp_path, capsys):
+    path, _ = forgery_list(tmp_path / "in", {"image_path": "images/ok.png", "label": 0})
+    code, err, _ = run(["forgery", "--input", str(path), "--out", str(tmp_path / "out"), "--split", "val"], capsys)
+    assert code == 1
+    assert f"error: {path}: no record of split 'val' in the input" in err and "--split-of-file" in err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_that_converts_nothing_is_refused(limit, tmp_path, capsys):
+    path, _ = forgery_list(tmp_path / "in", {"image_path": "images/ok.png", "label": 0})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forgery", "--input", str(path), "--out", str(tmp_path / "out"), "--limit", limit])
+    assert exit_info.value.code == 2
+    assert f"--limit: expected a whole number >= 1, got {limit}" in capsys.readouterr().err
+
+
+def coco_official(root: Path) -> Path:
+    png(root / "coco" / "images" / "train2014" / "COCO_train2014_000000000001.jpg")
+    path = root / "coco" / "annotations" / "captions_train2014.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 16, "height": 12}],
+        "annotations": [{"id": 5, "image_id": 1, "caption": "A red image."}]}))
+    return path
+
+
+def test_official_coco_layout_needs_images_and_names_the_folder(tmp_path, capsys):
+    path = coco_official(tmp_path)
+    out = tmp_path / "out"
+    code, err, _ = run(["coco-caption", "--input", str(path), "--out", str(out)], capsys)
+    assert code == 2
+    assert f"error: {path}: none of the first 1 image(s) it names is in {path.parent}" in err
+    assert "pass --images" in err
+    code, err, datasets = run(["coco-caption", "--input", str(path), "--out", str(out),
+                               "--images", str(tmp_path / "coco" / "images")], capsys)
+    assert code == 0 and counts(datasets) == (1, 0)
+
+
+def test_refer_layout_needs_images_and_names_the_folder(tmp_path, capsys):
+    refer, _ = refer_dir(tmp_path, images_in=tmp_path / "mscoco" / "train2014")
+    code, err, _ = run(["refcoco", "--input", str(refer), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert f"error: {refer / 'instances.json'}: none of the first 1 image(s) it names is in {refer}" in err
+    code, _, datasets = run(["refcoco", "--input", str(refer), "--out", str(tmp_path / "out"),
+                             "--images", str(tmp_path / "mscoco")], capsys)
+    assert code == 0 and counts(datasets) == (1, 0)
+
+
+def test_parquet_without_image_bytes_needs_images(tmp_path, capsys):
+    png(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000001.jpg")
+    path = parquet_file(tmp_path, [{"ref_id": 1, "file_name": "COCO_train2014_000000000001_10.jpg",
+                                    "bbox": [1, 1, 5, 5], "sentences": [{"sent_id": 0, "sent": "a box"}]}])
+    code, err, _ = run(["refcoco", "--input", str(path), "--out", str(tmp_path / "out"),
+                        "--bbox-format", "xywh"], capsys)
+    assert code == 2 and f"error: {path}: none of the first 1 image(s)" in err and "pass --images" in err
+    code, _, datasets = run(["refcoco", "--input", str(path), "--out", str(tmp_path / "out"), "--bbox-format",
+                             "xywh", "--images", str(tmp_path / "coco")], capsys)
+    assert code == 0 and counts(datasets) == (1, 0)
+
+
+def test_missing_images_folder_is_named(tmp_path, capsys):
+    path, _ = forgery_list(tmp_path / "in", {"image_path": "images/ok.png", "label": 0})
+    code, err, _ = run(["forgery", "--input", str(path), "--out", str(tmp_path / "out"),
+                        "--images", str(tmp_path / "nope")], capsys)
+    assert code == 2 and f"error: --images {tmp_path / 'nope'}: no such folder" in err
