@@ -49,7 +49,7 @@ bench-converters: $(LF_VENV)/.installed
 	$(LF_PY) -m tools.bench_converters
 
 forgery-proof: tiny-models
-	$(LF_PY) -m custom_modules.forgery.proof --model .cache/tiny-models/qwen2_5_vl --out reports/forgery_proof --n 128 --epochs 10
+	$(LF_PY) -m tools.forgery_proof --model .cache/tiny-models/qwen2_5_vl --out reports/forgery_proof --n 128 --epochs 10
 
 gpu-wheels:
 	tools/prepare_gpu_wheels.sh

@@ -11,7 +11,7 @@ evaluate.py  predictions -> per-sample CSV + metrics JSON (CLI)
 checkpoint.py save/load adapters + head weights together
 callbacks.py transformers TrainerCallback: step, checkpoint saving, best-by-AUROC
 lora.py      LoRA for a mode outside the trainers (chosen ViT blocks / LM attention), then attach
-loop.py      plain PyTorch training loop (learning proof)
-proof.py     CPU learning proof on synthetic spliced forgeries (CLI)
-bench_gpu.py T1/T3 speed and memory on a full-size model with random weights (CLI)
+
+The plain training loop, its CPU learning proof and the GPU benchmark are tools: tools/forgery_loop.py,
+tools/forgery_proof.py, tools/bench_forgery.py.
 """

@@ -11,10 +11,9 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from custom_modules.forgery.attach import find_modules
-from custom_modules.forgery.checkpoint import save_checkpoint, save_head
+from custom_modules.forgery.checkpoint import BEST_DIR, save_checkpoint, save_head
 from custom_modules.forgery.data import read_rows
 from custom_modules.forgery.evaluate import evaluate
-from custom_modules.forgery.loop import BEST_DIR
 from custom_modules.forgery.settings import ForgerySettings
 
 EVAL_LOG = "forgery_eval.jsonl"

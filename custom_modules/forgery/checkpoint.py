@@ -15,6 +15,7 @@ from custom_modules.forgery.settings import ForgerySettings, parse_settings
 
 HEAD_FILE = "forgery_head.safetensors"
 SETTINGS_FILE = "forgery_settings.json"
+BEST_DIR = "best_by_AUROC"  # the checkpoint kept by best validation AUROC, under the output dir
 
 
 def save_head(modules: ForgeryModules, out_dir: str | os.PathLike) -> None:

@@ -1,9 +1,9 @@
 """Proof of learning on CPU: T1 (ViT LoRA + head) and T3 (hybrid with fusion tokens and LM LoRA) learn to
 separate synthetic spliced forgeries with the tiny Qwen2.5-VL. The longer run with held-out figures is
-`python -m custom_modules.forgery.proof` (docs/forgery.md)."""
+`python -m tools.forgery_proof` (docs/forgery.md)."""
 import pytest
 
-from custom_modules.forgery.proof import prove
+from tools.forgery_proof import prove
 
 
 @pytest.fixture(scope="module")

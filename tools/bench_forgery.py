@@ -1,6 +1,6 @@
 """Forgery T1 / T3 training speed and memory on a full-size model with random weights (GPU, no download).
 
-    python -m custom_modules.forgery.bench_gpu --model qwen2_5_vl_7b --out $OUT/forgery_bench.json \
+    python -m tools.bench_forgery --model qwen2_5_vl_7b --out $OUT/forgery_bench.json \
         [--batch 4] [--steps 6] [--warmup 2] [--image 448] [--lora-rank 64] [--modes vit_lora_head hybrid]
 
 Inputs are built without a processor: a 448x448 image is a 32x32 patch grid (256 LM tokens after the 2x2
@@ -98,7 +98,7 @@ def bench(model_id: str, mode: str, checkpointing: bool, batch: int, steps: int,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m custom_modules.forgery.bench_gpu", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_forgery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2_5_vl_7b")
     parser.add_argument("--modes", nargs="+", default=["vit_lora_head", "hybrid"])

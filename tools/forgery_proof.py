@@ -1,6 +1,6 @@
 """Proof of learning: T1 and T3 on synthetic spliced forgeries with the tiny Qwen2.5-VL, on CPU.
 
-    python -m custom_modules.forgery.proof --model .cache/tiny-models/qwen2_5_vl --out reports/forgery_proof \
+    python -m tools.forgery_proof --model .cache/tiny-models/qwen2_5_vl --out reports/forgery_proof \
         [--n 96] [--epochs 10] [--modes vit_lora_head hybrid]
 
 Data: tools.synthetic_data.make_forgery (textured images, half with a pasted colour-noise patch + mask),
@@ -41,11 +41,11 @@ def prove(model_dir: str, out_dir: Path, n: int, epochs: int, modes: list[str], 
           lr: float = 1e-2, batch_size: int = 4) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from custom_modules.forgery.checkpoint import load_checkpoint
+    from custom_modules.forgery.checkpoint import BEST_DIR, load_checkpoint
     from custom_modules.forgery.evaluate import evaluate
     from custom_modules.forgery.lora import prepare_model
-    from custom_modules.forgery.loop import BEST_DIR, train
     from custom_modules.forgery.settings import parse_settings
+    from tools.forgery_loop import train
 
     out_dir = Path(out_dir)
     splits = synthetic_splits(out_dir, n, seed)
@@ -71,7 +71,7 @@ def prove(model_dir: str, out_dir: Path, n: int, epochs: int, modes: list[str], 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m custom_modules.forgery.proof", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.forgery_proof", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="tiny Qwen2.5-VL dir (python -m tools.tiny_models)")
     parser.add_argument("--out", type=Path, required=True)

@@ -1,4 +1,5 @@
-"""A plain PyTorch loop for the forgery modes: the learning proof on CPU and the GPU benchmark use it.
+"""A plain PyTorch loop for the forgery modes (a tool, not the product): the CPU learning proof and the GPU
+benchmark of tools/ use it.
 
 The trainers (LLaMA-Factory, ms-swift) run the same attached forward through custom_modules/integrations;
 this loop adds nothing they lack: AdamW, amp_dtype, gradient accumulation,
@@ -14,11 +15,9 @@ from pathlib import Path
 import torch
 
 from custom_modules.forgery.attach import ForgeryModules
-from custom_modules.forgery.checkpoint import save_checkpoint
+from custom_modules.forgery.checkpoint import BEST_DIR, save_checkpoint
 from custom_modules.forgery.data import Collator
 from custom_modules.forgery.evaluate import autocast, evaluate
-
-BEST_DIR = "best_by_AUROC"
 
 
 def train(model, modules: ForgeryModules, processor, train_rows: list[dict], *, epochs: int, lr: float,
