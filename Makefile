@@ -8,11 +8,12 @@ LF_PY := $(LF_VENV)/bin/python
 SWIFT_PY := $(SWIFT_VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install demo test lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu forgery-proof clean help
+.PHONY: install demo test test-quick lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu forgery-proof clean help
 
 help:
 	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
 	@echo "make test   run the test suite (installs the environments first if needed)"
+	@echo "make test-quick          the tests not marked slow (no trainer runs, no learning runs, no e2e): the inner loop"
 	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"
 	@echo "make synthetic-data      sample inputs of all four tasks, in their real source formats, under data/synthetic"
 	@echo "make bench-converters    converter records/s on a generated 400k-caption COCO json"
@@ -38,6 +39,9 @@ demo: install
 
 test: install
 	$(LF_PY) -m pytest -q tests
+
+test-quick: install
+	$(LF_PY) -m pytest -q -m "not slow" tests
 
 tiny-models: $(LF_VENV)/.installed
 	$(LF_PY) -m tools.tiny_models --out .cache/tiny-models
