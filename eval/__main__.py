@@ -39,6 +39,11 @@ def _compare(args) -> None:
                        max_images=args.max_images))
 
 
+def add_pixel_limits(parser: argparse.ArgumentParser, help_text: str) -> None:
+    for bound in ("min", "max"):
+        parser.add_argument(f"--{bound}-pixels", type=int, default=None, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vllm: text only (forgery then scores from the answer words)")
     run.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     run.add_argument("--dtype", default=None, help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
-    run.add_argument("--min-pixels", type=int, default=None,
-                     help="override the manifest's (must match training; default: the manifest's)")
-    run.add_argument("--max-pixels", type=int, default=None,
-                     help="override the manifest's (must match training; default: the manifest's)")
+    add_pixel_limits(run, "override the manifest's (must match training; default: the manifest's)")
     run.add_argument("--resize-path", choices=RESIZE_PATHS,
                      help="how images are resized before the model (default: the path of the trainer the "
                           "data file was written for: .json llamafactory, .jsonl swift)")
@@ -93,10 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="box convention of predictions and references (grounding)")
     score.add_argument("--predictions", required=True, help="the predictions JSONL")
     score.add_argument("--out", required=True, help="directory for metrics.json and samples.jsonl")
-    score.add_argument("--min-pixels", type=int, default=None,
-                       help="qwen2_5_vl resize (default: the family's recipe value)")
-    score.add_argument("--max-pixels", type=int, default=None,
-                       help="qwen2_5_vl resize (default: the family's recipe value)")
+    add_pixel_limits(score, "qwen2_5_vl resize (default: the family's recipe value)")
     score.add_argument("--resize-path", default="hf", choices=RESIZE_PATHS,
                        help="qwen2_5_vl: the resize path boxes were rendered and predicted under "
                             "(llamafactory / swift for their converter files)")

@@ -56,6 +56,7 @@ import yaml
 
 from tools.bench_data import write_bench_data
 from tools.mfu import mfu, step_flops, training_mode
+from tools.model_configs import FAMILY_OF_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
@@ -146,8 +147,8 @@ def _fmt(value, spec):
 
 def format_table(records: list[dict]) -> str:
     """Markdown table: model, trainer, settings, samples/s, tokens/s, GiB, MFU, ratios (error text if failed)."""
-    lines = ["| model | data | trainer | variant | settings | steps | samples/s | tokens/s | padding | peak GiB | MFU | "
-             "x seed | x best example | x best tuned |",
+    lines = ["| model | data | trainer | variant | settings | steps | samples/s | tokens/s | padding | peak GiB | "
+             "MFU | x seed | x best example | x best tuned |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         head = f"| {r['model']} | {r.get('data', '')} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} |"
@@ -190,8 +191,6 @@ TASKS = {
     "qwen3_vl_8b": dict(task="grounding", pixels=(4096, 200704), resize=None,
                         variants=["lf_plain", "swift_plain", "lf_ours", "swift_ours"]),
 }
-FAMILY = {"qwen2_vl_2b": "qwen2_vl", "qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_2b": "qwen3_vl",
-          "qwen3_vl_4b": "qwen3_vl", "qwen3_vl_8b": "qwen3_vl"}
 LF_TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
 
 # LLaMA-Factory's examples/train_lora/qwen2_5vl_lora_sft.yaml (v0.9.5) training values.
@@ -258,7 +257,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     """The trainer's config for one variant, pointed at the random checkpoint and benchmark data, its number of
     warm-up micro-steps and the micro-step that ends the measured window (micro_steps)."""
     kind, trainer, source, _ = VARIANTS[name]
-    family = FAMILY[model_id]
+    family = FAMILY_OF_MODEL[model_id]
     if isinstance(source, dict):
         config = dict(source)
         if trainer == "llamafactory":
@@ -285,7 +284,8 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
     workers = min(16, os.cpu_count() or 1)
     if trainer == "llamafactory":
         config.update(common, model_name_or_path=str(ckpt), dataset_dir=str(data), dataset="bench_train",
-                      overwrite_output_dir=True, plot_loss=False, overwrite_cache=True, preprocessing_num_workers=workers)
+                      overwrite_output_dir=True, plot_loss=False, overwrite_cache=True,
+                      preprocessing_num_workers=workers)
         if cpu:
             config.update(bf16=False, enable_liger_kernel=False, use_liger_kernel=False)
     else:
@@ -320,7 +320,8 @@ class Meter:
         if self.n_lm is None:
             self.n_lm, self.n_vis = count_params(model)
             named = list(model.named_parameters())
-            self.modes = {"lm": training_mode(named, ".language_model."), "vision": training_mode(named, ".visual.blocks.")}
+            self.modes = {"lm": training_mode(named, ".language_model."),
+                          "vision": training_mode(named, ".visual.blocks.")}
 
     def check_grads(self, model):
         """After the first backward: how many trainable tensors got a gradient (catches checkpointing that
@@ -657,7 +658,7 @@ def prepare(args, work: Path, rows: int) -> tuple[Path, Path]:
         command += ["--tiny", "--device", "cpu"]
     subprocess.run(command, cwd=REPO_ROOT, env=trainer_env(args.lf_path), check=True)
     task = TASKS[args.model]
-    data = write_bench_data(work / "data" / f"{args.data}_{rows}", task["task"], rows, FAMILY[args.model],
+    data = write_bench_data(work / "data" / f"{args.data}_{rows}", task["task"], rows, FAMILY_OF_MODEL[args.model],
                             *task["pixels"], shape=args.data, resize=task["resize"])
     return ckpt, data
 

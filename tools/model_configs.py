@@ -32,9 +32,14 @@ MEDIA_TOKEN_IDS = {
     "vision_end_token_id": SPECIAL_TOKEN_IDS["<|vision_end|>"],
 }
 
-# model id -> (family, text config, vision config, tie_word_embeddings)
+# model id (as recipe file names and benchmarks name them) -> model family (model_type; what converters, eval and
+# the tiny models call a family). The one map of its kind.
+FAMILY_OF_MODEL = {"qwen2_vl_2b": "qwen2_vl", "qwen2_5_vl_7b": "qwen2_5_vl", "qwen3_vl_2b": "qwen3_vl",
+                  "qwen3_vl_4b": "qwen3_vl", "qwen3_vl_8b": "qwen3_vl"}
+
+# model id -> (text config, vision config, tie_word_embeddings)
 FULL_SIZE = {
-    "qwen2_vl_2b": ("qwen2_vl", dict(
+    "qwen2_vl_2b": (dict(
         vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
         num_attention_heads=12, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
@@ -42,7 +47,7 @@ FULL_SIZE = {
         depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16, patch_size=14,
         spatial_merge_size=2, temporal_patch_size=2,
     ), True),
-    "qwen2_5_vl_7b": ("qwen2_5_vl", dict(
+    "qwen2_5_vl_7b": (dict(
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
         num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=128000,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
@@ -51,7 +56,7 @@ FULL_SIZE = {
         patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
         fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu",
     ), False),
-    "qwen3_vl_2b": ("qwen3_vl", dict(
+    "qwen3_vl_2b": (dict(
         vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
@@ -61,7 +66,7 @@ FULL_SIZE = {
         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
         deepstack_visual_indexes=[5, 11, 17],
     ), True),
-    "qwen3_vl_4b": ("qwen3_vl", dict(
+    "qwen3_vl_4b": (dict(
         vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
@@ -71,7 +76,7 @@ FULL_SIZE = {
         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
         deepstack_visual_indexes=[5, 11, 17],
     ), True),
-    "qwen3_vl_8b": ("qwen3_vl", dict(
+    "qwen3_vl_8b": (dict(
         vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
@@ -130,8 +135,7 @@ def full_size_config(model_id: str):
     """Config of a published checkpoint, e.g. `full_size_config("qwen2_5_vl_7b")`, for random-weight runs."""
     if model_id not in FULL_SIZE:
         raise ValueError(f"unknown model id {model_id!r}; expected one of {', '.join(FULL_SIZE)}")
-    family, text, vision, tie = FULL_SIZE[model_id]
-    return build_config(family, text, vision, tie)
+    return build_config(FAMILY_OF_MODEL[model_id], *FULL_SIZE[model_id])
 
 
 def tiny_config(family: str):

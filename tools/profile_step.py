@@ -1,11 +1,11 @@
 """Where a LoRA training step's time goes: one full-size Qwen VL model (random weights, built on the GPU, nothing
-saved), one batch of the benchmark's data (tools/bench_data.py: COCO-shaped by default), a plain forward/backward/AdamW step, with speed levers switched on one after
-another in the same process.
+saved), one batch of the benchmark's data (tools/bench_data.py: COCO-shaped by default), a plain
+forward/backward/AdamW step, with speed levers switched on one after another in the same process.
 
     python3 -m tools.profile_step --model qwen2_5_vl_7b --batch 16 --out $OUT     # on the GPU machine
 
-For each lever set it prints the vision tower's forward time, the whole step's time, MFU (tools/mfu.py) and a torch.profiler table of the step's most expensive CUDA kernels, and writes them to
-OUT/profile_<model>.{json,txt}. Data loading is left out (the batch is built once), so the gap between this step
+For each lever set it prints the vision tower's forward time, the whole step's time, MFU (tools/mfu.py) and a
+torch.profiler table of the step's most expensive CUDA kernels, and writes them to OUT/profile_<model>.{json,txt}. Data loading is left out (the batch is built once), so the gap between this step
 time and a trainer's is the trainer's own overhead. Levers (cumulative, in the order given):
 
     (every step under bf16 autocast with peft's fp32 adapter weights, as both trainers run LoRA with bf16: true)
@@ -30,8 +30,9 @@ from pathlib import Path
 
 from converters.files import write_text_atomic
 from tools.bench_data import write_bench_data
-from tools.bench_train import FAMILY, SEED_LORA, TASKS, count_params, encode_batch
+from tools.bench_train import SEED_LORA, TASKS, count_params, encode_batch
 from tools.mfu import mfu, step_flops
+from tools.model_configs import FAMILY_OF_MODEL
 
 LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "deepstack",
           "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
@@ -45,7 +46,7 @@ def build(model_id: str, device: str, tiny: bool):
     from tools.model_configs import full_size_config, tiny_config
 
     torch.manual_seed(0)
-    config = tiny_config(FAMILY[model_id]) if tiny else full_size_config(model_id)
+    config = tiny_config(FAMILY_OF_MODEL[model_id]) if tiny else full_size_config(model_id)
     config._attn_implementation = "sdpa"
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
@@ -132,7 +133,8 @@ def main(argv=None) -> None:
     parser.add_argument("--levers", nargs="+", choices=LEVERS,
                         default=["liger", "vision_attention", "vision_mlp", "lora_input", "compile_vision"])
     parser.add_argument("--data", choices=("coco", "ideal"), default="coco",
-                        help="the batch's images and texts: COCO-shaped (default) or fixed squares (tools/bench_data.py)")
+                        help="the batch's images and texts: COCO-shaped (default) or fixed squares "
+                             "(tools/bench_data.py)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/qvr-profile")
     parser.add_argument("--tiny", action="store_true", help="the tiny test architecture on CPU (checks the script)")
@@ -143,7 +145,7 @@ def main(argv=None) -> None:
     from tools.random_checkpoint import REAL_PIXELS
     from tools.tiny_models import build_processor, build_tokenizer
 
-    family, task = FAMILY[args.model], TASKS[args.model]
+    family, task = FAMILY_OF_MODEL[args.model], TASKS[args.model]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = write_bench_data(Path(args.work) / args.model / args.data, task["task"], args.batch, family, *task["pixels"],

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from converters.files import staged_dir
-from tools.model_configs import FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
+from tools.model_configs import FAMILY_OF_MODEL, FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
 
 SEED = 1234
 # The published processors' pixel limits (preprocessor_config.json of the Instruct checkpoints).
@@ -35,7 +35,7 @@ def build_random_checkpoint(model_id: str, out_dir: str | os.PathLike, config=No
     from tools.tiny_models import build_processor, build_tokenizer
 
     out_dir = Path(out_dir)
-    family = FULL_SIZE[model_id][0]
+    family = FAMILY_OF_MODEL[model_id]
     config = config if config is not None else full_size_config(model_id)
     stamp = {"model_id": model_id, "seed": SEED, "hidden_size": config.get_text_config().hidden_size, "dtype": dtype}
     if (out_dir / STAMP).exists() and json.loads((out_dir / STAMP).read_text()) == stamp:
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="the family's tiny test architecture instead (CPU checks of the benchmark pipeline)")
     args = parser.parse_args(argv)
-    config = tiny_config(FULL_SIZE[args.model][0]) if args.tiny else None
+    config = tiny_config(FAMILY_OF_MODEL[args.model]) if args.tiny else None
     # The tiny checks run on CPU, where LLaMA-Factory keeps a checkpoint's bf16 and a CPU without bf16 matrix
     # instructions (AVX512-BF16, AMX) emulates it: the tiny model's 152k-row LM head then takes seconds a step.
     dtype = "float32" if args.tiny else "bfloat16"

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from converters.files import write_text_atomic
+from tools.model_configs import FAMILY_OF_MODEL as MODELS  # model id in file names -> model family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -23,14 +24,6 @@ README = RECIPES_DIR / "README.md"
 
 TRAINERS = ("llamafactory", "swift")
 TASKS = ("caption", "grounding", "microscopy", "forgery")
-# model id in file names -> model family (converters/eval/tiny models name families this way)
-MODELS = {
-    "qwen2_vl_2b": "qwen2_vl",
-    "qwen2_5_vl_7b": "qwen2_5_vl",
-    "qwen3_vl_2b": "qwen3_vl",
-    "qwen3_vl_4b": "qwen3_vl",
-    "qwen3_vl_8b": "qwen3_vl",
-}
 # longest first, so `lora_vit` is not read as `lora` + variant `vit`
 METHODS = ("lora_vit", "merger", "qlora", "lora", "full")
 HEADER_KEYS = ("Trains", "Data", "Run", "GPUs", "Effective batch")

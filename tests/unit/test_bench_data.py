@@ -59,7 +59,8 @@ def test_images_are_reused_past_the_distinct_limit_and_runs_are_seeded(tmp_path)
     rows = json.loads((out / "bench_train.json").read_text())
     assert len({r["images"][0] for r in rows}) == MAX_IMAGES
     again = write_bench_data(tmp_path / "b", "caption", MAX_IMAGES + 8, "qwen2_vl", 3136, 78400)
-    assert [r["messages"] for r in json.loads((again / "bench_train.json").read_text())] == [r["messages"] for r in rows]
+    rows_again = json.loads((again / "bench_train.json").read_text())
+    assert [r["messages"] for r in rows_again] == [r["messages"] for r in rows]
 
 
 def test_unknown_shape_or_task_is_an_error(tmp_path):

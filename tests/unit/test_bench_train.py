@@ -41,7 +41,8 @@ def test_training_mode_reads_the_trainable_weights():
               torch.nn.Parameter(torch.ones(1))),
              ("base_model.model.model.language_model.layers.0.q_proj.base_layer.weight",
               torch.nn.Parameter(torch.ones(1), requires_grad=False)),
-             ("base_model.model.model.visual.blocks.0.mlp.weight", torch.nn.Parameter(torch.ones(1), requires_grad=False)),
+             ("base_model.model.model.visual.blocks.0.mlp.weight",
+              torch.nn.Parameter(torch.ones(1), requires_grad=False)),
              ("base_model.model.model.visual.merger.mlp.weight", torch.nn.Parameter(torch.ones(1)))]
     assert training_mode(named, ".language_model.") == "lora"
     assert training_mode(named, ".visual.blocks.") == "frozen"  # a trained merger leaves the blocks forward-only
