@@ -18,7 +18,7 @@ TRAINER_FIXTURES = {"lf_bin", "swift_bin"}
 
 def pytest_collection_modifyitems(items):
     """Markers of pytest.ini from where a test lives and what it starts: `trainer` for tests that use a trainer's
-    environment, `learning` for learning runs, `slow` for those and every end-to-end test."""
+    environment, `learning` for the end-to-end learning runs, `slow` for those and every end-to-end test."""
     sources: dict[Path, str] = {}
     for item in items:
         path = Path(str(item.fspath))
@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items):
         marks = set()
         if TRAINER_FIXTURES & set(item.fixturenames) or "venv_bin(" in sources[path] or rel.startswith("recipes/"):
             marks.add("trainer")
-        if "learning" in path.stem:
+        if "learning" in path.stem and rel.startswith("e2e/"):
             marks.add("learning")
         if marks or rel.startswith("e2e/"):
             marks.add("slow")
