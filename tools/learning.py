@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from converters.files import write_text_atomic
+from tools.model_configs import model_family
 from tools.synthetic_data import make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models
 from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, TRAINERS, loss_history, run_logged,
@@ -37,7 +38,7 @@ class LearningTask:
     """One learnable task: its data, the recipe each trainer runs, the overrides and the targets."""
     name: str
     eval_task: str                      # `eval run --task`
-    family: str                         # tiny model family (tools.tiny_models)
+    model: str                          # tiny model name (tools.tiny_models: a family or a wider variant)
     make_source: Callable[[Path], Path]  # writes the synthetic source dataset, returns the converter --input
     converter: Callable[[Path], list[str]]  # model dir -> converter subcommand and options (--input, --out,
     #                                         --model and --name are added)
@@ -47,6 +48,11 @@ class LearningTask:
     targets: dict[str, float]           # metric -> held-out minimum of the fine-tuned model
     baseline_margin: dict[str, float] = field(default_factory=dict)  # metric -> tuned >= margin x baseline
     max_new_tokens: int = 32
+
+    @property
+    def family(self) -> str:
+        """The model family: its box convention and the converter's --model."""
+        return model_family(self.model)
 
 
 def caption_source(out: Path) -> Path:
@@ -59,16 +65,16 @@ def grounding_source(out: Path) -> Path:
 
 TASKS = {
     "caption": LearningTask(
-        name="caption", eval_task="caption", family="qwen2_vl", make_source=caption_source,
+        name="caption", eval_task="caption", model="qwen2_vl", make_source=caption_source,
         converter=lambda model_dir: ["coco-caption"], data_name="coco_caption",
         recipes={"llamafactory": "recipes/caption/llamafactory/qwen2_vl_2b_lora.yaml",
                  "swift": "recipes/caption/swift/qwen2_vl_2b_lora.yaml"},
-        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 300, "additional_target": "lm_head"},
-                   "swift": {"learning_rate": 5e-3, "max_steps": 300, "modules_to_save": "lm_head"}},
+        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 500, "additional_target": "lm_head"},
+                   "swift": {"learning_rate": 5e-3, "max_steps": 500, "modules_to_save": "lm_head"}},
         targets={"exact_match": 0.6, "colour_acc": 0.6, "shape_acc": 0.6, "background_acc": 0.6},
         baseline_margin={"exact_match": 1.5}, max_new_tokens=16),
     "grounding": LearningTask(
-        name="grounding", eval_task="grounding", family="qwen2_5_vl", make_source=grounding_source,
+        name="grounding", eval_task="grounding", model="qwen2_5_vl_wide", make_source=grounding_source,
         # Every image lies inside the tiny processors' pixel limits as well as the recipe's, so the limits that
         # LLaMA-Factory's processor adds (--processor-config) change no box.
         converter=lambda model_dir: ["refcoco", "--splitby", "umd"],
@@ -87,7 +93,7 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
                        steps: int) -> dict:
     """Where the model, data and outputs are, plus CPU precision and offline use: the keys every run on a local
     tiny model changes, whatever it trains."""
-    common = {"output_dir": output_dir, "logging_steps": max(1, steps // 30), "save_steps": steps,
+    common = {"output_dir": output_dir, "logging_steps": max(1, steps // 25), "save_steps": steps,
               **OFFLINE_OVERRIDES[trainer], **CPU_OVERRIDES[trainer]}
     if trainer == "llamafactory":
         return {"model_name_or_path": model_dir, "dataset_dir": data_dir, "dataset": f"{data_name}_train",
@@ -230,14 +236,21 @@ def missed_targets(task: LearningTask, result: dict) -> list[str]:
     return missed
 
 
-def sample_answers(run_dir: Path, count: int) -> list[dict]:
-    """The first `count` held-out answers of a run: prediction next to reference."""
-    return [{"id": row["id"], "prediction": row["prediction"], "reference": row["reference"]}
-            for row in read_rows(run_dir / "predictions.jsonl")[:count]]
+def sample_answers(base_run: Path, tuned_run: Path, first: int, misses: int) -> list[dict]:
+    """Held-out answers side by side: the first `first` rows, then up to `misses` rows the fine-tuned model
+    got wrong (its answer is not the reference text), so the report shows failures too."""
+    base = {row["id"]: row["prediction"] for row in read_rows(base_run / "predictions.jsonl")}
+    rows = [{"id": row["id"], "reference": row["reference"], "base": base.get(row["id"], ""),
+             "tuned": row["prediction"]} for row in read_rows(tuned_run / "predictions.jsonl")]
+
+    def wrong(row: dict) -> bool:
+        references = row["reference"] if isinstance(row["reference"], list) else [row["reference"]]
+        return row["tuned"].strip() not in [r.strip() for r in references]
+    return rows[:first] + [row for row in rows[first:] if wrong(row)][:misses]
 
 
 def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout: float | None = None,
-                 samples: int = 4) -> dict:
+                 samples: int = 3) -> dict:
     """Train `task` (a TASKS name or a LearningTask) through `trainer`'s CLI on a tiny model and score base,
     tuned and baseline on the held-out split. Returns the result (metrics, command, loss history, wall times,
     sample answers); logs and eval runs stay under `work`."""
@@ -246,7 +259,7 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
         raise ValueError(f"unknown trainer {trainer!r}; expected one of {TRAINERS}")
     work = Path(work).resolve()
     logs = work / "logs"
-    model_dir = ensure_tiny_models(TINY_MODEL_CACHE, [task.family])[task.family]
+    model_dir = ensure_tiny_models(TINY_MODEL_CACHE, [task.model])[task.model]
     data_dir = work / "data"
     if not (data_dir / "manifest.json").exists():  # one conversion serves both trainers
         data_dir = prepare_data(task, model_dir, work, logs)
@@ -270,15 +283,15 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
                               logs / f"baseline_{trainer}.log")
     eval_seconds = time.monotonic() - started
     result = {
-        "task": task.name, "trainer": trainer, "model_family": task.family,
+        "task": task.name, "trainer": trainer, "model": task.model, "model_family": task.family,
         "recipe": task.recipes[trainer], "overrides": {k: str(v) for k, v in task.overrides[trainer].items()},
         "command": [str(part) for part in command],
         "base": headline(read_metrics(runs["base"])), "tuned": headline(read_metrics(runs["tuned"])),
         "baseline": headline(baseline), "baseline_answer": baseline["answer"],
         "targets": task.targets, "baseline_margin": task.baseline_margin,
-        "loss_history": loss_history(trainer, output_dir),
+        "loss_history": loss_history(trainer, output_dir), "max_steps": steps,
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-        "samples": {"base": sample_answers(runs["base"], samples), "tuned": sample_answers(runs["tuned"], samples)},
+        "samples": sample_answers(runs["base"], runs["tuned"], first=samples, misses=2),
         "adapter": str(adapter), "eval_dirs": {name: str(path) for name, path in runs.items()},
     }
     result["missed_targets"] = missed_targets(task, result)
@@ -300,10 +313,13 @@ def main(argv=None) -> int:
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("trainer", choices=TRAINERS)
     parser.add_argument("--work", default=".cache/learning", help="data, outputs, eval runs (a folder per task)")
+    parser.add_argument("--model", help="another tiny model (tools.model_configs) for this run")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="change one override of this trainer (experiments: --set max_steps 600)")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
+    if args.model:
+        task = replace(task, model=args.model)
     if args.set:
         changed = {**task.overrides[args.trainer], **{k: _literal(v) for k, v in args.set}}
         task = replace(task, overrides={**task.overrides, args.trainer: changed})

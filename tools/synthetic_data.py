@@ -163,22 +163,27 @@ def _ref(ref_id: int, ann_id: int, image_id: int, split: str, shape: str, senten
 # Grounding images: several aspect ratios (the Qwen2.5-VL resize path then changes the pixel boxes), each at
 # most 224 px a side so the tiny processors keep them unresized (<= 64 visual tokens).
 GROUNDING_SIZES = ((224, 168), (168, 224), (196, 196), (224, 112), (112, 224))
-GROUNDING_SHAPE_FILL = (0.35, 0.55)  # side as a fraction of the short side: big enough to cover several tokens
+GROUNDING_SHAPE_SIDE = (60, 76)  # px whatever the image size: the box size is then nearly constant in pixels
+RAMP_CANVAS = 224  # every ramp image is the top-left crop of one 224 px ramp: a colour means one pixel position
 
 
 def _ramp(size: tuple[int, int]) -> Image.Image:
-    """Red grows left to right, green top to bottom: every patch's colour says where it is."""
-    red = Image.linear_gradient("L").rotate(90).resize(size).point(lambda v: 30 + v * 190 // 255)
-    green = Image.linear_gradient("L").resize(size).point(lambda v: 30 + v * 190 // 255)
-    return Image.merge("RGB", (red, green, Image.new("L", size, 110)))
+    """Red grows left to right, green top to bottom, in pixels of one fixed canvas: every patch's colour says
+    where it is, in the absolute pixels that Qwen2.5-VL boxes are written in."""
+    canvas = (RAMP_CANVAS, RAMP_CANVAS)
+    red = Image.linear_gradient("L").rotate(90).resize(canvas).point(lambda v: 30 + v * 190 // 255)
+    green = Image.linear_gradient("L").resize(canvas).point(lambda v: 30 + v * 190 // 255)
+    ramp = Image.merge("RGB", (red, green, Image.new("L", canvas, 110)))
+    return ramp.crop((0, 0, *size))
 
 
 def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | None = None,
                          style: str = "solid") -> Path:
     """n train and n_val (default n // 5, at least 2) val refs, one shape per image, anywhere in it.
 
-    style "solid": a coloured shape on a plain background; "ramp": the background is a colour ramp and the
-    shape a darker copy of it, so every visual token carries its position in its pixels (docs/learning.md)."""
+    style "solid": a coloured shape on a plain background, "the <colour> <shape>"; "ramp": the background is a
+    colour ramp and the shape a darker copy of it, so every visual token carries its position in its pixels,
+    and every phrase is "the dark shape" (docs/learning.md)."""
     if style not in ("solid", "ramp"):
         raise ValueError(f"style must be solid or ramp, got {style!r}")
     out_dir = Path(out_dir)
@@ -192,7 +197,7 @@ def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int 
         size = rng.choice(GROUNDING_SIZES)
         width, height = size
         colour, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
-        side = round(min(size) * rng.uniform(*GROUNDING_SHAPE_FILL))
+        side = rng.randint(*GROUNDING_SHAPE_SIDE)
         x, y = rng.randint(0, width - side), rng.randint(0, height - side)
         box = [x, y, x + side, y + side]
         if style == "solid":
@@ -204,7 +209,7 @@ def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int 
             mask = Image.new("L", size, 0)
             _draw_shape(ImageDraw.Draw(mask), shape, box, 255)
             image = Image.composite(ramp.point(lambda v: v * 2 // 5), ramp, mask)
-            phrase = f"the {shape}"
+            phrase = "the dark shape"  # one phrase for every image: the answer differs only in its box
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
         image.save(folder / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
