@@ -52,6 +52,11 @@ def plot_losses(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _shown(path: Path) -> Path:
+    """A path as the reader types it: relative to the repository when inside it."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def _value(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f}" if key in metrics else "—"
 
@@ -138,7 +143,7 @@ results. How the tasks and overrides were chosen: docs/learning.md.
 {chr(10).join(sections)}
 Every figure is in `summary.json`. Base vs fine-tuned sample by sample (`eval compare`):
 {", ".join(f"[{r['task']} {TRAINER_NAMES[r['trainer']]}](compare_{r['task']}_{r['trainer']}/report.md)"
-           for r in results)}. Training and eval logs, data and adapters: `{work}/<task>/`.
+           for r in results)}. Training and eval logs, data and adapters: `{_shown(work)}/<task>/`.
 The demo took {wall_seconds / 60:.1f} min.
 """
     path = out / "README.md"

@@ -40,8 +40,7 @@ class LearningTask:
     eval_task: str                      # `eval run --task`
     model: str                          # tiny model name (tools.tiny_models: a family or a wider variant)
     make_source: Callable[[Path], Path]  # writes the synthetic source dataset, returns the converter --input
-    converter: Callable[[Path], list[str]]  # model dir -> converter subcommand and options (--input, --out,
-    #                                         --model and --name are added)
+    converter: list[str]                # converter subcommand and options (--input/--out/--model/--name added)
     data_name: str                      # converter --name: file prefix and the recipe's dataset name
     recipes: dict[str, str]             # trainer -> recipe path relative to the repo
     overrides: dict[str, dict]          # trainer -> what a tiny random model needs beyond the recipe
@@ -66,18 +65,20 @@ def grounding_source(out: Path) -> Path:
 TASKS = {
     "caption": LearningTask(
         name="caption", eval_task="caption", model="qwen2_vl", make_source=caption_source,
-        converter=lambda model_dir: ["coco-caption"], data_name="coco_caption",
+        converter=["coco-caption"], data_name="coco_caption",
         recipes={"llamafactory": "recipes/caption/llamafactory/qwen2_vl_2b_lora.yaml",
                  "swift": "recipes/caption/swift/qwen2_vl_2b_lora.yaml"},
         overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 500, "additional_target": "lm_head"},
                    "swift": {"learning_rate": 5e-3, "max_steps": 500, "modules_to_save": "lm_head"}},
         targets={"exact_match": 0.6, "colour_acc": 0.6, "shape_acc": 0.6, "background_acc": 0.6},
         baseline_margin={"exact_match": 1.5}, max_new_tokens=16),
+    # Not reached yet by any configuration tried (docs/learning.md): kept runnable for the next attempt, out of
+    # the demo and the tests.
     "grounding": LearningTask(
         name="grounding", eval_task="grounding", model="qwen2_5_vl_wide", make_source=grounding_source,
         # Every image lies inside the tiny processors' pixel limits as well as the recipe's, so the limits that
         # LLaMA-Factory's processor adds (--processor-config) change no box.
-        converter=lambda model_dir: ["refcoco", "--splitby", "umd"],
+        converter=["refcoco", "--splitby", "umd"],
         data_name="refcocog",
         recipes={"llamafactory": "recipes/grounding/llamafactory/qwen2_5_vl_7b_lora.yaml",
                  "swift": "recipes/grounding/swift/qwen2_5_vl_7b_lora.yaml"},
@@ -117,11 +118,11 @@ def eval_split_file(trainer: str, data_dir: Path, data_name: str, split: str = "
     return data_dir / f"{data_name}_{split}.{'json' if trainer == 'llamafactory' else 'jsonl'}"
 
 
-def prepare_data(task: LearningTask, model_dir: Path, work: Path, logs: Path) -> Path:
+def prepare_data(task: LearningTask, work: Path, logs: Path) -> Path:
     """Synthetic source -> converter CLI -> `converters check`; returns the converter output dir."""
     source = task.make_source(work / "source")
     data_dir = work / "data"
-    run_logged([sys.executable, "-m", "converters", *task.converter(model_dir), "--input", str(source), "--out", str(data_dir),
+    run_logged([sys.executable, "-m", "converters", *task.converter, "--input", str(source), "--out", str(data_dir),
                 "--model", task.family, "--name", task.data_name], logs / "convert.log")
     run_logged([sys.executable, "-m", "converters", "check", str(data_dir)], logs / "check.log")
     return data_dir
@@ -262,7 +263,7 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
     model_dir = ensure_tiny_models(TINY_MODEL_CACHE, [task.model])[task.model]
     data_dir = work / "data"
     if not (data_dir / "manifest.json").exists():  # one conversion serves both trainers
-        data_dir = prepare_data(task, model_dir, work, logs)
+        data_dir = prepare_data(task, work, logs)
 
     output_dir = work / "outputs" / trainer
     steps = task.overrides[trainer]["max_steps"]
