@@ -85,6 +85,11 @@ def _captions(rng: random.Random, background: str, shapes: list, width: int) -> 
             f"  An image   showing {listed}  "]  # stray whitespace, as real captions have
 
 
+def _write_coco_split(out_dir: Path, split: str, images: list[dict], annotations: list[dict]) -> None:
+    data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images, "annotations": annotations}
+    (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+
+
 def make_coco_caption(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     rng = random.Random(seed)
@@ -101,15 +106,24 @@ def make_coco_caption(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
             images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
             for caption in _captions(rng, background, shapes, size[0]):
                 annotations.append({"id": len(annotations) + 10 * image_id, "image_id": image_id, "caption": caption})
-        data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images,
-                "annotations": annotations}
-        (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+        _write_coco_split(out_dir, split, images, annotations)
     return out_dir
 
 
-def _write_coco_split(out_dir: Path, split: str, images: list[dict], annotations: list[dict]) -> None:
-    data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images, "annotations": annotations}
-    (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+def _write_refer(out_dir: Path, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
+    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                        "categories": categories}), encoding="utf-8")
+    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def _ref(ref_id: int, ann_id: int, image_id: int, split: str, shape: str, sentences: list[str]) -> dict:
+    sent_ids = [10 * ann_id + k for k in range(len(sentences))]
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+            "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
+            "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
+                          for s, t in zip(sent_ids, sentences)]}
 
 
 # Shape captions: one shape filling 80-90% of a 112 px image. A 2-block random ViT's features carry colour
@@ -144,24 +158,8 @@ def make_shape_caption(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | 
     return out_dir
 
 
-def _write_refer(out_dir: Path, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
-    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
-    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                        "categories": categories}), encoding="utf-8")
-    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
-
-
-def _ref(ref_id: int, ann_id: int, image_id: int, split: str, shape: str, sentences: list[str]) -> dict:
-    sent_ids = [10 * ann_id + k for k in range(len(sentences))]
-    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-            "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
-            "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
-                          for s, t in zip(sent_ids, sentences)]}
-
-
-# Grounding images: several aspect ratios (the Qwen2.5-VL resize path then changes the pixel boxes), each at
-# most 224 px a side so the tiny processors keep them unresized (<= 64 visual tokens).
+# Grounding images: several aspect ratios, so Qwen2.5-VL's absolute-pixel boxes span a different range per
+# image; multiples of 28 px of at most 224 a side, so no processor resizes them (<= 64 visual tokens).
 GROUNDING_SIZES = ((224, 168), (168, 224), (196, 196), (224, 112), (112, 224))
 GROUNDING_SHAPE_SIDE = (60, 76)  # px whatever the image size: the box size is then nearly constant in pixels
 RAMP_CANVAS = 224  # every ramp image is the top-left crop of one 224 px ramp: a colour means one pixel position
@@ -228,7 +226,6 @@ def make_refcoco(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
     folder = out_dir / "train2014"
     folder.mkdir(parents=True, exist_ok=True)
     images, annotations, refs = [], [], []
-    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
     splits = ["train"] * max(1, n - n // 4 - n // 6) + ["val"] * (n // 4) + ["test"] * (n // 6)
     for i in range(n):
         image_id = 1000 + i
@@ -242,15 +239,8 @@ def make_refcoco(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
             annotations.append({"id": ann_id, "image_id": image_id, "bbox": box, "area": box[2] * box[3],
                                 "category_id": SHAPES.index(shape) + 1, "iscrowd": 0})
             sentences = [f"the {color} {shape}", f"{color} {shape} {_position(box, size[0])}"]
-            sent_ids = [10 * ann_id + k for k in range(len(sentences))]
-            refs.append({"ref_id": len(refs), "ann_id": ann_id, "image_id": image_id, "split": splits[i],
-                         "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-                         "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
-                         "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
-                                       for s, t in zip(sent_ids, sentences)]})
-    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                        "categories": categories}), encoding="utf-8")
-    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+            refs.append(_ref(len(refs), ann_id, image_id, splits[i], shape, sentences))
+    _write_refer(out_dir, images, annotations, refs)
     return out_dir
 
 
