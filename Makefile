@@ -11,7 +11,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 .PHONY: install demo test test-quick lock tiny-models synthetic-data bench-converters gpu-wheels bench-gpu forgery-proof clean help
 
 help:
-	@echo "make demo   build tiny models + sample data, convert, train with LLaMA-Factory and ms-swift, eval, report"
+	@echo "make demo   tiny models + synthetic tasks, convert, train with LLaMA-Factory and ms-swift, eval base/tuned/baseline, report"
 	@echo "make test   run the test suite (installs the environments first if needed)"
 	@echo "make test-quick          the tests not marked slow (no trainer runs, no learning runs, no e2e): the inner loop"
 	@echo "make lock   re-resolve requirements/*.txt into requirements/*.lock"

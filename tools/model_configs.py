@@ -122,6 +122,38 @@ TINY = {
 
 FAMILIES = tuple(TINY)
 
+# Wider, deeper tiny variants for grounding, named <family>_wide: 4 LM layers of width 128 (head_dim 32, M-RoPE
+# sections summing to 16) and a 4-block ViT of width 64, still a few tens of millions of parameters (mostly
+# the real-size vocabulary). The 2-layer width-64 models learn the box format but not where the object is.
+TINY_VARIANTS = {
+    "qwen2_5_vl_wide": ("qwen2_5_vl", dict(
+        vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    ), dict(
+        depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128, patch_size=14,
+        spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1, 3],
+        tokens_per_second=2, hidden_act="silu",
+    ), True),
+    "qwen2_vl_wide": ("qwen2_vl", dict(
+        vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    ), dict(
+        depth=4, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=4, patch_size=14,
+        spatial_merge_size=2, temporal_patch_size=2,
+    ), True),
+}
+
+
+def model_family(name: str) -> str:
+    """The family (model_type) of a tiny model name: a family itself or one of TINY_VARIANTS."""
+    if name in TINY:
+        return name
+    if name in TINY_VARIANTS:
+        return TINY_VARIANTS[name][0]
+    raise ValueError(f"unknown tiny model {name!r}; expected one of {', '.join([*TINY, *TINY_VARIANTS])}")
+
 
 def build_config(family: str, text: dict, vision: dict, tie_word_embeddings: bool):
     """A transformers config of `family` (model_type qwen2_vl / qwen2_5_vl / qwen3_vl) with real token ids."""
@@ -138,8 +170,7 @@ def full_size_config(model_id: str):
     return build_config(FAMILY_OF_MODEL[model_id], *FULL_SIZE[model_id])
 
 
-def tiny_config(family: str):
-    """Config of the tiny test model of `family` (qwen2_vl, qwen2_5_vl or qwen3_vl)."""
-    if family not in TINY:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
-    return build_config(family, *TINY[family])
+def tiny_config(name: str):
+    """Config of the tiny test model `name`: a family (qwen2_vl, qwen2_5_vl, qwen3_vl) or a TINY_VARIANTS name."""
+    family = model_family(name)
+    return build_config(family, *(TINY[name] if name in TINY else TINY_VARIANTS[name][1:]))

@@ -6,8 +6,12 @@ Each make_<task>(out_dir, n=..., seed=...) returns the path to pass to `python -
 (relative image paths resolve against that input's directory, so --images can be left out):
 - coco_caption: <out>/captions_train2014.json + captions_val2014.json (official layout, images in
   <out>/train2014, <out>/val2014); returns <out> (the converter reads every captions_*.json in it).
+- shape_caption: the same layout, one attribute caption per image ("A red circle on a white background.",
+  eval.metrics.caption.ATTRIBUTE_CAPTION) of one large shape: a task a tiny model can learn (docs/learning.md).
 - refcoco: refer layout <out>/refs(umd).p (plain pickle, protocol 2 like the Python 2 originals) +
   instances.json, images in <out>/train2014; a ref's file_name carries the _<ann_id> suffix.
+- shape_grounding: the same refer layout, one shape per image placed anywhere, images of several aspect
+  ratios, train / val splits: the box depends only on where the shape is (docs/learning.md).
 - microscopy: <out>/pairs.jsonl (image1,image2,direction,distance,analysis) and <out>/zstack.csv
   (stack_id,image,z,focus_z); returns pairs.jsonl (pass zstack.csv for the z-stack input).
 - forgery: <out>/list.json ({image_path, label, mask_path png | "HxW"}) with spliced fakes + png masks.
@@ -24,10 +28,23 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from eval.metrics.caption import ATTRIBUTE_CAPTION
+
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
 SIZES = ((128, 96), (96, 128), (112, 112), (128, 64))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], fill: tuple[int, int, int]) -> None:
+    """One filled shape inside the xyxy box (x2, y2 exclusive)."""
+    x1, y1, x2, y2 = box
+    if shape == "circle":
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
+    else:
+        draw.polygon([((x1 + x2) / 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=fill)
 
 
 def _draw_shapes(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image, str, list[tuple[str, str, list]]]:
@@ -45,13 +62,7 @@ def _draw_shapes(rng: random.Random, size: tuple[int, int]) -> tuple[Image.Image
         x = rng.randint(i * band, max(i * band, (i + 1) * band - side))
         x = min(x, width - side)
         y = rng.randint(0, height - side)
-        box = [x, y, x + side, y + side]
-        if shape == "circle":
-            draw.ellipse(box, fill=COLORS[color])
-        elif shape == "square":
-            draw.rectangle([x, y, x + side - 1, y + side - 1], fill=COLORS[color])
-        else:
-            draw.polygon([(x + side / 2, y), (x, y + side), (x + side, y + side)], fill=COLORS[color])
+        _draw_shape(draw, shape, [x, y, x + side, y + side], COLORS[color])
         shapes.append((color, shape, [float(x), float(y), float(side), float(side)]))
     return image, background, shapes
 
@@ -74,6 +85,11 @@ def _captions(rng: random.Random, background: str, shapes: list, width: int) -> 
             f"  An image   showing {listed}  "]  # stray whitespace, as real captions have
 
 
+def _write_coco_split(out_dir: Path, split: str, images: list[dict], annotations: list[dict]) -> None:
+    data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images, "annotations": annotations}
+    (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+
+
 def make_coco_caption(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     rng = random.Random(seed)
@@ -90,9 +106,117 @@ def make_coco_caption(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
             images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
             for caption in _captions(rng, background, shapes, size[0]):
                 annotations.append({"id": len(annotations) + 10 * image_id, "image_id": image_id, "caption": caption})
-        data = {"info": {"description": "synthetic COCO-2014 captions"}, "images": images,
-                "annotations": annotations}
-        (out_dir / f"captions_{split}2014.json").write_text(json.dumps(data), encoding="utf-8")
+        _write_coco_split(out_dir, split, images, annotations)
+    return out_dir
+
+
+def _write_refer(out_dir: Path, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
+    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                        "categories": categories}), encoding="utf-8")
+    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def _ref(ref_id: int, ann_id: int, image_id: int, split: str, shape: str, sentences: list[str]) -> dict:
+    sent_ids = [10 * ann_id + k for k in range(len(sentences))]
+    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+            "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
+            "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
+                          for s, t in zip(sent_ids, sentences)]}
+
+
+# Shape captions: one shape filling 80-90% of a 112 px image. A 2-block random ViT's features carry colour
+# and background at any size but the shape only when it is large (a probe: small shapes left shape at chance).
+CAPTION_IMAGE_SIZE = (112, 112)
+CAPTION_SHAPE_FILL = (0.80, 0.90)
+
+
+def make_shape_caption(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | None = None) -> Path:
+    """n train and n_val (default n // 5, at least 2) held-out images, each with exactly one attribute caption."""
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    width, height = CAPTION_IMAGE_SIZE
+    for split, count in (("train", n), ("val", n_val if n_val is not None else max(2, n // 5))):
+        folder = out_dir / f"{split}2014"
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            image_id = (1 if split == "train" else 500000) + i
+            colour, shape, background = (rng.choice(sorted(COLORS)), rng.choice(SHAPES),
+                                         rng.choice(sorted(BACKGROUNDS)))
+            side = round(min(width, height) * rng.uniform(*CAPTION_SHAPE_FILL))
+            x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+            image = Image.new("RGB", (width, height), BACKGROUNDS[background])
+            _draw_shape(ImageDraw.Draw(image), shape, [x, y, x + side, y + side], COLORS[colour])
+            file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
+            image.save(folder / file_name, quality=90)
+            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+            caption = ATTRIBUTE_CAPTION.format(colour=colour, shape=shape, background=background)
+            annotations.append({"id": 10 * image_id, "image_id": image_id, "caption": caption})
+        _write_coco_split(out_dir, split, images, annotations)
+    return out_dir
+
+
+# Grounding images: several aspect ratios, so Qwen2.5-VL's absolute-pixel boxes span a different range per
+# image; multiples of 28 px of at most 224 a side, so no processor resizes them (<= 64 visual tokens).
+GROUNDING_SIZES = ((224, 168), (168, 224), (196, 196), (224, 112), (112, 224))
+GROUNDING_SHAPE_SIDE = (60, 76)  # px whatever the image size: the box size is then nearly constant in pixels
+RAMP_CANVAS = 224  # every ramp image is the top-left crop of one 224 px ramp: a colour means one pixel position
+
+
+def _ramp(size: tuple[int, int]) -> Image.Image:
+    """Red grows left to right, green top to bottom, in pixels of one fixed canvas: every patch's colour says
+    where it is, in the absolute pixels that Qwen2.5-VL boxes are written in."""
+    canvas = (RAMP_CANVAS, RAMP_CANVAS)
+    red = Image.linear_gradient("L").rotate(90).resize(canvas).point(lambda v: 30 + v * 190 // 255)
+    green = Image.linear_gradient("L").resize(canvas).point(lambda v: 30 + v * 190 // 255)
+    ramp = Image.merge("RGB", (red, green, Image.new("L", canvas, 110)))
+    return ramp.crop((0, 0, *size))
+
+
+def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | None = None,
+                         style: str = "solid") -> Path:
+    """n train and n_val (default n // 5, at least 2) val refs, one shape per image, anywhere in it.
+
+    style "solid": a coloured shape on a plain background, "the <colour> <shape>"; "ramp": the background is a
+    colour ramp and the shape a darker copy of it, so every visual token carries its position in its pixels,
+    and every phrase is "the dark shape" (docs/learning.md)."""
+    if style not in ("solid", "ramp"):
+        raise ValueError(f"style must be solid or ramp, got {style!r}")
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    folder = out_dir / "train2014"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations, refs = [], [], []
+    splits = ["train"] * n + ["val"] * (n_val if n_val is not None else max(2, n // 5))
+    for i, split in enumerate(splits):
+        image_id = 1000 + i
+        size = rng.choice(GROUNDING_SIZES)
+        width, height = size
+        colour, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
+        side = rng.randint(*GROUNDING_SHAPE_SIDE)
+        x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+        box = [x, y, x + side, y + side]
+        if style == "solid":
+            image = Image.new("RGB", size, BACKGROUNDS[rng.choice(sorted(BACKGROUNDS))])
+            _draw_shape(ImageDraw.Draw(image), shape, box, COLORS[colour])
+            phrase = f"the {colour} {shape}"
+        else:
+            ramp = _ramp(size)
+            mask = Image.new("L", size, 0)
+            _draw_shape(ImageDraw.Draw(mask), shape, box, 255)
+            image = Image.composite(ramp.point(lambda v: v * 2 // 5), ramp, mask)
+            phrase = "the dark shape"  # one phrase for every image: the answer differs only in its box
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        image.save(folder / file_name, quality=90)
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        ann_id = 50000 + i
+        xywh = [float(x), float(y), float(side), float(side)]
+        annotations.append({"id": ann_id, "image_id": image_id, "bbox": xywh, "area": side * side,
+                            "category_id": SHAPES.index(shape) + 1, "iscrowd": 0})
+        refs.append(_ref(i, ann_id, image_id, split, shape, [phrase]))
+    _write_refer(out_dir, images, annotations, refs)
     return out_dir
 
 
@@ -102,7 +226,6 @@ def make_refcoco(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
     folder = out_dir / "train2014"
     folder.mkdir(parents=True, exist_ok=True)
     images, annotations, refs = [], [], []
-    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
     splits = ["train"] * max(1, n - n // 4 - n // 6) + ["val"] * (n // 4) + ["test"] * (n // 6)
     for i in range(n):
         image_id = 1000 + i
@@ -116,15 +239,8 @@ def make_refcoco(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
             annotations.append({"id": ann_id, "image_id": image_id, "bbox": box, "area": box[2] * box[3],
                                 "category_id": SHAPES.index(shape) + 1, "iscrowd": 0})
             sentences = [f"the {color} {shape}", f"{color} {shape} {_position(box, size[0])}"]
-            sent_ids = [10 * ann_id + k for k in range(len(sentences))]
-            refs.append({"ref_id": len(refs), "ann_id": ann_id, "image_id": image_id, "split": splits[i],
-                         "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
-                         "category_id": SHAPES.index(shape) + 1, "sent_ids": sent_ids,
-                         "sentences": [{"sent_id": s, "sent": t, "raw": t, "tokens": t.split()}
-                                       for s, t in zip(sent_ids, sentences)]})
-    (out_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                        "categories": categories}), encoding="utf-8")
-    (out_dir / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+            refs.append(_ref(len(refs), ann_id, image_id, splits[i], shape, sentences))
+    _write_refer(out_dir, images, annotations, refs)
     return out_dir
 
 
@@ -203,8 +319,8 @@ def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
     return out_dir / "list.json"
 
 
-MAKERS = {"coco_caption": make_coco_caption, "refcoco": make_refcoco, "microscopy": make_microscopy,
-          "forgery": make_forgery}
+MAKERS = {"coco_caption": make_coco_caption, "shape_caption": make_shape_caption, "refcoco": make_refcoco,
+          "shape_grounding": make_shape_grounding, "microscopy": make_microscopy, "forgery": make_forgery}
 
 
 def main(argv: list[str] | None = None) -> None:

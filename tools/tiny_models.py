@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from converters.files import staged_dir
-from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, tiny_config
+from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, TINY_VARIANTS, model_family, tiny_config
 
 SEED = 1234
 # Small pixel limits keep a tiny model's image token count small whatever the input size.
@@ -123,14 +123,16 @@ def build_processor(family: str, tokenizer, min_pixels: int | None = None, max_p
     return processor_class(image_processor, tokenizer, video_processor, chat_template=CHAT_TEMPLATES[family])
 
 
-def build_tiny_model(family: str, out_dir: str | os.PathLike) -> Path:
-    """Write a tiny random checkpoint of `family` to `out_dir` (atomically) and return its path."""
+def build_tiny_model(name: str, out_dir: str | os.PathLike) -> Path:
+    """Write the tiny random checkpoint `name` (a family or a tools.model_configs.TINY_VARIANTS name) to
+    `out_dir` (atomically) and return its path."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     out_dir = Path(out_dir)
     torch.manual_seed(SEED)
-    config = tiny_config(family)
+    family = model_family(name)
+    config = tiny_config(name)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     tokenizer = build_tokenizer(family)
     processor = build_processor(family, tokenizer)
@@ -171,25 +173,26 @@ def token_id_mismatches(model_dir: str | os.PathLike) -> list[str]:
     return problems
 
 
-def ensure_tiny_models(cache_dir: str | os.PathLike, families=FAMILIES) -> dict[str, Path]:
-    """Build the tiny checkpoints that are missing under `cache_dir` (a stamp marks a complete build)."""
+def ensure_tiny_models(cache_dir: str | os.PathLike, names=FAMILIES) -> dict[str, Path]:
+    """Build the tiny checkpoints (families or variant names) missing under `cache_dir` (a stamp marks a
+    complete build)."""
     cache_dir = Path(cache_dir)
     paths = {}
-    for family in families:
-        path = cache_dir / family
+    for name in names:
+        path = cache_dir / name
         stamp = path / "tiny_model.json"
         if not stamp.exists():
-            build_tiny_model(family, path)
-            stamp.write_text(json.dumps({"family": family, "seed": SEED}) + "\n")
-        paths[family] = path
+            build_tiny_model(name, path)
+            stamp.write_text(json.dumps({"family": model_family(name), "name": name, "seed": SEED}) + "\n")
+        paths[name] = path
     return paths
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=".cache/tiny-models", help="folder that receives one checkpoint per family")
-    parser.add_argument("--family", action="append", choices=FAMILIES,
-                        help="build only this family (repeatable); default: all")
+    parser.add_argument("--family", action="append", choices=[*FAMILIES, *TINY_VARIANTS],
+                        help="build only this family or variant (repeatable); default: the three families")
     parser.add_argument("--force", action="store_true", help="rebuild even when a complete checkpoint exists")
     args = parser.parse_args(argv)
     families = args.family or FAMILIES

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.demo import RECIPES, adapter_dir, demo_overrides
+from tools.learning import TASKS, adapter_dir, location_overrides
 from tools.offline import offline_env
 from tools.synthetic_data import make_coco_caption
 from tools.tiny_models import FAMILIES, token_id_mismatches
@@ -87,7 +87,9 @@ def test_seed_caption_recipe_trains_two_steps_offline(trainer, caption_data, tin
     model_dir = tiny_model_dir("qwen2_vl")
     output_dir = tmp_path / "out"
     before = len(hub_trap.requests)
-    command = train_command(trainer, RECIPES[trainer], demo_overrides(trainer, model_dir, caption_data, output_dir, 2))
+    recipe = REPO_ROOT / TASKS["caption"].recipes[trainer]
+    command = train_command(trainer, recipe, location_overrides(trainer, model_dir, caption_data, "coco_caption",
+                                                                output_dir, 2))
     run_logged(command, tmp_path / "train.log", env=trainer_env(trainer, **hub_trap.env_vars()), timeout=900)
     assert hub_trap.requests[before:] == [], "training tried to reach the network"
 

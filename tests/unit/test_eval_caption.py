@@ -78,3 +78,39 @@ def test_mismatched_ids_are_an_error():
 ])
 def test_caption_failure_kinds(prediction, kind):
     assert caption_failure(prediction, ["A red circle on a white background."]) == kind
+
+
+def test_exact_match_ignores_case_punctuation_and_spacing():
+    corpus, per_id = caption_scores({"1": "a RED circle on a white background", "2": "A red circle."},
+                                    {"1": ["A red circle on a white background."], "2": ["A red square."]},
+                                    java_metrics=False)
+    assert per_id["1"]["exact_match"] == 1.0 and per_id["2"]["exact_match"] == 0.0
+    assert corpus["exact_match"] == 0.5
+
+
+def test_attribute_accuracy_counts_each_slot():
+    references = {"1": ["A red circle on a white background."], "2": ["A blue square on a black background."],
+                  "3": ["A green triangle on a gray background."], "4": ["A red square on a gray background."]}
+    predictions = {"1": "A red circle on a white background.",  # all three right
+                   "2": "A blue circle on a white background.",  # colour only
+                   "3": "A green triangle on a black background.",  # colour and shape
+                   "4": "something else entirely"}  # names no attribute
+    corpus, per_id = caption_scores(predictions, references, java_metrics=False)
+    assert (corpus["colour_acc"], corpus["shape_acc"], corpus["background_acc"]) == (0.75, 0.5, 0.25)
+    assert per_id["2"]["colour_acc"] == 1.0 and per_id["2"]["shape_acc"] == 0.0
+    assert corpus["exact_match"] == 0.25
+
+
+def test_attribute_accuracy_only_where_every_reference_is_an_attribute_caption():
+    corpus, _ = caption_scores({"1": "A red circle on a white background.", "2": "a dog"},
+                               {"1": ["A red circle on a white background."], "2": ["a dog runs"]},
+                               java_metrics=False)
+    assert "colour_acc" not in corpus and "exact_match" in corpus
+
+
+def test_attribute_caption_template_parses_back():
+    from eval.metrics.caption import ATTRIBUTE_CAPTION, caption_attributes
+
+    caption = ATTRIBUTE_CAPTION.format(colour="yellow", shape="triangle", background="black")
+    assert caption_attributes(caption) == {"colour": "yellow", "shape": "triangle", "background": "black"}
+    assert caption_attributes("A yellow triangle.") is None

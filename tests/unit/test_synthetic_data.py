@@ -66,3 +66,51 @@ def test_forgery_val_split_holds_both_labels(tmp_path):
     rows = json.loads(make_forgery(tmp_path, n=16, seed=0).read_text())
     for split in ("train", "val"):
         assert {row["label"] for row in rows if row["split"] == split} == {0, 1}
+
+
+def test_shape_captions_name_what_is_drawn_one_per_image(tmp_path):
+    from eval.metrics.caption import caption_attributes
+    from tools.synthetic_data import BACKGROUNDS, COLORS, make_shape_caption
+
+    root = make_shape_caption(tmp_path, n=12, seed=1, n_val=5)
+    for split, count in (("train", 12), ("val", 5)):
+        data = json.loads((root / f"captions_{split}2014.json").read_text())
+        assert len(data["images"]) == len(data["annotations"]) == count
+        files = {i["id"]: i["file_name"] for i in data["images"]}
+        for annotation in data["annotations"]:
+            said = caption_attributes(annotation["caption"])
+            with Image.open(root / f"{split}2014" / files[annotation["image_id"]]) as image:
+                pixels = image.convert("RGB").load()
+                counts = {}
+                for x in range(0, image.width, 4):
+                    for y in range(0, image.height, 4):
+                        counts[pixels[x, y]] = counts.get(pixels[x, y], 0) + 1
+            # the shape covers most of the image, the background shows around it (JPEG: nearest colour wins)
+            def nearest(rgb, palette):
+                return min(palette, key=lambda k: sum((a - b) ** 2 for a, b in zip(rgb, palette[k])))
+            votes = {}
+            for rgb, n in counts.items():
+                name = nearest(rgb, {**COLORS, **{f"bg:{k}": v for k, v in BACKGROUNDS.items()}})
+                votes[name] = votes.get(name, 0) + n
+            assert max((v, k) for k, v in votes.items() if k in COLORS)[1] == said["colour"]
+            assert max((v, k) for k, v in votes.items() if k.startswith("bg:"))[1] == f"bg:{said['background']}"
+
+
+def test_shape_grounding_boxes_hold_the_shape_in_images_of_several_aspect_ratios(tmp_path):
+    from tools.synthetic_data import make_shape_grounding
+
+    for style in ("solid", "ramp"):
+        refer = make_shape_grounding(tmp_path / style, n=20, seed=2, n_val=6, style=style)
+        refs = load_plain_pickle((refer / "refs(umd).p").read_bytes())
+        instances = json.loads((refer / "instances.json").read_text())
+        images = {i["id"]: i for i in instances["images"]}
+        anns = {a["id"]: a for a in instances["annotations"]}
+        assert [r["split"] for r in refs].count("val") == 6 and len(refs) == 26
+        assert len({(i["width"], i["height"]) for i in images.values()}) >= 3
+        for ref in refs:
+            x, y, w, h = anns[ref["ann_id"]]["bbox"]
+            with Image.open(refer / "train2014" / images[ref["image_id"]]["file_name"]) as img:
+                inside = img.convert("RGB").getpixel((int(x + w / 2), int(y + h * 0.75)))
+                corner = (0 if x > 4 else img.width - 1, 0 if y > 4 else img.height - 1)
+                outside = img.convert("RGB").getpixel(corner)
+            assert max(abs(a - b) for a, b in zip(inside, outside)) > 40

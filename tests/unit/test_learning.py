@@ -1,0 +1,21 @@
+"""The pure parts of tools.learning: baselines and target checks."""
+from tools.learning import TASKS, best_fixed_box, missed_targets
+
+
+def test_best_fixed_box_is_the_one_right_most_often():
+    left, right = (0.0, 0.0, 0.4, 0.4), (0.6, 0.6, 1.0, 1.0)
+    boxes = [left, right, (0.62, 0.6, 1.0, 1.0), (0.6, 0.62, 1.0, 0.98)]
+    assert best_fixed_box(boxes) in boxes[1:]
+
+
+def test_missed_targets_names_every_miss():
+    task = TASKS["caption"]
+    good = {"exact_match": 0.8, "colour_acc": 1.0, "shape_acc": 0.9, "background_acc": 0.9}
+    result = {"tuned": good, "base": {k: 0.0 for k in good}, "baseline": {"exact_match": 0.05}}
+    assert missed_targets(task, result) == []
+    weak = {**good, "shape_acc": 0.5}
+    assert missed_targets(task, {**result, "tuned": weak}) == ["shape_acc 0.500 < 0.6"]
+    strong_baseline = {**result, "baseline": {"exact_match": 0.6}}
+    assert missed_targets(task, strong_baseline) == ["exact_match 0.800 < 1.5 x baseline 0.600"]
+    no_gain = {**result, "base": good}
+    assert len(missed_targets(task, no_gain)) == len(task.targets)
