@@ -23,7 +23,8 @@ TASKS = ("caption", "grounding", "microscopy", "forgery")
 
 # The headline numbers of each task, in report order.
 HEADLINE = {
-    "caption": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l", "meteor", "spice"),
+    "caption": ("exact_match", "colour_acc", "shape_acc", "background_acc", "bleu_1", "bleu_2", "bleu_3", "bleu_4",
+                "cider", "rouge_l", "meteor", "spice"),
     "grounding": ("acc@0.5", "acc@0.75", "miou", "parse_fail_rate"),
     "microscopy": ("json_valid_rate", "direction_acc", "distance_mae", "exact_match"),
     "forgery": ("auroc", "ap", "f1", "accuracy", "parse_fail_rate"),

@@ -56,6 +56,8 @@ def test_caption_disagreements_sorted_by_cider_gap(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 "))]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]  # largest CIDEr gap first
     assert "| empty answer | 3 (100%) | 1 (33%) |  |  |" in text
+    metric_rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| exact_match ")]
+    assert metric_rows == ["| exact_match"]  # the caption judge is in the metrics table
 
 
 def test_compare_refuses_different_tasks(tmp_path):
