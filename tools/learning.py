@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from converters.files import write_text_atomic
+from eval.io import read_json, read_jsonl, write_jsonl_atomic
 from tools.model_configs import model_family
 from tools.synthetic_data import make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models
@@ -136,16 +136,12 @@ def eval_command(task: LearningTask, model_dir: Path, data_file: Path, out: Path
 
 
 def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_json(run_dir / "metrics.json")
 
 
 def train_answers(data_file: Path) -> list[str]:
     """The assistant answers of a converter split file (.json sharegpt or .jsonl swift rows)."""
-    rows = read_rows(data_file) if data_file.suffix == ".jsonl" else json.loads(data_file.read_text("utf-8"))
+    rows = read_jsonl(data_file) if data_file.suffix == ".jsonl" else read_json(data_file)
     return [row["messages"][-1]["content"] for row in rows]
 
 
@@ -205,12 +201,11 @@ def baseline_answers(task: LearningTask, trainer: str, data_dir: Path, rows: lis
 def score_baseline(task: LearningTask, trainer: str, data_dir: Path, base_run: Path, out: Path, log: Path) -> dict:
     """A baseline that never looks at the image, scored by `eval score` on the same held-out rows as the
     models (taken from the base run's predictions, so ids and references are the ones `eval run` used)."""
-    rows = read_rows(base_run / "predictions.jsonl")
+    rows = read_jsonl(base_run / "predictions.jsonl")
     answers, description = baseline_answers(task, trainer, data_dir, rows)
     predictions = out / "predictions.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(predictions, "".join(json.dumps({**row, "prediction": answer}, ensure_ascii=False) + "\n"
-                                           for row, answer in zip(rows, answers)))
+    write_jsonl_atomic(predictions, [{**row, "prediction": answer} for row, answer in zip(rows, answers)])
     convention = split_convention(task, eval_split_file(trainer, data_dir, task.data_name))
     run_logged([sys.executable, "-m", "eval", "score", "--task", task.eval_task, "--model-family", task.family,
                 "--predictions", str(predictions), "--out", str(out), "--no-java-metrics",
@@ -240,9 +235,9 @@ def missed_targets(task: LearningTask, result: dict) -> list[str]:
 def sample_answers(base_run: Path, tuned_run: Path, first: int, misses: int) -> list[dict]:
     """Held-out answers side by side: the first `first` rows, then up to `misses` rows the fine-tuned model
     got wrong (its answer is not the reference text), so the report shows failures too."""
-    base = {row["id"]: row["prediction"] for row in read_rows(base_run / "predictions.jsonl")}
+    base = {row["id"]: row["prediction"] for row in read_jsonl(base_run / "predictions.jsonl")}
     rows = [{"id": row["id"], "reference": row["reference"], "base": base.get(row["id"], ""),
-             "tuned": row["prediction"]} for row in read_rows(tuned_run / "predictions.jsonl")]
+             "tuned": row["prediction"]} for row in read_jsonl(tuned_run / "predictions.jsonl")]
 
     def wrong(row: dict) -> bool:
         references = row["reference"] if isinstance(row["reference"], list) else [row["reference"]]
