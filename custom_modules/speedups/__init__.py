@@ -4,6 +4,8 @@
     vision_positions   Qwen3-VL's vision position tables from a cache per image size (no per-image host loops)
     vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast
+    frozen_vision      no autograd graph through a frozen vision tower (transformers 5 marks its patch embedding's
+                       output as requiring a gradient whenever input gradients are enabled for checkpointing)
     deepstack          Qwen3-VL's deepstack additions by masked_scatter instead of boolean indexing (no host sync)
     lm_head_loss       Liger's fused LM head + cross-entropy over the labelled rows only, in one chunk (a process-wide
                        change to Liger's loss function, which any Liger model then uses)
@@ -29,8 +31,8 @@ import logging
 from transformers import TrainerCallback
 
 DEFAULTS = {"vision_attention": True, "vision_positions": True, "vision_mlp": True, "lora_input": True,
-            "deepstack": True, "lm_head_loss": True, "parameter_count": True, "compile_vision": False,
-            "compile_language": False}
+            "frozen_vision": True, "deepstack": True, "lm_head_loss": True, "parameter_count": True,
+            "compile_vision": False, "compile_language": False}
 logger = logging.getLogger(__name__)
 
 
@@ -57,6 +59,7 @@ def validate_config(block: dict) -> None:
 def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
     from custom_modules.speedups.deepstack import use_scattered_deepstack
+    from custom_modules.speedups.frozen_vision import drop_frozen_vision_graph
     from custom_modules.speedups.lm_head_loss import use_labelled_rows
     from custom_modules.speedups.lora_input import keep_lora_input_dtype
     from custom_modules.speedups.parameter_count import count_parameters_once
@@ -74,6 +77,8 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["vision_mlp"] = align_vision_mlps(model)
     if settings["lora_input"] and autocast:
         changed["lora_input"] = keep_lora_input_dtype(model)
+    if settings["frozen_vision"]:
+        changed["frozen_vision"] = drop_frozen_vision_graph(model)
     if settings["deepstack"]:
         changed["deepstack"] = use_scattered_deepstack(model)
     if settings["lm_head_loss"]:
