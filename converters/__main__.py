@@ -120,7 +120,7 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
     image_files.allow_outside_root(args.allow_outside_root, absolute=args.images is None)
     conversion = source.read(args, images)
     name = args.name or source.dataset
-    entries = pipeline.run(name=name, task=source.task, source=source.command, items=conversion.items,
+    entries = pipeline.run(name=name, task=source.task, converter=source.command, items=conversion.items,
                            convert=partial(_bind_options, conversion.to_sample, conversion.sample_options),
                            out=args.out, targets=TARGET_CHOICES[args.target], inputs=conversion.inputs,
                            options=_options(args, conversion.options), trainer_dependent=conversion.trainer_dependent,

@@ -66,9 +66,9 @@ def check_dir(out: Path) -> list[str]:
             problems.append(f"dataset_info.json: entry {key!r} is not sharegpt with a messages column")
         files.setdefault(name, {})
     for key, entry in manifest.get("datasets", {}).items():
-        if entry.get("source") is not None and entry["source"] not in sources:
-            problems.append(f"manifest.json: {key!r} was written by source {entry['source']!r}, which no module of "
-                            f"converters/sources registers (known: {sorted(sources)})")
+        if entry.get("converter") is not None and entry["converter"] not in sources:
+            problems.append(f"manifest.json: {key!r} was written by converter {entry['converter']!r}, which no "
+                            f"module of converters/sources registers (known: {sorted(sources)})")
         for name in entry.get("files", {}).values():
             if not (out / name).is_file():
                 problems.append(f"manifest.json: {key!r} lists missing file {name!r}")
@@ -82,7 +82,7 @@ def check_dir(out: Path) -> list[str]:
             continue
         try:
             for number, row in read_output_rows(path):
-                problems += check_row(row, f"{name} row {number}", sources.get(entry.get("source")),
+                problems += check_row(row, f"{name} row {number}", sources.get(entry.get("converter")),
                                       entry.get("options", {}), resize_by_suffix.get(path.suffix, "hf"), sizes)
         except json.JSONDecodeError as error:
             problems.append(f"{name}: invalid JSON: {error}")

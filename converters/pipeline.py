@@ -74,12 +74,12 @@ def _render(record: dict):
         return ("skip", skip.reason, skip.field)
 
 
-def run(*, name: str, task: str, source: str, items: Iterable[tuple[str, object]],
+def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, object]],
         convert: Callable[[dict, str], Sample], out: Path, targets: tuple[str, ...],
         inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False,
         workers: int = 1) -> dict:
     """Convert everything, write outputs atomically, return the manifest entries of this run (`task`: the
-    samples' task name, `source`: the registered source that read them; converters.registry).
+    samples' task name, `converter`: the subcommand of the registered source that read them; converters.registry).
 
     workers > 1 renders records in that many forked processes (order kept: the output is identical).
     """
@@ -156,7 +156,7 @@ def run(*, name: str, task: str, source: str, items: Iterable[tuple[str, object]
     entries = {}
     for split, state in sorted(splits.items()):
         entries[f"{name}_{split}"] = {
-            "task": task, "source": source, "split": split, "files": state.files, "count": state.count,
+            "task": task, "converter": converter, "split": split, "files": state.files, "count": state.count,
             "skipped_count": len(state.skipped), "skipped": [asdict(s) for _, s in state.skipped],
             "notes": state.notes,
             "inputs": input_sums, "options": options, "converter_version": __version__,

@@ -57,7 +57,7 @@ def data_settings(task: str, data_file: Path, entry: dict, *, min_pixels: int | 
     """Family, pixel limits, resize path and words from the converter manifest entry (flags override)."""
     where = f"{data_file.parent / 'manifest.json'} entry for {data_file.name}"
     if entry.get("task") not in (None, task):
-        raise ValueError(f"{where}: holds {entry['task']!r} data (source {entry.get('source')!r}), not {task!r} "
+        raise ValueError(f"{where}: holds {entry['task']!r} data (converter {entry.get('converter')!r}), not {task!r} "
                          f"data for --task {task}")
     options = entry.get("options", {})
     family = options.get("model")

@@ -171,4 +171,4 @@ def test_cli_run_and_compare(converted, tiny_model_dir, tmp_path, capsys):
     assert "0 of 2 shared samples judged differently." in (tmp_path / "r" / "report.md").read_text()
     assert eval_main(["run", "--task", "caption", "--model", str(model), "--data", str(data), "--out",
                       str(tmp_path / "c")]) == 2
-    assert "holds 'grounding' data (source 'refcoco'), not 'caption' data" in capsys.readouterr().err
+    assert "holds 'grounding' data (converter 'refcoco'), not 'caption' data" in capsys.readouterr().err

@@ -88,7 +88,7 @@ def test_a_registered_source_is_a_subcommand_that_converts(tmp_path, shape_notes
         {"messages": [{"role": "user", "content": "<image>Name it."}, {"role": "assistant", "content": "A red bar."}],
          "images": [str(tmp_path / "in" / "s2.png")]}]
     entry = json.loads((out / "manifest.json").read_text())["datasets"]["shape_notes_train"]
-    assert (entry["task"], entry["source"], entry["count"], entry["options"]["prompt"]) == (
+    assert (entry["task"], entry["converter"], entry["count"], entry["options"]["prompt"]) == (
         "caption", "shape-notes", 2, "Name it.")
     assert [(s["id"], s["field"], s["reason"]) for s in entry["skipped"]] == [("row1", "caption", "empty caption")]
 
@@ -107,8 +107,8 @@ def test_check_names_a_source_nothing_registers(tmp_path, shape_notes):
     assert main(["shape-notes", "--input", str(source), "--out", str(tmp_path / "out")]) == 0
     registry.SOURCES.pop("shape-notes")
     assert check_dir(tmp_path / "out") == [
-        "manifest.json: 'shape_notes_train' was written by source 'shape-notes', which no module of "
-        "converters/sources registers (known: ['coco-caption', 'forgery', 'microscopy', 'refcoco'])"]
+        "manifest.json: 'shape_notes_train' was written by converter 'shape-notes', which no "
+        "module of converters/sources registers (known: ['coco-caption', 'forgery', 'microscopy', 'refcoco'])"]
 
 
 def test_eval_reads_the_new_source_as_its_tasks_data(tmp_path, shape_notes):
@@ -117,7 +117,7 @@ def test_eval_reads_the_new_source_as_its_tasks_data(tmp_path, shape_notes):
     data_file = choose_data_file(tmp_path / "out", "train")
     entry = read_manifest_entry(data_file)
     assert data_settings("caption", data_file, entry).family == "qwen3_vl"
-    with pytest.raises(ValueError, match=r"holds 'caption' data \(source 'shape-notes'\), not 'grounding' data"):
+    with pytest.raises(ValueError, match=r"holds 'caption' data \(converter 'shape-notes'\), not 'grounding' data"):
         data_settings("grounding", data_file, entry)
     samples = load_samples(data_file, "caption")
     assert [(s.reference, s.images) for s in samples] == [
