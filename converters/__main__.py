@@ -17,9 +17,10 @@ import traceback
 from functools import partial
 from pathlib import Path
 
-from converters import images as image_files, pipeline
+from converters import pipeline
 from converters.boxes import MODEL_FAMILIES
 from converters.check import check_dir
+from converters.images import allow_outside_root
 from converters.options import HelpFormatter, positive_int
 from converters.registry import Source, registered
 from qwenvl_recipes.io import InputError, os_error_cause
@@ -117,7 +118,7 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
     if args.images is not None and not args.images.is_dir():
         cause = "no such folder" if not args.images.exists() else "not a folder"
         raise InputError(f"--images {args.images}: {cause}")
-    image_files.allow_outside_root(args.allow_outside_root, absolute=args.images is None)
+    allow_outside_root(args.allow_outside_root, absolute=args.images is None)
     conversion = source.read(args, images)
     name = args.name or source.dataset
     entries = pipeline.run(name=name, task=source.task, converter=source.command, items=conversion.items,

@@ -401,7 +401,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which refs(<splitby>).p to read (default: the only one present)")
     parser.add_argument("--bbox-format", choices=("xywh", "xyxy", "auto"), default="auto",
                         help="parquet bbox format; auto only when the rows decide it (refer layout is always xywh)")
-    parser.add_argument("--task", choices=(*DIRECTIONS, "both"), default="rec",
+    parser.add_argument("--direction", choices=(*DIRECTIONS, "both"), default="rec",
                         help="rec: expression -> box; reg: box -> expression")
     parser.add_argument("--min-pixels", type=int, default=None,
                         help="default: the family's recipe value (converters.boxes)")
@@ -419,7 +419,7 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
     low, high = default_pixels(args.model)
     min_pixels, max_pixels = args.min_pixels or low, args.max_pixels or high
     options = RefOptions(args.model, min_pixels, max_pixels, args.processor_pixels, args.box_tolerance)
-    directions = DIRECTIONS if args.task == "both" else (args.task,)
+    directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     source = Path(args.input)
     if source.is_dir() and any(source.glob("refs(*).p")):
         items = read_refer(source, images, splitby=args.splitby, directions=directions, only_split=args.split,

@@ -34,7 +34,7 @@ def converted(tmp_path_factory):
             command, make = SOURCES[task]
             source = make(root / f"src_{task}", **({"n": SOURCE_SIZES[task]} if task in SOURCE_SIZES else {}))
             out = root / f"{family}_{task}"
-            extra = ["--task", "both"] if task == "grounding" else []
+            extra = ["--direction", "both"] if task == "grounding" else []
             assert convert([command, "--input", str(source), "--out", str(out), "--model", family, *extra]) == 0
             made[task, family] = out
         return made[task, family]
