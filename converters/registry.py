@@ -2,8 +2,8 @@
 
 Each `converters/sources/<source>.py` ends with `register_source(Source(...))`: its subcommand, the task its
 samples train (one of TASK_NAMES), its own command-line options, its reader, and the check its output rows
-must pass. `python -m converters`, `python -m converters check` and `eval` take everything per source from
-here, so a new dataset is one `to_sample` function plus one registry entry (converters/README.md).
+must pass. `python -m converters` and `python -m converters check` take everything per source from here, and
+eval its task names, so a new dataset is one `to_sample` function plus one registry entry (converters/README.md).
 """
 from __future__ import annotations
 
