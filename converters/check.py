@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
-from converters.boxes import parse_boxes
-from converters.files import image_size, load_json_file
+from converters.images import image_size
+from converters.registry import Source, registered
 from converters.schema import SkipRecord
 from converters.targets import TARGETS
-
-BOX_TOLERANCE = 1.5  # px: integer model coordinates round to at most half a model unit
+from qwenvl_recipes.io import read_json
 
 
 def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -25,8 +23,9 @@ def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
             yield from enumerate(json.load(f))
 
 
-def check_row(row: object, where: str, task: str | None, options: dict, resize_path: str,
+def check_row(row: object, where: str, source: Source | None, options: dict, resize_path: str,
               sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """What every trainer needs of a row, then the check its source registered."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
         return [f"{where}: row has no 'messages' list"]
     images = row.get("images") or []
@@ -44,38 +43,20 @@ def check_row(row: object, where: str, task: str | None, options: dict, resize_p
                 sizes[image] = image_size(image)
             except SkipRecord as skip:
                 problems.append(f"{where}: {skip.reason}")
-                continue
-    if task == "forgery" and row.get("mask") and not os.path.isfile(row["mask"]):
-        problems.append(f"{where}: mask {row['mask']} does not exist")
-    if task == "refcoco" and images and images[0] in sizes:
-        width, height = sizes[images[0]]
-        boxes = [box for content in contents for box in parse_boxes(
-            content, options["model"], (width, height), min_pixels=options["min_pixels"],
-            max_pixels=options["max_pixels"], resize_path=resize_path,
-            processor_pixels=tuple(options["processor_pixels"]) if options.get("processor_pixels") else None)]
-        if not boxes:
-            problems.append(f"{where}: no box parses in a grounding row")
-        for box in boxes:
-            if (box.x1 < -BOX_TOLERANCE or box.y1 < -BOX_TOLERANCE or box.x2 > width + BOX_TOLERANCE
-                    or box.y2 > height + BOX_TOLERANCE or box.x2 <= box.x1 or box.y2 <= box.y1):
-                problems.append(f"{where}: box {box} not inside the {width}x{height} image")
-    if task == "microscopy":
-        try:
-            answer = json.loads(contents[-1])
-            if answer.get("direction") not in ("+", "-") or not isinstance(answer.get("distance"), int):
-                problems.append(f"{where}: answer lacks direction +|- or integer distance")
-        except (json.JSONDecodeError, AttributeError, IndexError):
-            problems.append(f"{where}: assistant answer is not JSON")
+    if source is not None and source.check_row is not None:
+        problems += [f"{where}: {problem}"
+                     for problem in source.check_row(row, options, resize_path, [sizes.get(i) for i in images])]
     return problems
 
 
 def check_dir(out: Path) -> list[str]:
     problems = []
     info_path, manifest_path = out / "dataset_info.json", out / "manifest.json"
-    info = load_json_file(info_path, dict, "dataset_info.json") if info_path.exists() else {}
-    manifest = load_json_file(manifest_path, dict, "manifest.json") if manifest_path.exists() else {}
+    info = read_json(info_path, dict, "dataset_info.json") if info_path.exists() else {}
+    manifest = read_json(manifest_path, dict, "manifest.json") if manifest_path.exists() else {}
     if not info and not manifest:
         return [f"{out}: neither dataset_info.json nor manifest.json found"]
+    sources = registered()
     files: dict[str, dict] = {}  # file name -> manifest entry (or {})
     for key, entry in info.items():
         name = entry.get("file_name", "")
@@ -85,6 +66,9 @@ def check_dir(out: Path) -> list[str]:
             problems.append(f"dataset_info.json: entry {key!r} is not sharegpt with a messages column")
         files.setdefault(name, {})
     for key, entry in manifest.get("datasets", {}).items():
+        if entry.get("converter") is not None and entry["converter"] not in sources:
+            problems.append(f"manifest.json: {key!r} was written by converter {entry['converter']!r}, which no "
+                            f"module of converters/sources registers (known: {sorted(sources)})")
         for name in entry.get("files", {}).values():
             if not (out / name).is_file():
                 problems.append(f"manifest.json: {key!r} lists missing file {name!r}")
@@ -98,8 +82,8 @@ def check_dir(out: Path) -> list[str]:
             continue
         try:
             for number, row in read_output_rows(path):
-                problems += check_row(row, f"{name} row {number}", entry.get("task"), entry.get("options", {}),
-                                      resize_by_suffix.get(path.suffix, "hf"), sizes)
+                problems += check_row(row, f"{name} row {number}", sources.get(entry.get("converter")),
+                                      entry.get("options", {}), resize_by_suffix.get(path.suffix, "hf"), sizes)
         except json.JSONDecodeError as error:
             problems.append(f"{name}: invalid JSON: {error}")
     return problems

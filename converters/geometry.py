@@ -37,7 +37,10 @@ MAX_ASPECT_RATIO = 200
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
-    """transformers' Qwen2-VL smart_resize (5.x): (height, width) divisible by factor, area in range."""
+    """transformers' Qwen2-VL smart_resize (5.x): (height, width) divisible by factor, area in range.
+
+    A copy, not an import: importing it from transformers loads torch (~6 s, 4000 modules), which the
+    converters otherwise never need; tests/unit/test_geometry.py checks it against transformers' own."""
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, "
                          f"got {max(height, width) / min(height, width)}")

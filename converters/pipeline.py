@@ -20,9 +20,10 @@ from typing import Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from converters import __version__
-from converters.files import reset_listings, sha256_file, write_text_atomic
+from converters.images import reset_listings
 from converters.schema import Sample, Skip, SkipRecord
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
+from qwenvl_recipes.io import read_json, sha256_file, write_text_atomic
 
 TEST_SPLITS = ("test", "testA", "testB")
 MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
@@ -33,10 +34,8 @@ class StrictModeError(Exception):
 
 
 def _load_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """An index file already in the output folder ({} when there is none yet)."""
+    return read_json(path, dict, path.name) if path.exists() else {}
 
 
 def _dump_json(data) -> str:
@@ -75,11 +74,12 @@ def _render(record: dict):
         return ("skip", skip.reason, skip.field)
 
 
-def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
+def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, object]],
         convert: Callable[[dict, str], Sample], out: Path, targets: tuple[str, ...],
         inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False,
         workers: int = 1) -> dict:
-    """Convert everything, write outputs atomically, return the manifest entries of this run.
+    """Convert everything, write outputs atomically, return the manifest entries of this run (`task`: the
+    samples' task name, `converter`: the subcommand of the registered source that read them; converters.registry).
 
     workers > 1 renders records in that many forked processes (order kept: the output is identical).
     """
@@ -156,7 +156,7 @@ def run(*, name: str, task: str, items: Iterable[tuple[str, object]],
     entries = {}
     for split, state in sorted(splits.items()):
         entries[f"{name}_{split}"] = {
-            "task": task, "split": split, "files": state.files, "count": state.count,
+            "task": task, "converter": converter, "split": split, "files": state.files, "count": state.count,
             "skipped_count": len(state.skipped), "skipped": [asdict(s) for _, s in state.skipped],
             "notes": state.notes,
             "inputs": input_sums, "options": options, "converter_version": __version__,

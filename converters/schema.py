@@ -68,8 +68,3 @@ class SkipRecord(Exception):
         self.reason = reason
         self.field = field
 
-
-class InputError(ValueError):
-    """A problem with a whole input file or folder (unreadable, truncated, wrong encoding, wrong type):
-    nothing can be converted from it. The message is one line: '<path>: <cause>'. A ValueError, so every
-    command's user-error handling (one line, no traceback) takes it."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from converters.files import atomic_open
 from converters.schema import Sample
+from qwenvl_recipes.io import atomic_open
 
 # target -> (file suffix, resize path the trainer feeds the model through; see converters.geometry)
 TARGETS = {"llamafactory": (".json", "llamafactory"), "swift": (".jsonl", "swift")}

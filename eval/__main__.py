@@ -7,10 +7,10 @@ import sys
 import traceback
 from functools import partial
 
-from converters.__main__ import HelpFormatter
 from converters.boxes import MODEL_FAMILIES
 from converters.geometry import RESIZE_PATHS
-from eval.score import TASKS
+from converters.options import HelpFormatter
+from converters.registry import TASK_NAMES
 
 
 def _run(args) -> None:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "LLaMA-Factory: .json), told by the files each leaves (args.json, "
                               "trainer_log.jsonl); an adapter of unknown origin is refused when both exist.",
                               formatter_class=HelpFormatter)
-    run.add_argument("--task", required=True, choices=TASKS, help="what the data and the answers are")
+    run.add_argument("--task", required=True, choices=TASK_NAMES, help="what the data and the answers are")
     run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
     run.add_argument("--adapter", default=None, help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
                      "(newest vX-*/checkpoint-N is used), or a custom_modules.forgery checkpoint dir, scored "
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "score? (P(fake) in [0, 1]), label? (forgery 0/1)}; a line breaking these is an error naming "
                 "it. Writes <out>/metrics.json (metrics that cannot be computed are null) and "
                 "<out>/samples.jsonl.")
-    score.add_argument("--task", required=True, choices=TASKS, help="what the predictions answer")
+    score.add_argument("--task", required=True, choices=TASK_NAMES, help="what the predictions answer")
     score.add_argument("--model-family", required=True, choices=MODEL_FAMILIES,
                        help="box convention of predictions and references (grounding)")
     score.add_argument("--predictions", required=True, help="the predictions JSONL")

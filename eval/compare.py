@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from PIL import Image, ImageDraw
 
-from eval.io import read_json, read_jsonl, write_text_atomic
+from qwenvl_recipes.io import read_json, read_jsonl, write_text_atomic
 from eval.score import HEADLINE
 
 COLORS = {"reference": (0, 170, 0), "a": (220, 40, 40), "b": (40, 90, 230)}

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from converters.targets import TARGETS
-from eval.io import read_json, read_jsonl
+from qwenvl_recipes.io import read_json, read_jsonl
 
 SPLIT_PREFERENCE = ("val", "test", "train")
 IMAGE_TOKEN = "<image>"

@@ -15,20 +15,26 @@ from eval.parse import BoxConvention
 FAMILY_BY_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 
 
+SWIFT_RUN = re.compile(r"^v(\d+)-")  # ms-swift's run folders: <output_dir>/v<N>-<date>/
+
+
 def resolve_adapter(path: str | Path) -> Path:
-    """A peft adapter dir: LLaMA-Factory's output_dir, or ms-swift's output/ tree, whose newest
-    `vX-<date>/checkpoint-N` (highest version, then highest step) is taken."""
+    """A peft adapter dir: `path` itself when it holds adapter_config.json, else the last checkpoint-N
+    (transformers' get_last_checkpoint) of its newest ms-swift run vN-<date>/ (highest N), or of `path` itself
+    (a LLaMA-Factory output_dir, or one ms-swift run)."""
+    from transformers.trainer_utils import get_last_checkpoint  # transformers only when an adapter is given
+
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         return path
-    found = [p.parent for p in path.glob("**/checkpoint-*/adapter_config.json")]
-    if not found:
-        raise FileNotFoundError(f"--adapter {path}: no adapter_config.json in it or in any checkpoint-*/ below it")
-
-    def order(p: Path):
-        version = re.match(r"v(\d+)-", p.parent.name)
-        return (int(version.group(1)) if version else -1, int(p.name.split("-")[-1]))
-    return max(found, key=order)
+    runs = [p for p in path.iterdir() if p.is_dir() and SWIFT_RUN.match(p.name)] if path.is_dir() else []
+    runs.sort(key=lambda p: int(SWIFT_RUN.match(p.name).group(1)), reverse=True)
+    for folder in (*runs, path):
+        last = get_last_checkpoint(folder) if folder.is_dir() else None
+        if last and (Path(last) / "adapter_config.json").is_file():
+            return Path(last)
+    raise FileNotFoundError(f"--adapter {path}: no adapter_config.json in it, nor in the last checkpoint-N/ of "
+                            "it or of its newest ms-swift run vN-*/")
 
 
 def chat_messages(prompt: list[dict]) -> list[dict]:

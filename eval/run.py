@@ -8,10 +8,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from converters.boxes import MODEL_FAMILIES
+from converters.registry import TASK_NAMES
 from eval.infer import resolve_adapter
 from eval.data import choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
-from eval.io import read_json, write_json_atomic, write_text_atomic
-from eval.score import TASKS, ScoreSettings, normalize_records, score_records, write_scores
+from qwenvl_recipes.io import read_json, write_json_atomic, write_text_atomic
+from eval.score import ScoreSettings, normalize_records, score_records, write_scores
 
 BACKEND_NAMES = ("transformers", "vllm")
 
@@ -50,17 +51,14 @@ def _check_same_run(out: Path, run_info: dict) -> None:
     write_json_atomic(path, run_info)
 
 
-# --task -> the converter task whose files it reads (manifest entry "task").
-CONVERTER_TASKS = {"caption": "coco_caption", "grounding": "refcoco", "microscopy": "microscopy", "forgery": "forgery"}
-
-
 def data_settings(task: str, data_file: Path, entry: dict, *, min_pixels: int | None = None,
                   max_pixels: int | None = None, resize_path: str | None = None,
                   java_metrics: bool = True) -> ScoreSettings:
     """Family, pixel limits, resize path and words from the converter manifest entry (flags override)."""
     where = f"{data_file.parent / 'manifest.json'} entry for {data_file.name}"
-    if entry.get("task") not in (None, CONVERTER_TASKS[task]):
-        raise ValueError(f"{where}: holds {entry['task']!r} data, not {CONVERTER_TASKS[task]!r} for --task {task}")
+    if entry.get("task") not in (None, task):
+        raise ValueError(f"{where}: holds {entry['task']!r} data (converter {entry.get('converter')!r}), not {task!r} "
+                         f"data for --task {task}")
     options = entry.get("options", {})
     family = options.get("model")
     if family not in MODEL_FAMILIES:
@@ -81,8 +79,8 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     """Generate, write <out>/predictions.jsonl (resuming), score; returns the metrics.json content.
 
     min_pixels / max_pixels / resize_path override the converter manifest (they must match training)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
     out = Path(out)

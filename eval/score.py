@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.boxes import MODEL_FAMILIES, default_pixels
-from eval.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from converters.registry import TASK_NAMES
+from qwenvl_recipes.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from eval.metrics.caption import caption_failure, caption_scores
 from eval.metrics.forgery import forgery_metrics
 from eval.metrics.grounding import grounding_failure, grounding_metrics, iou
 from eval.metrics.microscopy import judge_move, microscopy_metrics, reference_move
 from eval.parse import BoxConvention, parse_json_answer, parse_real_fake
-
-TASKS = ("caption", "grounding", "microscopy", "forgery")
 
 # The headline numbers of each task, in report order.
 HEADLINE = {
@@ -153,7 +152,7 @@ def _score_forgery(records: list[dict], settings: ScoreSettings):
     return forgery_metrics(labels, scores, answers), samples, convention
 
 
-_SCORERS = {"caption": _score_caption, "grounding": _score_grounding,
+SCORERS = {"caption": _score_caption, "grounding": _score_grounding,
             "microscopy": _score_microscopy, "forgery": _score_forgery}
 
 
@@ -198,9 +197,9 @@ def normalize_records(rows: list[dict], where: str) -> list[dict]:
 
 def score_records(task: str, records: list[dict], settings: ScoreSettings) -> tuple[dict, list[dict]]:
     """(metrics.json content, per-sample judgements)."""
-    if task not in _SCORERS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    metrics, samples, convention = _SCORERS[task](records, settings)
+    if task not in SCORERS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
+    metrics, samples, convention = SCORERS[task](records, settings)
     for sample, record in zip(samples, records):  # what the report shows next to each judgement
         sample.update({k: record[k] for k in ("prediction", "reference", "images") if k in record})
     kinds = Counter(s["failure"] for s in samples if s["failure"])

@@ -386,7 +386,7 @@ def write_trace(profiler, path: Path) -> None:
     """The profiler's chrome trace, gzipped, and the GPU idle-gap report of tools.gpu_gaps beside it (.txt)."""
     import gzip
 
-    from converters.files import atomic_open, write_text_atomic
+    from qwenvl_recipes.io import atomic_open, write_text_atomic
     from tools.gpu_gaps import analyse, format_report
 
     with tempfile.TemporaryDirectory() as tmp:

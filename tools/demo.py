@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from converters.files import write_text_atomic
+from qwenvl_recipes.io import write_text_atomic
 from tools.learning import TASKS, run_learning
 from tools.trainers import REPO_ROOT, TRAINERS, run_logged
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from eval.io import read_json, read_jsonl, write_jsonl_atomic
+from qwenvl_recipes.io import read_json, read_jsonl, write_jsonl_atomic
 from tools.model_configs import model_family
 from tools.synthetic_data import make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models

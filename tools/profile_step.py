@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from converters.files import write_text_atomic
+from qwenvl_recipes.io import write_text_atomic
 from tools.bench_data import write_bench_data
 from tools.bench_train import SEED_LORA, TASKS, count_params, encode_batch
 from tools.mfu import mfu, step_flops

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from converters.files import staged_dir
+from qwenvl_recipes.io import staged_dir
 from tools.model_configs import FAMILY_OF_MODEL, FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
 
 SEED = 1234

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from converters.files import write_text_atomic
+from qwenvl_recipes.io import write_text_atomic
 from tools.model_configs import FAMILY_OF_MODEL as MODELS  # model id in file names -> model family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,6 @@ RECIPES_DIR = REPO_ROOT / "recipes"
 README = RECIPES_DIR / "README.md"
 
 TRAINERS = ("llamafactory", "swift")
-TASKS = ("caption", "grounding", "microscopy", "forgery")
 # longest first, so `lora_vit` is not read as `lora` + variant `vit`
 METHODS = ("lora_vit", "merger", "qlora", "lora", "full")
 HEADER_KEYS = ("Trains", "Data", "Run", "GPUs", "Effective batch")

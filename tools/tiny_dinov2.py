@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from converters.files import staged_dir
+from qwenvl_recipes.io import staged_dir
 
 SEED = 1234
 TINY_DINOV2 = dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from converters.files import staged_dir
+from qwenvl_recipes.io import staged_dir
 from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, TINY_VARIANTS, model_family, tiny_config
 
 SEED = 1234

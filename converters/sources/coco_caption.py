@@ -6,6 +6,7 @@ policy (limit, one seeded caption or all, resize, missing images) and yields rec
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, image_size, load_json_file,
-                              read_input_text, resized_copy, store_image_bytes)
-from converters.schema import InputError, Sample, Skip, SkipRecord, Turn
+from converters.images import (ImageFolderProbe, claimed_size, find_coco_image, image_size, resized_copy,
+                               store_image_bytes)
+from converters.options import size_wxh
+from converters.registry import Conversion, Source, register_source
+from converters.schema import Sample, Skip, SkipRecord, Turn
 from converters.sources.tables import hashable
+from qwenvl_recipes.io import InputError, read_input_text, read_json
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
 MODELSCOPE_PREFIX = "modelscope:"
@@ -271,9 +275,42 @@ def read_input(spec: str, ms_splits: Iterable[str]) -> Iterator[ImageGroup | tup
     path = files[0]
     if path.suffix.lower() == ".csv":
         return read_csv(path)
-    data = load_json_file(path, dict, "a COCO captions json")
+    data = read_json(path, dict, "a COCO captions json")
     if not isinstance(data.get("images"), list):
         raise InputError(f"{path}: not a COCO captions json (no 'images' list)")
     if "annotations" in data:
         return read_official(path, data)
     return read_karpathy(path, data)
+
+
+# ---- registration -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resize", type=size_wxh, default=None,
+                        help="write WxH copies under <out>/images and train on those (default: the originals)")
+    parser.add_argument("--captions-per-image", choices=("one", "all"), default="all",
+                        help="all captions, or one chosen per image with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="which caption --captions-per-image one keeps")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help='user text after <image> (the seed recipe used "COCO Yes:")')
+
+
+def read(args: argparse.Namespace, images: Path | None) -> Conversion:
+    inputs = input_files(args.input)
+    if not inputs:  # ModelScope rows: images come embedded or by absolute path, not from a data root
+        images = args.images
+    ms_splits = [{"val": "validation"}.get(args.split, args.split)] if args.split else list(MODELSCOPE_SPLITS)
+    items = expand_groups(read_input(args.input, ms_splits), images_dir=images, out=args.out,
+                          captions_per_image=args.captions_per_image, seed=args.seed, limit=args.limit,
+                          resize=args.resize, only_split=args.split, source=args.input)
+    return Conversion(items, to_sample, CaptionOptions(args.prompt), inputs)
+
+
+register_source(Source(
+    command="coco-caption", task="caption", dataset="coco_caption", help="COCO-2014 captions", description=__doc__,
+    input_help="captions_<split>2014.json | a folder of them | Karpathy dataset_coco.json | "
+               "CSV image_path,caption[,split] | modelscope:<dataset id>[:<subset>] "
+               "(e.g. modelscope:modelscope/coco_2014_caption)",
+    images_help="default: the input's folder (official COCO json: pass the folder holding train2014/, val2014/)",
+    add_arguments=add_arguments, read=read))

@@ -6,13 +6,16 @@ mask is all zeros of its size. A fake without its mask is kept and listed as mas
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.files import existing_image, image_size, is_file, resolve_image
+from converters.images import existing_image, image_size, is_file, resolve_image
+from converters.options import add_split_of_file
+from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
 from converters.sources.tables import row_source, split_rows
 
@@ -88,3 +91,32 @@ def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path
     if mask_size != tuple(size):
         raise SkipRecord(f"mask {path} is {mask_size[0]}x{mask_size[1]}, image is {size[0]}x{size[1]}", "mask_path")
     return path, None
+
+
+# ---- registration -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_split_of_file(parser)
+    parser.add_argument("--real-word", default="real", help="the answer for label 0")
+    parser.add_argument("--fake-word", default="fake", help="the answer for label 1")
+
+
+def read(args: argparse.Namespace, images: Path | None) -> Conversion:
+    source = Path(args.input)
+    items = read_list(source, images, only_split=args.split, limit=args.limit, file_split=args.split_of_file)
+    return Conversion(items, to_sample, ForgeryOptions(args.real_word, args.fake_word), [source])
+
+
+def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
+    """The mask a fake row names is there (the detection head reads it)."""
+    if row.get("mask") and not os.path.isfile(row["mask"]):
+        return [f"mask {row['mask']} does not exist"]
+    return []
+
+
+register_source(Source(
+    command="forgery", task="forgery", dataset="forgery", help="real/fake image classification with masks",
+    description=__doc__,
+    input_help='list JSON/JSONL/CSV of {"image_path", "label" 0|1, "mask_path" png | "HxW"[, "split"]}',
+    images_help="default: the input's folder", add_arguments=add_arguments, read=read, check_row=check_row))

@@ -12,13 +12,16 @@ whole steps.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.files import existing_image, image_size
+from converters.images import existing_image, image_size
+from converters.options import add_split_of_file, positive_int
+from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
 from converters.sources.tables import read_rows, row_source, row_split, split_rows
 
@@ -280,3 +283,46 @@ def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0
                 yield split, _with_images(base, [image_a, image_b], images_dir)
             except SkipRecord as skip:
                 yield split, Skip(base["id"], skip.reason, base["source"], skip.field)
+
+
+# ---- registration -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_split_of_file(parser)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help="user text after the two <image> tags (conversation rows keep their own)")
+    parser.add_argument("--steps-per-z", type=float, default=1.0, help="motor steps per z unit (z-stack input)")
+    parser.add_argument("--max-distance", type=positive_int, default=MAX_DISTANCE,
+                        help="largest plausible move in motor steps; a record beyond it is skipped")
+
+
+def read(args: argparse.Namespace, images: Path | None) -> Conversion:
+    source = Path(args.input)
+    if is_stack_table(source):
+        items = read_stacks(source, images, steps_per_z=args.steps_per_z, only_split=args.split, limit=args.limit,
+                            file_split=args.split_of_file)
+    else:
+        items = read_pairs(source, images, only_split=args.split, limit=args.limit, file_split=args.split_of_file)
+    return Conversion(items, to_sample, MicroscopyOptions(args.prompt, args.max_distance), [source])
+
+
+def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
+    """The answer is the JSON move the eval parses: direction +|- and a whole number of steps."""
+    last = row["messages"][-1] if row["messages"] else {}
+    try:
+        answer = json.loads(last.get("content", "") if isinstance(last, dict) else "")
+    except (json.JSONDecodeError, TypeError):
+        return ["assistant answer is not JSON"]
+    if not isinstance(answer, dict) or answer.get("direction") not in ("+", "-") \
+            or not isinstance(answer.get("distance"), int):
+        return ["answer lacks direction +|- or integer distance"]
+    return []
+
+
+register_source(Source(
+    command="microscopy", task="microscopy", dataset="microscopy", help="microscope focusing image pairs",
+    description=__doc__,
+    input_help="pairs JSON/JSONL/CSV (image1,image2,direction,distance[,analysis]) | conversation rows "
+               "(the seed's `conversations` JSONL/JSON) | z-stack CSV/JSON (stack_id,image,z,focus_z)",
+    images_help="default: the input's folder", add_arguments=add_arguments, read=read, check_row=check_row))

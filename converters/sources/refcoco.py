@@ -7,6 +7,7 @@ Every sentence of a ref becomes one record (REC and/or REG).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pickle
@@ -15,16 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from converters.boxes import render_box, render_grounding
-from converters.files import (ImageFolderProbe, claimed_size, find_coco_image, image_size,
-                              load_json_file, os_error_cause, read_input_bytes, store_image_bytes)
+from converters.boxes import default_pixels, parse_boxes, render_box, render_grounding
 from converters.geometry import clip_box, xywh_to_xyxy
+from converters.images import ImageFolderProbe, claimed_size, find_coco_image, image_size, store_image_bytes
+from converters.options import processor_pixels
+from converters.registry import Conversion, Source, register_source
 from converters.safe_pickle import load_plain_pickle
-from converters.schema import Box, InputError, Sample, Skip, SkipRecord, Turn
+from converters.schema import Box, Sample, Skip, SkipRecord, Turn
 from converters.sources.tables import hashable, select_splits
+from qwenvl_recipes.io import InputError, os_error_cause, read_input_bytes, read_json
 
 SPLITBYS = ("umd", "google", "unc")
-TASKS = ("rec", "reg")
+DIRECTIONS = ("rec", "reg")  # REC: expression -> box; REG: box -> expression
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def reg_prompt(box_text: str) -> str:
 
 
 def to_sample(record: dict, opts: RefOptions, resize_path: str = "hf") -> Sample:
-    """record: {"id", "task" rec|reg, "image", "size" (w, h), "phrase", "bbox" [4 floats], "bbox_format"}."""
+    """record: {"id", "direction" rec|reg, "image", "size" (w, h), "phrase", "bbox" [4 floats], "bbox_format"}."""
     phrase = " ".join(str(record["phrase"] or "").split())
     if not phrase:
         raise SkipRecord("empty referring expression", "sentence")
@@ -55,7 +58,7 @@ def to_sample(record: dict, opts: RefOptions, resize_path: str = "hf") -> Sample
     size = tuple(record["size"])
     pixels = dict(min_pixels=opts.min_pixels, max_pixels=opts.max_pixels, resize_path=resize_path,
                   processor_pixels=opts.processor_pixels)
-    if record["task"] == "rec":
+    if record["direction"] == "rec":
         turns = (Turn("user", rec_prompt(phrase, opts.family)),
                  Turn("assistant", render_grounding(phrase, box, size, opts.family, **pixels)))
     else:
@@ -84,19 +87,19 @@ def is_box(values: object) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
-def _skips(split: str, base: dict, phrases: list, tasks: tuple[str, ...], skip: SkipRecord):
+def _skips(split: str, base: dict, phrases: list, directions: tuple[str, ...], skip: SkipRecord):
     """The records a bad ref/row would have made, each skipped (one Skip when it has no phrase at all),
     so that written + skipped counts what the input holds."""
-    ids = [record["id"] for record in _records(base, phrases, tasks)] or [base["id"]]
+    ids = [record["id"] for record in _records(base, phrases, directions)] or [base["id"]]
     for record_id in ids:
         yield split, Skip(record_id, skip.reason, base["source"], skip.field)
 
 
-def _records(base: dict, phrases: Iterable[tuple[object, str]], tasks: tuple[str, ...]) -> Iterator[dict]:
+def _records(base: dict, phrases: Iterable[tuple[object, str]], directions: tuple[str, ...]) -> Iterator[dict]:
     for sent_id, phrase in phrases:
-        for task in tasks:
-            suffix = "" if task == "rec" else "_reg"
-            yield {**base, "id": f"{base['id']}_{sent_id}{suffix}", "task": task, "phrase": phrase}
+        for direction in directions:
+            suffix = "" if direction == "rec" else "_reg"
+            yield {**base, "id": f"{base['id']}_{sent_id}{suffix}", "direction": direction, "phrase": phrase}
 
 
 # ---- refer layout -----------------------------------------------------------------------------------
@@ -125,12 +128,12 @@ def load_refs(refs_path: Path) -> list:
     return refs
 
 
-def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None, tasks: tuple[str, ...],
+def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None, directions: tuple[str, ...],
                only_split: str | None = None, limit: int | None = None) -> Iterator[tuple[str, object]]:
     refs_path = find_refs_file(refer_dir, splitby)
     instances_path = refer_dir / "instances.json"
     refs = load_refs(refs_path)
-    instances = load_json_file(instances_path, dict, "a COCO instances json")
+    instances = read_json(instances_path, dict, "a COCO instances json")
     for key in ("images", "annotations"):
         if not isinstance(instances.get(key), list):
             raise InputError(f"{instances_path}: '{key}' must be a list, got {type(instances.get(key)).__name__}")
@@ -158,9 +161,9 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
             base["image"], base["size"] = _refer_image(images_dir, image, sizes, probe)
             base["bbox"] = boxes[ref["ann_id"]]
         except SkipRecord as skip:
-            yield from _skips(split, base, _ref_phrases(ref, strict=False), tasks, skip)
+            yield from _skips(split, base, _ref_phrases(ref, strict=False), directions, skip)
             continue
-        for record in _records(base, phrases, tasks):
+        for record in _records(base, phrases, directions):
             yield split, record
     probe.finish()
 
@@ -325,7 +328,7 @@ def detect_bbox_format(files: list[Path], tolerance: float = 2.0) -> str:
                      f"fit xywh, {xyxy_only} only fit xyxy; pass --bbox-format xywh or xyxy")
 
 
-def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format: str, tasks: tuple[str, ...],
+def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format: str, directions: tuple[str, ...],
                  only_split: str | None = None, limit: int | None = None,
                  tolerance: float = 2.0) -> Iterator[tuple[str, object]]:
     files = parquet_files(path)
@@ -348,9 +351,9 @@ def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format:
             base["bbox"] = bbox
             base["image"], base["size"] = _parquet_image(row, images_dir, out, probe)
         except SkipRecord as skip:
-            yield from _skips(split, base, phrases, tasks, skip)
+            yield from _skips(split, base, phrases, directions, skip)
             continue
-        for record in _records(base, phrases, tasks):
+        for record in _records(base, phrases, directions):
             yield split, record
     probe.finish()
 
@@ -386,3 +389,72 @@ def _find_parquet_image(images_dir: Path | None, name: str) -> str:
         if unsuffixed == name:
             raise
         return find_coco_image(images_dir, unsuffixed)
+
+
+# ---- registration -------------------------------------------------------------------------------------
+
+CHECK_BOX_TOLERANCE = 1.5  # px: integer model coordinates round to at most half a model unit
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--splitby", choices=SPLITBYS, default=None,
+                        help="which refs(<splitby>).p to read (default: the only one present)")
+    parser.add_argument("--bbox-format", choices=("xywh", "xyxy", "auto"), default="auto",
+                        help="parquet bbox format; auto only when the rows decide it (refer layout is always xywh)")
+    parser.add_argument("--direction", choices=(*DIRECTIONS, "both"), default="rec",
+                        help="rec: expression -> box; reg: box -> expression")
+    parser.add_argument("--min-pixels", type=int, default=None,
+                        help="default: the family's recipe value (converters.boxes)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="must equal the recipe's (default: the family's recipe value)")
+    parser.add_argument("--processor-config", dest="processor_pixels", metavar="DIR_OR_JSON",
+                        type=processor_pixels, default=None,
+                        help="checkpoint dir or preprocessor_config.json whose own pixel limits LLaMA-Factory's "
+                             "processor applies (default: the official Qwen checkpoints')")
+    parser.add_argument("--box-tolerance", type=float, default=2.0,
+                        help="px a box may overshoot the image and still be clipped instead of skipped")
+
+
+def read(args: argparse.Namespace, images: Path | None) -> Conversion:
+    low, high = default_pixels(args.model)
+    min_pixels, max_pixels = args.min_pixels or low, args.max_pixels or high
+    options = RefOptions(args.model, min_pixels, max_pixels, args.processor_pixels, args.box_tolerance)
+    directions = DIRECTIONS if args.direction == "both" else (args.direction,)
+    source = Path(args.input)
+    if source.is_dir() and any(source.glob("refs(*).p")):
+        items = read_refer(source, images, splitby=args.splitby, directions=directions, only_split=args.split,
+                           limit=args.limit)
+        inputs = [find_refs_file(source, args.splitby), source / "instances.json"]
+    else:
+        items = read_parquet(source, images, args.out, bbox_format=args.bbox_format, directions=directions,
+                             only_split=args.split, limit=args.limit, tolerance=args.box_tolerance)
+        inputs = parquet_files(source)
+    # Qwen2.5-VL boxes live in resized-image pixels, and the trainers resize differently.
+    return Conversion(items, to_sample, options, inputs, options={"min_pixels": min_pixels, "max_pixels": max_pixels},
+                      trainer_dependent=args.model == "qwen2_5_vl")
+
+
+def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
+    """Every box of a grounding row parses under the file's convention and lies inside its image."""
+    if not image_sizes or image_sizes[0] is None:
+        return []
+    width, height = image_sizes[0]
+    pixels = tuple(options["processor_pixels"]) if options.get("processor_pixels") else None
+    boxes = [box for message in row["messages"] if isinstance(message, dict)
+             for box in parse_boxes(message.get("content", ""), options["model"], (width, height),
+                                    min_pixels=options["min_pixels"], max_pixels=options["max_pixels"],
+                                    resize_path=resize_path, processor_pixels=pixels)]
+    problems = [] if boxes else ["no box parses in a grounding row"]
+    tolerance = CHECK_BOX_TOLERANCE
+    for box in boxes:
+        if (box.x1 < -tolerance or box.y1 < -tolerance or box.x2 > width + tolerance
+                or box.y2 > height + tolerance or box.x2 <= box.x1 or box.y2 <= box.y1):
+            problems.append(f"box {box} not inside the {width}x{height} image")
+    return problems
+
+
+register_source(Source(
+    command="refcoco", task="grounding", dataset="refcoco", help="RefCOCO/RefCOCO+/RefCOCOg grounding",
+    description=__doc__, input_help="refer directory (refs(<splitby>).p + instances.json) | parquet file or directory",
+    images_help="default: the input's folder (refer layout: pass the folder holding the COCO train2014/ images)",
+    add_arguments=add_arguments, read=read, check_row=check_row))

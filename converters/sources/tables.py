@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-from converters.files import decode_cause, load_json_file, os_error_cause, read_input_text
-from converters.schema import InputError, Skip
+from converters.schema import Skip
+from qwenvl_recipes.io import InputError, decode_cause, os_error_cause, read_input_text, read_json
 
 T = TypeVar("T")
 DEFAULT_SPLIT = "train"
@@ -50,7 +50,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | Skip]]:
         except OSError as error:
             raise InputError(f"{path}: {os_error_cause(error)}") from error
     else:
-        data = load_json_file(path, list, "a JSON list of rows")
+        data = read_json(path, list, "a JSON list of rows")
         for index, row in enumerate(data):
             yield index, row if isinstance(row, dict) else _not_an_object(path, index, row)
 

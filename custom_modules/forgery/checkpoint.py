@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from converters.files import atomic_open, write_text_atomic
+from qwenvl_recipes.io import atomic_open, write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules, attach, find_modules
 from custom_modules.forgery.settings import ForgerySettings, parse_settings
 

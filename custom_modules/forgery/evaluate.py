@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from converters.files import write_text_atomic
+from qwenvl_recipes.io import write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules
 from custom_modules.forgery.data import Collator, read_rows
 from custom_modules.forgery.losses import upsample_heatmaps

@@ -6,8 +6,6 @@ merger.py     SimpleVisionMerger (LayerNorm + MLP/Linear, one token per token)
 adapter.py    the module that replaces `model.model.visual`, DeepStack off
 processing.py the image processor whose image_grid_thw makes the prompt carry N placeholders
 training.py   stages, per-part learning rates, save / reload, the save callback
-files.py      atomic folder writes
-benchmark.py  stage-2 speed / memory on full-size random models (GPU)
 """
 
 from custom_modules.vision_encoder.settings import parse_settings as validate_config  # the recipe tests' hook

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
-from converters.files import staged_dir
+from qwenvl_recipes.io import staged_dir
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
 
 SAVED_FOLDER = "vision_encoder"

@@ -34,7 +34,7 @@ def converted(tmp_path_factory):
             command, make = SOURCES[task]
             source = make(root / f"src_{task}", **({"n": SOURCE_SIZES[task]} if task in SOURCE_SIZES else {}))
             out = root / f"{family}_{task}"
-            extra = ["--task", "both"] if task == "grounding" else []
+            extra = ["--direction", "both"] if task == "grounding" else []
             assert convert([command, "--input", str(source), "--out", str(out), "--model", family, *extra]) == 0
             made[task, family] = out
         return made[task, family]
@@ -171,4 +171,4 @@ def test_cli_run_and_compare(converted, tiny_model_dir, tmp_path, capsys):
     assert "0 of 2 shared samples judged differently." in (tmp_path / "r" / "report.md").read_text()
     assert eval_main(["run", "--task", "caption", "--model", str(model), "--data", str(data), "--out",
                       str(tmp_path / "c")]) == 2
-    assert "holds 'refcoco' data, not 'coco_caption'" in capsys.readouterr().err
+    assert "holds 'grounding' data (converter 'refcoco'), not 'caption' data" in capsys.readouterr().err

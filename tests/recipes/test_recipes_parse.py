@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from converters.boxes import default_pixels
+from converters.registry import TASK_NAMES
 from custom_modules.integrations import swift_plugin
 from tests.recipes.recipe_cases import RECIPES, recipe_id, run_parse_worker
-from tools.recipes_table import (HEADER_KEYS, METHODS, MODELS, README, TASKS, TRAINERS, discover,
+from tools.recipes_table import (HEADER_KEYS, METHODS, MODELS, README, TRAINERS, discover,
                                  render_readme)
 from tools.trainers import CPU_OVERRIDES
 
@@ -123,7 +124,7 @@ def test_name_follows_layout(recipe):
 
 def test_every_task_has_a_recipe_per_trainer():
     have = {(r.task, r.trainer) for r in RECIPES}
-    assert {(t, tr) for t in TASKS for tr in TRAINERS} <= have
+    assert {(t, tr) for t in TASK_NAMES for tr in TRAINERS} <= have
 
 
 def _converter_pixels(recipe) -> tuple[int, int]:

@@ -13,14 +13,14 @@ from tools.synthetic_data import make_coco_caption, make_forgery, make_refcoco
 def convert_refcoco(tmp_path: Path, *extra: str) -> Path:
     refer = make_refcoco(tmp_path / "refer", n=6, seed=5)
     out = tmp_path / "out"
-    assert main(["refcoco", "--input", str(refer), "--out", str(out), "--task", "both", *extra]) == 0
+    assert main(["refcoco", "--input", str(refer), "--out", str(out), "--direction", "both", *extra]) == 0
     return out
 
 
 def test_rerun_is_byte_identical_and_leaves_no_temp_files(tmp_path):
     out = convert_refcoco(tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert main(["refcoco", "--input", str(tmp_path / "refer"), "--out", str(out), "--task", "both", "--debug"]) == 0
+    assert main(["refcoco", "--input", str(tmp_path / "refer"), "--out", str(out), "--direction", "both", "--debug"]) == 0
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # --debug changes messages only
     assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -24,7 +24,7 @@ def rows(path: Path) -> list:
 
 
 def record(**changes):
-    base = {"id": "7_70", "task": "rec", "image": "/d/a.jpg", "size": (640, 480), "phrase": " the  red cat ",
+    base = {"id": "7_70", "direction": "rec", "image": "/d/a.jpg", "size": (640, 480), "phrase": " the  red cat ",
             "bbox": [10.2, 20.0, 289.8, 380.7], "bbox_format": "xywh"}
     return {**base, **changes}
 
@@ -45,7 +45,7 @@ def test_rec_sample_exact_per_family(family, answer, prompt):
 
 
 def test_reg_sample_puts_the_box_in_the_prompt():
-    sample = to_sample(record(task="reg", id="7_70_reg"), RefOptions("qwen3_vl", *PIXELS["qwen3_vl"]))
+    sample = to_sample(record(direction="reg", id="7_70_reg"), RefOptions("qwen3_vl", *PIXELS["qwen3_vl"]))
     assert [t.content for t in sample.turns] == [
         "<image>Describe the region [16, 42, 469, 835] in a short phrase.", "the red cat"]
 

@@ -44,8 +44,9 @@ def test_processor_limits_keep_resized_images():
 
 def _write_split(tmp_path, name, rows, files=None, options=None):
     (tmp_path / name).write_text(json.dumps(rows))
-    manifest = {"datasets": {name.rsplit(".", 1)[0]: {"task": "coco_caption", "files": files or {"llamafactory": name},
-                                                      "options": options or {"model": "qwen2_vl"}}}}
+    entry = {"task": "caption", "converter": "coco-caption", "files": files or {"llamafactory": name},
+             "options": options or {"model": "qwen2_vl"}}
+    manifest = {"datasets": {name.rsplit(".", 1)[0]: entry}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
 

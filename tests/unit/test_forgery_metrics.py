@@ -1,7 +1,6 @@
-"""Forgery metrics against scikit-learn on fixed arrays (ties, perfect and inverted rankings included)."""
+"""Forgery metrics against values computed by hand (ties, inverted rankings, one class, per-image pixel means)."""
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, jaccard_score, roc_auc_score
 
 from custom_modules.forgery.metrics import image_metrics, pixel_metrics
 
@@ -9,44 +8,44 @@ LABELS = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0])
 SCORES = np.array([0.1, 0.9, 0.4, 0.4, 0.65, 0.3, 0.8, 0.4, 0.55, 0.2, 0.9, 0.05])
 
 
-@pytest.mark.parametrize("scores", [SCORES, 1 - SCORES, LABELS * 0.5 + 0.25, np.full(12, 0.5)])
-def test_image_metrics_match_sklearn(scores):
-    metrics = image_metrics(LABELS, scores, threshold=0.5)
-    decided = (scores >= 0.5).astype(int)
-    assert metrics["auroc"] == pytest.approx(roc_auc_score(LABELS, scores), abs=1e-12)
-    assert metrics["ap"] == pytest.approx(average_precision_score(LABELS, scores), abs=1e-12)
-    assert metrics["f1"] == pytest.approx(f1_score(LABELS, decided, zero_division=0.0), abs=1e-12)
-    assert metrics["accuracy"] == pytest.approx(accuracy_score(LABELS, decided), abs=1e-12)
-    best = max(f1_score(LABELS, (scores >= t).astype(int)) for t in np.unique(scores))
-    assert metrics["best_f1"] == pytest.approx(best, abs=1e-12)
-    assert f1_score(LABELS, (scores >= metrics["best_f1_threshold"]).astype(int)) == pytest.approx(best)
-
-
-def test_image_metrics_known_values_and_single_class():
+def test_image_metrics_hand_computed():
     metrics = image_metrics(LABELS, SCORES, threshold=0.5)
     # 36 (fake, real) pairs: 0.9, 0.9 beat all 6 reals; 0.65, 0.55 beat 5 (not 0.8); each 0.4 beats 4 and
     # ties the real 0.4 (half) -> 12 + 10 + 9 = 31
     assert metrics["auroc"] == pytest.approx(31 / 36)
-    assert (metrics["n"], metrics["positives"]) == (12, 6)
+    # recall steps (precision there): 2/6 at 0.9 (2/2), 1/6 at 0.65 (3/4), 1/6 at 0.55 (4/5), 2/6 at the 0.4 tie
+    # (6/8) -> 1/3 + 1/8 + 2/15 + 1/4
+    assert metrics["ap"] == pytest.approx(101 / 120)
+    # >= 0.5: fakes 0.9, 0.65, 0.55, 0.9 found (TP 4), the real 0.8 (FP 1), fakes 0.4, 0.4 missed (FN 2)
+    assert metrics["f1"] == pytest.approx(8 / 11) and metrics["accuracy"] == pytest.approx(9 / 12)
+    # at 0.4 every fake is found with the reals 0.8 and 0.4: TP 6, FP 2 -> 12 / 14, the best of all thresholds
+    assert (metrics["best_f1"], metrics["best_f1_threshold"]) == (pytest.approx(6 / 7), 0.4)
+    assert (metrics["n"], metrics["positives"], metrics["threshold"]) == (12, 6, 0.5)
+
+
+def test_an_inverted_ranking_mirrors_auroc():
+    assert image_metrics(LABELS, 1 - SCORES)["auroc"] == pytest.approx(5 / 36)
+
+
+def test_one_class_leaves_ranking_metrics_undefined():
     only_fakes = image_metrics([1, 1, 1], [0.2, 0.7, 0.9])
-    assert only_fakes["auroc"] is None and only_fakes["ap"] is None and only_fakes["accuracy"] == pytest.approx(2 / 3)
+    assert only_fakes["auroc"] is None and only_fakes["ap"] is None
+    # decided 0, 1, 1: TP 2, FN 1
+    assert (only_fakes["f1"], only_fakes["accuracy"]) == (pytest.approx(4 / 5), pytest.approx(2 / 3))
+    assert (only_fakes["best_f1"], only_fakes["best_f1_threshold"]) == (1.0, 0.2)
+    only_reals = image_metrics([0, 0], [0.2, 0.7])
+    assert (only_reals["f1"], only_reals["accuracy"], only_reals["best_f1"]) == (0.0, 0.5, None)
 
 
-def test_pixel_metrics_match_sklearn_per_image_mean():
-    rng = np.random.default_rng(0)
-    masks = [np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))]
-    masks[0][2:5, 2:6] = 1
-    masks[1][0:8, 0:3] = 1
-    masks[2][6:8, 6:8] = 1
-    probs = [np.clip(m * 0.7 + rng.random((8, 8)) * 0.45, 0, 1) for m in masks]
+def test_pixel_metrics_hand_computed_per_image_mean():
+    masks = [np.array([[1, 1], [0, 0]]), np.array([[0, 0], [0, 1]])]
+    probs = [np.array([[0.9, 0.4], [0.6, 0.1]]), np.array([[0.2, 0.3], [0.1, 0.7]])]
     metrics = pixel_metrics(probs, masks)
-    f1s = [f1_score(m.ravel(), (p >= 0.5).ravel(), zero_division=0.0) for p, m in zip(probs, masks)]
-    ious = [jaccard_score(m.ravel(), (p >= 0.5).ravel(), zero_division=0.0) for p, m in zip(probs, masks)]
-    assert metrics["pixel_images"] == 3
-    assert metrics["pixel_f1"] == pytest.approx(np.mean(f1s), abs=1e-12)
-    assert metrics["pixel_iou"] == pytest.approx(np.mean(ious), abs=1e-12)
-    t = metrics["pixel_best_threshold"]
-    best = np.mean([f1_score(m.ravel(), (p >= t).ravel(), zero_division=0.0) for p, m in zip(probs, masks)])
-    assert metrics["pixel_best_f1"] == pytest.approx(best, abs=1e-12)
-    assert metrics["pixel_best_f1"] >= metrics["pixel_f1"]
+    # at 0.5: image 1 TP 1, FP 1, FN 1 (F1 1/2, IoU 1/3); image 2 exact (1, 1)
+    assert metrics["pixel_images"] == 2
+    assert (metrics["pixel_f1"], metrics["pixel_iou"]) == (pytest.approx(3 / 4), pytest.approx(2 / 3))
+    # above 0.3 and up to 0.4: image 1 TP 2, FP 1 (F1 4/5, IoU 2/3), image 2 exact; 0.35 is the first such grid
+    # point
+    assert metrics["pixel_best_threshold"] == 0.35
+    assert (metrics["pixel_best_f1"], metrics["pixel_best_iou"]) == (pytest.approx(9 / 10), pytest.approx(5 / 6))
     assert pixel_metrics([], [])["pixel_f1"] is None
