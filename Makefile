@@ -60,7 +60,7 @@ gpu-wheels:
 
 # Runs on a GPU machine with its own torch: it installs the carried wheels itself, so it needs no `install`.
 bench-gpu:
-	PYTHONUNBUFFERED=1 python3 -m tools.bench_train run --model $(MODEL) --out $(OUT) --wheels .whl $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PROFILE),--profile $(PROFILE))
+	PYTHONUNBUFFERED=1 python3 -m tools.bench run --model $(MODEL) --out $(OUT) --wheels .whl $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PROFILE),--profile $(PROFILE))
 
 # Resolve the human-edited pins into full locks (every transitive package pinned).
 lock:

@@ -1,7 +1,7 @@
 """Where the GPU waits: idle gaps between kernels in a torch.profiler chrome trace, and what the host was doing
 during each.
 
-    python -m tools.gpu_gaps OUT/trace_lf_ours.json.gz        # a trace written by `bench_train run --profile`
+    python -m tools.gpu_gaps OUT/trace_lf_ours.json.gz        # a trace written by `tools.bench run --profile`
 
 A training step whose kernels add up to less than its wall time loses the difference in gaps: the GPU has run out
 of queued work because the host synchronised (`.item()`, `.tolist()`, a data-dependent shape) and then spent time

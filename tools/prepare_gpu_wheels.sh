@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download, here, the wheels the GPU machine lacks for the trainer benchmarks (tools/bench_train.py), into
+# Download, here, the wheels the GPU machine lacks for the trainer benchmarks (tools/bench/), into
 # .whl/{common,lf,swift}: the GPU image has Python 3.12, torch 2.11 and transformers 5.17, but LLaMA-Factory 0.9.5
 # needs transformers <= 5.6 and the two trainers need different `datasets` (LF 4.0.0, ms-swift >= 4.7), so each
 # trainer gets its own install target there. Only what the image lacks, with --no-deps, keeps the carry small
@@ -8,7 +8,7 @@
 #   tools/prepare_gpu_wheels.sh [DEST]      # DEST defaults to .whl (ignored by git)
 #
 # Versions come from requirements/*.lock where pinned there, else from the explicit pins below.
-# On the GPU machine `python3 -m tools.bench_train run ... --wheels .whl` installs each set into its own
+# On the GPU machine `python3 -m tools.bench run ... --wheels .whl` installs each set into its own
 # --target folder (site-common, site-lf, site-swift) and runs each trainer on its own PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."

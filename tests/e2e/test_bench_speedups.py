@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tools.bench_train", "run", "--cpu", "--model", "qwen2_5_vl_7b",
+    command = [sys.executable, "-m", "tools.bench", "run", "--cpu", "--model", "qwen2_5_vl_7b",
                "--variants", "lf_ours_24gib", "swift_ours_24gib", "--steps", "1", "--warmup", "1", "--profile", "1",
                "--timeout", "400",
                "--out", str(out), "--work", str(tmp_path / "work"),

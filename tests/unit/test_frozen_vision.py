@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tools.bench_data import write_bench_data
-from tools.bench_train import encode_batch
+from tools.bench.worker import encode_batch
 from tools.tiny_models import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 LM_LORA = r".*language_model.*\.(q_proj|v_proj)"

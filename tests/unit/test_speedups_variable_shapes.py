@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tools.bench_data import write_bench_data
-from tools.bench_train import encode_batch
+from tools.bench.worker import encode_batch
 from tools.tiny_models import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 BATCH, BATCHES, SETTLED = 3, 6, 3  # graphs may still be added while the first SETTLED batches run

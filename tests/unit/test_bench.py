@@ -1,4 +1,4 @@
-"""The CPU-testable parts of tools/bench_train.py and tools/mfu.py: MFU arithmetic, counting, step windows, ratios,
+"""The CPU-testable parts of tools/bench/ and tools/mfu.py: MFU arithmetic, counting, step windows, ratios,
 table, schema, variant parsing and the trainer configs built from our perf recipes."""
 
 import gzip
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tools import bench_train as bt
+from tools.bench import orchestrator, records, variants, worker
 from tools.mfu import mfu, step_flops, training_mode
 
 
@@ -71,14 +71,14 @@ class TinyVL(torch.nn.Module):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_count_params_excludes_embeddings_and_lora(tied):
-    assert bt.count_params(TinyVL(tied)) == (72, 40)
+    assert records.count_params(TinyVL(tied)) == (72, 40)
 
 
 def test_count_params_on_a_real_tiny_qwen(tiny_model_dir):
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl"))
-    n_lm, n_vis = bt.count_params(model)
+    n_lm, n_vis = records.count_params(model)
     visual = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
     total = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()  # the tiny models tie the head to it
@@ -90,33 +90,33 @@ def test_batch_counts_padding_packing_and_images():
     ids = torch.ones(2, 5, dtype=torch.long)
     padded = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
               "image_grid_thw": torch.tensor([[1, 4, 4], [1, 2, 2]])}
-    assert bt.batch_counts(padded) == (2, 8, 20, 10)
+    assert records.batch_counts(padded) == (2, 8, 20, 10)
     packed = {"input_ids": torch.ones(1, 6, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 2, 2, 2, 0]]),
               "image_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
-    assert bt.batch_counts(packed) == (2, 5, 8, 6)
+    assert records.batch_counts(packed) == (2, 5, 8, 6)
     padding_free = {"input_ids": torch.ones(1, 7, dtype=torch.long), "position_ids": torch.arange(7)[None]}
-    assert bt.batch_counts(padding_free) == (1, 7, 0, 7)
+    assert records.batch_counts(padding_free) == (1, 7, 0, 7)
 
 
 def test_summarise_window_after_warmup():
     ends = [10.0, 11.0, 11.5, 12.0, 12.5]
     counts = [(2, 100, 50, 125)] * 5
-    summary = bt.summarise(ends, counts, warmup=2)
+    summary = records.summarise(ends, counts, warmup=2)
     assert summary["steps"] == 3 and summary["seconds"] == pytest.approx(1.5)
     assert summary["padding_share"] == pytest.approx(0.2)
     assert summary["samples_per_s"] == pytest.approx(4.0)
     assert summary["tokens_per_s"] == pytest.approx(200.0)
     with pytest.raises(ValueError):
-        bt.summarise(ends, counts, warmup=5)
+        records.summarise(ends, counts, warmup=5)
     with pytest.raises(ValueError):
-        bt.summarise(ends, counts[:4], warmup=1)
+        records.summarise(ends, counts[:4], warmup=1)
 
 
 @pytest.mark.parametrize("warmup,steps,accum,profile,expected", [
     (5, 20, 1, 0, (5, 25, 25)), (5, 20, 8, 0, (8, 32, 4)), (3, 8, 2, 0, (4, 12, 6)), (5, 20, 1, 2, (5, 25, 27)),
     (5, 20, 8, 2, (8, 32, 5))])
 def test_micro_steps_cover_whole_optimizer_steps(warmup, steps, accum, profile, expected):
-    warm, window, max_steps = bt.micro_steps(warmup, steps, accum, profile)
+    warm, window, max_steps = variants.micro_steps(warmup, steps, accum, profile)
     assert (warm, window, max_steps) == expected
     assert warm >= warmup and window - warm >= steps and max_steps * accum - window >= profile
 
@@ -128,26 +128,26 @@ def record(variant, rate, trainer="llamafactory", **extra):
 
 
 def test_ratios_against_seed_faster_example_and_faster_tuned_trainer():
-    records = bt.add_ratios([record("seed_loop", 2.0, "transformers"), record("trainer_default", 2.5),
-                             record("trainer_default", 3.0, "ms-swift"), record("trainer_tuned", 8.0),
-                             record("trainer_tuned", 6.0, "ms-swift"), record("ours", 12.0)])
-    assert [r["ratio_vs_seed"] for r in records] == [1.0, 1.25, 1.5, 4.0, 3.0, 6.0]
-    assert records[-1]["ratio_vs_best_default"] == pytest.approx(4.0)
-    assert records[-1]["ratio_vs_best_tuned"] == pytest.approx(1.5)
+    rows = records.add_ratios([record("seed_loop", 2.0, "transformers"), record("trainer_default", 2.5),
+                          record("trainer_default", 3.0, "ms-swift"), record("trainer_tuned", 8.0),
+                          record("trainer_tuned", 6.0, "ms-swift"), record("ours", 12.0)])
+    assert [r["ratio_vs_seed"] for r in rows] == [1.0, 1.25, 1.5, 4.0, 3.0, 6.0]
+    assert rows[-1]["ratio_vs_best_default"] == pytest.approx(4.0)
+    assert rows[-1]["ratio_vs_best_tuned"] == pytest.approx(1.5)
 
 
 def test_ratios_skip_failed_baselines():
     failed = record("seed_loop", None, "transformers", error="exit 1")
-    records = bt.add_ratios([failed, record("ours", 12.0)])
-    assert records[1]["ratio_vs_seed"] is None and records[1]["ratio_vs_best_default"] is None
-    assert records[1]["ratio_vs_best_tuned"] is None
+    rows = records.add_ratios([failed, record("ours", 12.0)])
+    assert rows[1]["ratio_vs_seed"] is None and rows[1]["ratio_vs_best_default"] is None
+    assert rows[1]["ratio_vs_best_tuned"] is None
 
 
 def test_table_rows_and_failures():
-    records = bt.add_ratios([record("seed_loop", 2.0, "transformers", settings="batch 2"),
-                             record("ours", 12.0, settings="batch 16", steps=20, padding_share=0.25),
-                             record("ours_24gib", None, error="exit 1: CUDA out of memory", settings="batch 8")])
-    lines = bt.format_table(records).splitlines()
+    rows = records.add_ratios([record("seed_loop", 2.0, "transformers", settings="batch 2"),
+                          record("ours", 12.0, settings="batch 16", steps=20, padding_share=0.25),
+                          record("ours_24gib", None, error="exit 1: CUDA out of memory", settings="batch 8")])
+    lines = records.format_table(rows).splitlines()
     assert lines[0].startswith("| model | data | trainer | variant |")
     assert lines[3] == ("| qwen2_5_vl_7b | coco, grounding text | llamafactory | ours | batch 16 | 20 | 12.00 | 3960 | "
                         "25% | 20.0 | 10.0% | 6.00 | - | - |")
@@ -155,42 +155,42 @@ def test_table_rows_and_failures():
 
 
 def test_record_schema():
-    bt.check_record(record("ours", 12.0))
+    records.check_record(record("ours", 12.0))
     with pytest.raises(ValueError, match="lacks"):
-        bt.check_record({k: v for k, v in record("ours", 1.0).items() if k != "device"})
+        records.check_record({k: v for k, v in record("ours", 1.0).items() if k != "device"})
     with pytest.raises(ValueError, match="lacks \\['data'\\]"):
-        bt.check_record({k: v for k, v in record("ours", 1.0).items() if k != "data"})
+        records.check_record({k: v for k, v in record("ours", 1.0).items() if k != "data"})
     with pytest.raises(ValueError, match="variant"):
-        bt.check_record(record("fast", 1.0))
+        records.check_record(record("fast", 1.0))
     with pytest.raises(ValueError, match="fraction"):
-        bt.check_record(dict(record("ours", 1.0), mfu=35.0))
+        records.check_record(dict(record("ours", 1.0), mfu=35.0))
 
 
 def test_report_writes_performance_json(tmp_path):
     source = tmp_path / "bench_qwen2_5_vl_7b.json"
     source.write_text(json.dumps([record("seed_loop", 2.0, "transformers"), record("ours", 12.0),
                                   record("ours_24gib", None, error="timeout after 150s")]))
-    bt.main(["report", str(source), "--docs", str(tmp_path)])
+    orchestrator.main(["report", str(source), "--docs", str(tmp_path)])
     written = json.loads((tmp_path / "performance.json").read_text())
     assert [r["variant"] for r in written] == ["seed_loop", "ours"]
 
 
 def test_parse_variant_overrides():
-    assert bt.parse_variant("lf_ours") == ("lf_ours", {})
-    assert bt.parse_variant("lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false") == (
+    assert variants.parse_variant("lf_ours") == ("lf_ours", {})
+    assert variants.parse_variant("lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false") == (
         "lf_ours", {"per_device_train_batch_size": 12, "enable_liger_kernel": False})
     with pytest.raises(ValueError, match="unknown variant"):
-        bt.parse_variant("fastest")
+        variants.parse_variant("fastest")
     with pytest.raises(ValueError, match="key=value"):
-        bt.parse_variant("lf_ours:batch")
+        variants.parse_variant("lf_ours:batch")
 
 
-@pytest.mark.parametrize("model_id", sorted(bt.TASKS))
+@pytest.mark.parametrize("model_id", sorted(variants.BENCH_MODELS))
 def test_every_planned_variant_has_its_recipe(model_id, tmp_path):
-    for name in bt.TASKS[model_id]["variants"]:
+    for name in variants.BENCH_MODELS[model_id]["variants"]:
         if name == "seed":
             continue
-        config, warm, window = bt.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data",
+        config, warm, window = variants.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data",
                                                  tmp_path, warmup=5, steps=20, cpu=False)
         accum = config["gradient_accumulation_steps"]
         assert warm % accum == 0 and warm >= 5
@@ -199,9 +199,9 @@ def test_every_planned_variant_has_its_recipe(model_id, tmp_path):
 
 
 def test_variant_overrides_reach_nested_settings(tmp_path):
-    name, overrides = bt.parse_variant("lf_ours:qwenvl_recipes.speedups.compile_language=true,"
+    name, overrides = variants.parse_variant("lf_ours:qwenvl_recipes.speedups.compile_language=true,"
                                        "per_device_train_batch_size=24")
-    config, _, _ = bt.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data", tmp_path,
+    config, _, _ = variants.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data", tmp_path,
                                      warmup=5, steps=20, cpu=False)
     assert config["qwenvl_recipes"] == {"speedups": {"compile_vision": True, "compile_language": True}}
     assert config["per_device_train_batch_size"] == 24
@@ -212,8 +212,8 @@ def test_plainly_tuned_variant_is_the_fast_recipe_without_our_block(model_id, tm
     args = dict(model_id=model_id, ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20,
                 cpu=False)
     for trainer in ("lf", "swift"):
-        plain, _, _ = bt.trainer_config(f"{trainer}_plain", {}, **args)
-        ours, _, _ = bt.trainer_config(f"{trainer}_ours", {}, **args)
+        plain, _, _ = variants.trainer_config(f"{trainer}_plain", {}, **args)
+        ours, _, _ = variants.trainer_config(f"{trainer}_ours", {}, **args)
         assert "qwenvl_recipes" in ours and "qwenvl_recipes" not in plain
         assert {k: v for k, v in ours.items() if k not in ("qwenvl_recipes", "output_dir")} == {
             k: v for k, v in plain.items() if k != "output_dir"}
@@ -251,14 +251,14 @@ def test_tiny_random_checkpoint_is_fp32(tmp_path):
 
 def test_meter_measures_the_window_and_traces_the_steps_after_it(tmp_path):
     trace = tmp_path / "trace_x.json.gz"
-    meter = bt.Meter(window=4, profile=2, trace_path=str(trace))
+    meter = worker.Meter(window=4, profile=2, trace_path=str(trace))
     model = torch.nn.Linear(3, 3)
     batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
              "image_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
     meter.n_lm = meter.n_vis = 1
     meter.modes = {"lm": "lora", "vision": "frozen"}
     for _ in range(7):
-        meter.counts.append(bt.batch_count_values(batch))
+        meter.counts.append(records.batch_count_values(batch))
         model(torch.randn(4, 3)).sum().backward()
         meter.step_end()
     record = meter.record(warmup=1)
@@ -274,7 +274,7 @@ def test_bench_rows_hold_every_variant_in_one_epoch():
 
     args = SimpleNamespace(model="qwen2_5_vl_7b", warmup=5, steps=20, profile=2, cpu=False)
     # our batch-16 recipes run 27 optimizer steps of 16: the window must not cross an epoch boundary
-    assert bt.rows_needed(["seed", "lf_default", "lf_ours"], args) == 16 * 27
-    assert bt.rows_needed(["seed"], args) == 128
+    assert variants.rows_needed(["seed", "lf_default", "lf_ours"], args) == 16 * 27
+    assert variants.rows_needed(["seed"], args) == 128
     with pytest.raises(ValueError, match="unknown variant"):
-        bt.rows_needed(["lf_fast"], args)
+        variants.rows_needed(["lf_fast"], args)

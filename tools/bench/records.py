@@ -1,0 +1,115 @@
+"""Counting, rates, ratios, tables and the record schema of the training benchmark (pure; unit-tested on CPU)."""
+
+from __future__ import annotations
+
+GIB = 1024 ** 3
+RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date",
+               "data")
+VARIANT_KINDS = ("seed_loop", "trainer_default", "trainer_tuned", "ours", "ours_24gib")
+
+
+def count_params(model) -> tuple[int, int]:
+    """(N_lm, N_vis) of a Qwen VL model, peft-wrapped or not: N_lm is the LM's non-embedding weights (input
+    embedding and output projection excluded, tools/mfu.py), N_vis the vision tower's
+    (encoder + merger); LoRA weights are not counted."""
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    n_lm = n_vis = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name or id(param) in embeddings:
+            continue
+        if ".visual." in f".{name}":
+            n_vis += param.numel()
+        else:
+            n_lm += param.numel()
+    return n_lm, n_vis
+
+
+def batch_count_values(inputs: dict) -> tuple:
+    """batch_counts() without reading GPU tensors back: tokens and patches may be 0-d tensors, so counting does
+    not synchronise the host with the GPU."""
+    input_ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and mask.shape == input_ids.shape:
+        tokens = (mask != 0).sum()  # LLaMA-Factory's packed masks hold segment ids, so count non-zeros
+    else:
+        tokens = input_ids.numel()
+    grid = inputs.get("image_grid_thw")
+    patches = grid.prod(-1).sum() if grid is not None else 0
+    samples = int(grid.shape[0]) if grid is not None else int(input_ids.shape[0])
+    return samples, tokens, patches, input_ids.numel()
+
+
+def batch_counts(inputs: dict) -> tuple[int, int, int, int]:
+    """(samples, tokens, patches, positions) of one collated batch: real tokens (padding excluded), ViT patches,
+    one sample per image (every benchmark sample has exactly one), and the batch's token positions (padding
+    included)."""
+    return tuple(int(v) for v in batch_count_values(inputs))
+
+
+def summarise(step_ends: list[float], counts: list[tuple[int, int, int, int]], warmup: int) -> dict:
+    """Steady-state rates from micro-step end times (seconds) and per-micro-step (samples, tokens, patches,
+    positions): the window runs from the end of micro-step `warmup` to the end of the last one. `padding_share` is
+    the share of the window's token positions that were padding."""
+    if len(step_ends) != len(counts):
+        raise ValueError(f"{len(step_ends)} step times but {len(counts)} step counts")
+    if len(step_ends) - warmup < 1 or warmup < 1:
+        raise ValueError(f"need at least one micro-step after {warmup} warm-up steps (>= 1), got {len(step_ends)}")
+    seconds = step_ends[-1] - step_ends[warmup - 1]
+    window = counts[warmup:]
+    samples, tokens, patches, positions = (sum(c[i] for c in window) for i in range(4))
+    return {"steps": len(window), "seconds": seconds, "samples": samples, "tokens": tokens, "patches": patches,
+            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+            "padding_share": 1 - tokens / positions if positions else 0.0}
+
+
+RATIOS = {"ratio_vs_seed": "seed_loop", "ratio_vs_best_default": "trainer_default",
+          "ratio_vs_best_tuned": "trainer_tuned"}
+
+
+def add_ratios(records: list[dict]) -> list[dict]:
+    """Each record of one model run gets its samples/s over the seed loop's, the faster trainer example's and the
+    faster plainly tuned trainer's (None where that baseline is absent or failed)."""
+    def best(kind):
+        rates = [r["samples_per_s"] for r in records if r["variant"] == kind and r.get("samples_per_s")]
+        return max(rates) if rates else None
+
+    for key, kind in RATIOS.items():
+        base = best(kind)
+        for r in records:
+            rate = r.get("samples_per_s")
+            r[key] = rate / base if rate and base else None
+    return records
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(records: list[dict]) -> str:
+    """Markdown table: model, trainer, settings, samples/s, tokens/s, GiB, MFU, ratios (error text if failed)."""
+    lines = ["| model | data | trainer | variant | settings | steps | samples/s | tokens/s | padding | peak GiB | "
+             "MFU | x seed | x best example | x best tuned |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        head = f"| {r['model']} | {r.get('data', '')} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} |"
+        if r.get("error"):
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | | | |")
+            continue
+        padding = r.get("padding_share")
+        lines.append(
+            f"{head} {r.get('steps', '')} | {_fmt(r['samples_per_s'], '.2f')} | {_fmt(r['tokens_per_s'], '.0f')} | "
+            f"{_fmt(padding * 100 if padding is not None else None, '.0f')}% | {_fmt(r['peak_gib'], '.1f')} | "
+            f"{_fmt(r['mfu'] * 100 if r['mfu'] is not None else None, '.1f')}% | "
+            + " | ".join(_fmt(r.get(key), '.2f') for key in RATIOS) + " |")
+    return "\n".join(lines)
+
+
+def check_record(record: dict) -> None:
+    """Raise ValueError unless `record` follows the docs/performance.json schema."""
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"record lacks {missing}: {record}")
+    if record["variant"] not in VARIANT_KINDS:
+        raise ValueError(f"variant {record['variant']!r} is not one of {VARIANT_KINDS}")
+    if not record.get("error") and not 0 < record["mfu"] < 1:
+        raise ValueError(f"mfu must be a fraction, got {record['mfu']}")
