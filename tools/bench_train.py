@@ -13,15 +13,16 @@ tuned trainer.
 
 Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
 `swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_plain` and
-`swift_plain` (the trainers plainly tuned: our fast recipe without its `qwenvl_recipes` block, i.e. batch 16, no
+`swift_plain` (the trainers plainly tuned: our fast recipe without our features (the `qwenvl_recipes` block; in
+ms-swift the plugin, its callbacks and QVR_* settings), i.e. batch 16, no
 gradient checkpointing, Liger, the same LoRA, only the trainer's own options), `lf_ours`, `swift_ours`,
 `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
 tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`; a dotted key sets a nested one
-(`lf_ours:qwenvl_recipes.speedups.compile_language=true`).
+(`lf_ours:qwenvl_recipes.speedups.compile_language=true`, `swift_ours:ENV.QVR_SPEEDUPS_COMPILE_LANGUAGE=true`).
 
 The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
 `run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
-calls directly), or through our entry points for recipes with a `qwenvl_recipes` block (the speedups feature),
+calls directly, its plugins named in the recipe), or `qvr-llamafactory` for recipes with a `qwenvl_recipes` block,
 with a callback that times each micro-step (CUDA events: the host is never synchronised with the GPU inside the
 run, which would take away the overlap the trainers have) and counts its tokens and image patches. The data holds
 one epoch of every variant's micro-steps (rows_needed). `--profile N` traces N micro-steps after the measured window
@@ -54,6 +55,8 @@ from pathlib import Path
 
 import yaml
 
+from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
+from custom_modules.recipe_keys import BLOCK_KEY as CUSTOM_KEY, ENV_PREFIX
 from tools.bench_data import write_bench_data
 from tools.mfu import mfu, step_flops, training_mode
 from tools.model_configs import FAMILY_OF_MODEL
@@ -224,6 +227,20 @@ SETTING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "g
                 "dataloader_num_workers", "torch_compile", "logging_nan_inf_filter", "qwenvl_recipes")
 
 
+def without_our_features(config: dict) -> dict:
+    """A recipe with only the trainer's own options: no `qwenvl_recipes` block (LLaMA-Factory); no plugin, no
+    callbacks of ours and no QVR_* settings (ms-swift)."""
+    config = {k: v for k, v in config.items() if k != CUSTOM_KEY}
+    if "external_plugins" in config:
+        plugins = [p for p in config.pop("external_plugins") if Path(p).name != "swift_plugin.py"]
+        config.update({"external_plugins": plugins} if plugins else {})
+    callbacks = [c for c in config.pop("callbacks", []) if c not in FEATURE_CALLBACKS.values()]
+    config.update({"callbacks": callbacks} if callbacks else {})
+    if "ENV" in config:
+        config["ENV"] = {k: v for k, v in config["ENV"].items() if not k.startswith(ENV_PREFIX)}
+    return config
+
+
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False});
     a dotted key names a nested setting (`qwenvl_recipes.speedups.compile_language=true`)."""
@@ -266,7 +283,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
         path = REPO_ROOT / source.format(model=model_id)
         config = yaml.safe_load(path.read_text())
         if kind == "trainer_tuned":
-            config.pop("qwenvl_recipes", None)  # the trainer's own options only
+            config = without_our_features(config)
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config
@@ -439,22 +456,18 @@ def install_meter(meter: Meter, on_train_end) -> None:
 
 
 def run_trainer(trainer: str, config_path: Path) -> None:
-    """Run the recipe as its header's Run line does: the trainer's CLI, or our entry point when the recipe has a
-    `qwenvl_recipes` block (custom_modules/integrations)."""
-    custom = "qwenvl_recipes" in yaml.safe_load(config_path.read_text())
-    if trainer == "llamafactory" and custom:
-        from custom_modules.integrations.llamafactory_entry import main as entry_main
+    """Run the recipe as its header's Run line does, in this process: `qvr-llamafactory train` for a LLaMA-Factory
+    recipe with a `qwenvl_recipes` block, else `llamafactory-cli train`; `swift sft` (a swift recipe names its
+    plugins itself, in external_plugins)."""
+    if trainer == "llamafactory" and CUSTOM_KEY in yaml.safe_load(config_path.read_text()):
+        from custom_modules.integrations.llamafactory_cli import main as qvr_llamafactory
 
-        entry_main([str(config_path)])
+        qvr_llamafactory(["train", str(config_path)])
     elif trainer == "llamafactory":
         from llamafactory.cli import main as lf_main
 
         sys.argv = ["llamafactory-cli", "train", str(config_path)]
         lf_main()
-    elif custom:
-        from custom_modules.integrations.swift_plugin import main as plugin_main
-
-        plugin_main(["sft", str(config_path)])
     else:
         from swift.cli.main import parse_yaml_args
         from swift.pipelines import sft_main

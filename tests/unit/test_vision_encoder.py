@@ -134,12 +134,14 @@ def test_prompt_placeholders_equal_encoder_tokens_in_hf_and_llamafactory(tiny_mo
 
 
 SWIFT_TOKEN_COUNT = """
-import json, sys
+import json, os, sys
 from PIL import Image
 from swift.model import get_processor
 from swift.template import get_template
-from custom_modules.integrations.swift_vision_encoder import MODEL_TYPE, register
-register({"encoder": "dinov2", "encoder_path": sys.argv[2]})
+# what a recipe's ENV block carries; importing the plugin registers the model type (as swift's import does)
+os.environ.update(QVR_VISION_ENCODER_ENCODER="dinov2", QVR_VISION_ENCODER_ENCODER_PATH=sys.argv[2])
+import custom_modules.integrations.swift_plugin
+from custom_modules.integrations.swift_vision_encoder import MODEL_TYPE
 processor = get_processor(sys.argv[1], model_type=MODEL_TYPE, check_model=False)
 template = get_template(processor)
 row = {"messages": [{"role": "user", "content": "<image>Findings?"}, {"role": "assistant", "content": "Clear."}],
