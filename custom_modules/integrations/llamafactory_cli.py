@@ -6,7 +6,8 @@
 `train` takes exactly `llamafactory-cli train`'s arguments (a .yaml/.json recipe, then OmegaConf `key=value`
 overrides; a dotted key reaches into our block: qwenvl_recipes.forgery.head_dim=64) and launches the same way:
 through torchrun when FORCE_TORCHRUN is set or more than one GPU is visible, with NNODES, NODE_RANK,
-NPROC_PER_NODE, MASTER_ADDR and MASTER_PORT read as LLaMA-Factory reads them. Every other command (export,
+NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT (and RDZV_ID, MIN_NNODES, MAX_NNODES, MAX_RESTARTS for an elastic
+launch) read as LLaMA-Factory reads them. Every other command (export,
 chat, webui, ...) is llamafactory-cli's own, run unchanged.
 
 LLaMA-Factory 0.9.5 has no plugin hook and rejects unknown recipe keys, so this command reads the recipe,
@@ -86,12 +87,21 @@ def distributed() -> bool:
 
 
 def torchrun_command(argv: list[str]) -> list[str]:
+    """torchrun's options as llamafactory-cli builds them, elastic launch (RDZV_ID) included."""
     from llamafactory.extras.misc import find_available_port, get_device_count
 
-    options = {"nnodes": os.getenv("NNODES", "1"), "node_rank": os.getenv("NODE_RANK", "0"),
-               "nproc_per_node": os.getenv("NPROC_PER_NODE", str(get_device_count())),
-               "master_addr": os.getenv("MASTER_ADDR", "127.0.0.1"),
-               "master_port": os.getenv("MASTER_PORT", str(find_available_port()))}
+    nnodes, nproc = os.getenv("NNODES", "1"), os.getenv("NPROC_PER_NODE", str(get_device_count()))
+    address = os.getenv("MASTER_ADDR", "127.0.0.1")
+    port = os.getenv("MASTER_PORT", str(find_available_port()))
+    if os.getenv("RDZV_ID") is not None:
+        if os.getenv("MIN_NNODES") is not None and os.getenv("MAX_NNODES") is not None:
+            nnodes = f"{os.environ['MIN_NNODES']}:{os.environ['MAX_NNODES']}"
+        options = {"nnodes": nnodes, "nproc-per-node": nproc, "rdzv-id": os.environ["RDZV_ID"],
+                   "rdzv-backend": "c10d", "rdzv-endpoint": f"{address}:{port}",
+                   "max-restarts": os.getenv("MAX_RESTARTS", "0")}
+    else:
+        options = {"nnodes": nnodes, "node_rank": os.getenv("NODE_RANK", "0"), "nproc_per_node": nproc,
+                   "master_addr": address, "master_port": port}
     flags = [part for key, value in options.items() for part in (f"--{key}", value)]
     return [sys.executable, "-m", "torch.distributed.run", *flags, "-m", WORKER_MODULE, *argv]
 

@@ -53,6 +53,8 @@ class ForgeryTemplate(Qwen2_5VLTemplate):
         return encoded
 
     def _data_collator(self, batch, *, padding_to=None):
+        if self.mask_size is None:
+            raise ValueError(f"template: {TEMPLATE} needs `callbacks: [{CALLBACK}]` (it attaches the forgery head)")
         rows = [sample.pop(ROW_KEY) for sample in batch]
         result = super()._data_collator(batch, padding_to=padding_to)
         result.update(forgery_fields(rows, self.mask_size))

@@ -236,3 +236,21 @@ def test_llamafactory_cli_splits_the_block_and_dispatches(tmp_path):
     # a bad setting is named with its key and the recipe file
     with pytest.raises(RecipeError, match=r"r\.yaml: .*qwenvl_recipes\.forgery\.head_checkpoint is required"):
         feature_callbacks("r.yaml", {"forgery": {"mode": "T4"}}, {"output_dir": str(tmp_path)})
+
+
+def test_llamafactory_cli_launches_torchrun_as_llamafactory_cli_does(monkeypatch):
+    from custom_modules.integrations.llamafactory_cli import WORKER_MODULE, torchrun_command
+
+    for key, value in dict(NNODES="2", NODE_RANK="1", NPROC_PER_NODE="4", MASTER_ADDR="10.0.0.1",
+                           MASTER_PORT="29500").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RDZV_ID", raising=False)
+    command = torchrun_command(["r.yaml", "max_steps=1"])
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert command[3:] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.1",
+                           "--master_port", "29500", "-m", WORKER_MODULE, "r.yaml", "max_steps=1"]
+    monkeypatch.setenv("RDZV_ID", "job")
+    monkeypatch.setenv("MIN_NNODES", "1")
+    monkeypatch.setenv("MAX_NNODES", "3")
+    assert torchrun_command(["r.yaml"])[3:13] == ["--nnodes", "1:3", "--nproc-per-node", "4", "--rdzv-id", "job",
+                                                  "--rdzv-backend", "c10d", "--rdzv-endpoint", "10.0.0.1:29500"]
