@@ -21,7 +21,7 @@ help:
 	@echo "make gpu-wheels          download the trainers' wheels a bare GPU machine lacks into .whl/"
 	@echo "make bench-gpu MODEL=qwen2_5_vl_7b OUT=dir [VARIANTS=...] [PROFILE=2]   (on the GPU machine; docs/performance.md)"
 
-install: $(LF_VENV)/.installed $(SWIFT_VENV)/.installed
+install: $(LF_VENV)/.project-installed $(SWIFT_VENV)/.project-installed
 
 # A venv is rebuilt when its lock changes; the stamp is written last, so an interrupted install is redone.
 $(LF_VENV)/.installed: requirements/llamafactory.lock
@@ -32,6 +32,13 @@ $(LF_VENV)/.installed: requirements/llamafactory.lock
 $(SWIFT_VENV)/.installed: requirements/swift.lock
 	@test -x $(SWIFT_PY) || $(PYTHON) -m venv $(SWIFT_VENV)
 	$(SWIFT_PY) -m pip install $(PIP_FLAGS) -r $<
+	@touch $@
+
+# The project itself, editable (the checkout's code, no copy) in each environment: the trainers' own commands
+# and the console scripts import it from any directory. --no-build-isolation builds with the environment's
+# own setuptools (no download); redone when pyproject.toml (packages, console scripts) changes.
+%/.project-installed: %/.installed pyproject.toml
+	$*/bin/python -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
 	@touch $@
 
 demo: install

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from custom_modules.integrations.env_settings import recipe_features
+from custom_modules.recipe_keys import BLOCK_KEY
 from qwenvl_recipes.io import write_text_atomic
 from tools.model_configs import FAMILY_OF_MODEL as MODELS  # model id in file names -> model family
 
@@ -26,8 +28,9 @@ TRAINERS = ("llamafactory", "swift")
 # longest first, so `lora_vit` is not read as `lora` + variant `vit`
 METHODS = ("lora_vit", "merger", "qlora", "lora", "full")
 HEADER_KEYS = ("Trains", "Data", "Run", "GPUs", "Effective batch")
-# Our own modules' settings; the trainers never see this key.
-CUSTOM_KEY = "qwenvl_recipes"
+# Our own modules' settings in a LLaMA-Factory recipe (qvr-llamafactory pops the block; ms-swift recipes carry
+# them in their ENV block instead: custom_modules.integrations.env_settings).
+CUSTOM_KEY = BLOCK_KEY
 # Recipes that merge an adapter instead of training (llamafactory-cli export / swift export).
 EXPORT_VARIANT = "export"
 
@@ -46,7 +49,7 @@ class Recipe:
     variant: str          # rest of the file name ("" when none)
     header: dict          # HEADER_KEYS found in the leading comment block
     config: dict          # the YAML, with CUSTOM_KEY removed
-    custom: dict | None   # the CUSTOM_KEY block, if any
+    custom: dict | None   # our features' settings, if any: the CUSTOM_KEY block, or a swift recipe's ENV QVR_*
 
     @property
     def rel(self) -> str:
@@ -98,6 +101,8 @@ def load_recipe(path: Path) -> Recipe:
     parts = path.relative_to(RECIPES_DIR).parts
     if len(parts) != 3:
         raise ValueError(f"{path}: expected recipes/<task>/<trainer>/<name>.yaml")
+    if parts[1] == "swift":
+        custom = recipe_features(config, str(path))
     model, method, variant = split_name(path.stem)
     return Recipe(path=path, task=parts[0], trainer=parts[1], model=model, method=method, variant=variant,
                   header=parse_header(text), config=config, custom=custom)

@@ -14,6 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
+from custom_modules.recipe_keys import BLOCK_KEY
 from tools.offline import offline_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +61,14 @@ def _words(value) -> list[str]:
 
 
 def train_command(trainer: str, recipe: str | os.PathLike, overrides: dict | None = None) -> list[str]:
-    """The user-facing command that trains `recipe` with `overrides` (a dict of recipe keys)."""
+    """The user-facing command that trains `recipe` with `overrides` (a dict of recipe keys): `swift sft`,
+    `llamafactory-cli train`, or `qvr-llamafactory train` for a LLaMA-Factory recipe with our features."""
     overrides = overrides or {}
     if trainer == "llamafactory":
         pairs = [f"{key}={','.join(_words(value))}" for key, value in overrides.items()]
-        return [str(venv_bin(trainer) / "llamafactory-cli"), "train", str(recipe), *pairs]
+        custom = BLOCK_KEY in (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {})
+        return [str(venv_bin(trainer) / ("qvr-llamafactory" if custom else "llamafactory-cli")), "train", str(recipe),
+                *pairs]
     if trainer == "swift":
         flags = [part for key, value in overrides.items() for part in (f"--{key}", *_words(value))]
         return [str(venv_bin(trainer) / "swift"), "sft", str(recipe), *flags]

@@ -21,9 +21,8 @@ EVAL_LOG = "forgery_eval.jsonl"
 
 class ForgeryCallback(TrainerCallback):
     def __init__(self, settings: ForgerySettings, processor: Callable[[], object]):
-        """processor: returns the trainer's processor (known only once the trainer has loaded it)."""
-        if settings.eval_file and not Path(settings.eval_file).is_file():
-            raise FileNotFoundError(f"qwenvl_recipes.forgery.eval_file: {settings.eval_file} does not exist")
+        """settings: with its paths resolved and checked (settings.resolve_paths); processor: returns the trainer's
+        processor (known only once the trainer has loaded it)."""
         self.settings, self.processor = settings, processor
         self.best_auroc = None
 

@@ -10,7 +10,11 @@ Modes (the seed study's T1-T5, plus the head warm-up that writes the checkpoint 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from custom_modules.recipe_keys import setting_key
 
 
 @dataclass(frozen=True)
@@ -70,27 +74,31 @@ def parse_settings(block: dict, where: str = "qwenvl_recipes.forgery") -> Forger
     known = {f.name for f in fields(ForgerySettings)}
     unknown = sorted(set(block) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{where}: unknown key(s) {[setting_key(where, k) for k in unknown]}; "
+                         f"known: {sorted(known)}")
     values = dict(block)
     mode = SEED_TASKS.get(values.get("mode"), values.get("mode"))
     if mode not in MODES:
-        raise ValueError(f"{where}.mode must be one of {sorted(MODES)} (or T1-T5), got {values.get('mode')!r}")
+        raise ValueError(f"{setting_key(where, 'mode')} must be one of {sorted(MODES)} (or T1-T5), "
+                         f"got {values.get('mode')!r}")
     values["mode"] = mode
     for key in ("head_blocks", "vit_lora_blocks"):
         if values.get(key) is not None:
             blocks = values[key]
             if not isinstance(blocks, (list, tuple)) or not blocks or not all(isinstance(b, int) for b in blocks):
-                raise ValueError(f"{where}.{key} must be a non-empty list of block indexes, got {blocks!r}")
+                raise ValueError(f"{setting_key(where, key)} must be a non-empty list of block indexes, got {blocks!r}")
             values[key] = tuple(sorted(set(blocks)))
     settings = ForgerySettings(**values)
     if not 0.0 <= settings.fusion_hidden_dropout < 1.0:
-        raise ValueError(f"{where}.fusion_hidden_dropout must be in [0, 1), got {settings.fusion_hidden_dropout}")
+        raise ValueError(f"{setting_key(where, 'fusion_hidden_dropout')} must be in [0, 1), "
+                         f"got {settings.fusion_hidden_dropout}")
     if not 0.0 <= settings.score_mix <= 1.0:
-        raise ValueError(f"{where}.score_mix must be in [0, 1], got {settings.score_mix}")
+        raise ValueError(f"{setting_key(where, 'score_mix')} must be in [0, 1], got {settings.score_mix}")
     if settings.spec.fusion and settings.fusion_tokens < 1:
-        raise ValueError(f"{where}.fusion_tokens must be >= 1 in mode {mode}")
+        raise ValueError(f"{setting_key(where, 'fusion_tokens')} must be >= 1 in mode {mode}")
     if settings.spec.head and not settings.spec.train_head and not settings.head_checkpoint:
-        raise ValueError(f"{where}.head_checkpoint is required in mode {mode} (a head_pretrain output dir)")
+        raise ValueError(f"{setting_key(where, 'head_checkpoint')} is required in mode {mode} "
+                         f"(a head_pretrain output dir)")
     if settings.positive_response == settings.negative_response:
         raise ValueError(f"{where}: positive_response and negative_response must differ")
     return settings
@@ -111,3 +119,27 @@ def resolve_blocks(settings: ForgerySettings, depth: int) -> tuple[tuple[int, ..
             raise ValueError(f"qwenvl_recipes.forgery.{key} {list(blocks)}: {bad} outside the model's "
                              f"ViT depth {depth} (valid 0..{depth - 1})")
     return head, lora
+
+
+def resolve_paths(settings: ForgerySettings, where: str, data_dir: str | None = None,
+                  output_dir: str | None = None) -> ForgerySettings:
+    """The settings with their paths following the run, each checked; errors name the key that sets it.
+
+    A relative eval_file is read in `data_dir` (the recipe's dataset_dir: converter output sits together), a
+    relative head_checkpoint in `output_dir` (a previous stage writes next to this one:
+    ../<head_pretrain recipe>/best_by_AUROC). Without a directory (ms-swift, whose own paths are relative to
+    the working directory) a path is used as written."""
+    def place(path: str | None, base: str | None) -> str | None:
+        # normpath: `output_dir/../stage` must resolve before output_dir exists
+        return os.path.normpath(Path(base) / path) if path and base and not Path(path).is_absolute() else path
+
+    settings = replace(settings, eval_file=place(settings.eval_file, data_dir),
+                       head_checkpoint=place(settings.head_checkpoint, output_dir))
+    if settings.eval_file and not Path(settings.eval_file).is_file():
+        raise FileNotFoundError(f"{setting_key(where, 'eval_file')}: {settings.eval_file} is not a file (the "
+                                f"converter's rows scored at each epoch end; set the key to one, or remove it)")
+    if settings.spec.head and not settings.spec.train_head and not Path(settings.head_checkpoint).is_dir():
+        raise FileNotFoundError(f"{setting_key(where, 'head_checkpoint')}: {settings.head_checkpoint} does not "
+                                f"exist (run the head_pretrain recipe first, or point the key at its "
+                                f"output_dir/best_by_AUROC)")
+    return settings

@@ -16,7 +16,8 @@ from pathlib import Path
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import attach_for_training
 from custom_modules.forgery.data import RowIndex, forgery_fields, read_rows
-from custom_modules.forgery.settings import parse_settings
+from custom_modules.forgery.settings import parse_settings, resolve_paths
+from custom_modules.recipe_keys import block_where
 
 
 def dataset_rows(dataset_dir: str, names: list[str]) -> list[dict]:
@@ -31,8 +32,12 @@ def dataset_rows(dataset_dir: str, names: list[str]) -> list[dict]:
     return rows
 
 
-def setup(block: dict) -> list:
-    settings = parse_settings(block)
+def setup(block: dict, args: dict) -> list:
+    """`args`: the recipe's LLaMA-Factory arguments; eval_file is read in its dataset_dir, head_checkpoint in its
+    output_dir."""
+    where = block_where("forgery")
+    settings = resolve_paths(parse_settings(block, where), where, data_dir=args.get("dataset_dir", "data"),
+                             output_dir=args.get("output_dir"))
     import llamafactory.train.sft.workflow as workflow
 
     state: dict = {}

@@ -18,16 +18,19 @@ from llamafactory.extras import logging
 from transformers import Trainer
 
 from custom_modules.vision_encoder.processing import attach_image_processor
-from custom_modules.vision_encoder.settings import parse_settings
+from custom_modules.recipe_keys import block_where
+from custom_modules.vision_encoder.settings import parse_settings, resolve_paths
 from custom_modules.vision_encoder.training import (SaveVisionEncoderCallback, apply_stage, param_groups,
                                                     prepare_model)
 
 logger = logging.get_logger(__name__)
 
 
-def install(section: dict) -> list:
-    """Patch LLaMA-Factory for the encoder described by `section`; returns the callbacks for run_exp."""
-    settings = parse_settings(section)
+def install(section: dict, args: dict) -> list:
+    """Patch LLaMA-Factory for the encoder described by `section`; returns the callbacks for run_exp.
+    `args`: the recipe's LLaMA-Factory arguments (a relative merger_path is read in their output_dir)."""
+    where = block_where("vision_encoder")
+    settings = resolve_paths(parse_settings(section, where), where, output_dir=args.get("output_dir"))
     loader = importlib.import_module("llamafactory.model.loader")
     sft_trainer = importlib.import_module("llamafactory.train.sft.trainer")
     original_patch_processor = loader.patch_processor

@@ -1,69 +1,84 @@
-"""The forgery feature inside ms-swift 4.6 (`swift sft`), registered by swift_plugin.
+"""The forgery feature in ms-swift 4.6 (`swift sft`), registered by swift_plugin under names a recipe selects:
 
-ms-swift keeps a row's `label` but drops `mask`, so the forgery label and mask are looked up by image path
-in the recipe's dataset files (rows written by `python -m converters forgery`). `register` patches:
-- SwiftSft.prepare_model: after swift's own tuner (the recipe's target_regex), attach the head/fusion and
-  read the rows of args.dataset / args.val_dataset;
-- Template.encode: each encoded sample also carries its image path (`forgery_image`);
-- Template.data_collator: turns those paths into forgery_labels / forgery_masks / forgery_mask_valid;
-- SwiftSft.train: the model receives input_ids + pixel_values (no template-side ViT pass), and the forgery
-  callback is added (heatmap warm-up step, head saving, best-AUROC evaluation).
+    template: qwen2_5_vl_forgery   callbacks: [forgery]   remove_unused_columns: false
+    ENV: {QVR_FORGERY_MODE: hybrid, QVR_FORGERY_HEAD_BLOCKS: [7, 15, 23, 31], ...}   (one variable per setting)
+
+- template `qwen2_5_vl_forgery`: swift's Qwen2.5-VL template whose samples also carry the row's `label` (one of
+  swift's own row keys) and `mask` (an extra column, kept by `remove_unused_columns: false`); its collator turns
+  them into forgery_labels / forgery_masks / forgery_mask_valid. The model gets input_ids + pixel_values as the
+  HF processor made them (swift's Qwen2/2.5-VL template would run the ViT in a pre-forward hook and pass
+  inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
+- callback `forgery`: when the trainer is built (after swift's own tuner: the recipe's target_regex) it attaches
+  the head/fusion, then steps the heatmap warm-up, saves the head beside every checkpoint and scores eval_file
+  at each epoch end (best AUROC kept in <output_dir>/best_by_AUROC).
+Paths (eval_file, head_checkpoint) are relative to the working directory, as swift's own dataset and
+output_dir are; a missing one is an error naming its ENV variable.
 """
 from __future__ import annotations
 
-from swift.pipelines.train.sft import SwiftSft
-from swift.template.base import Template
+from swift.callbacks import TrainerCallback, callbacks_map
+from swift.template import register_template
+from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
 
-from custom_modules.forgery.attach import base_model
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import attach_for_training
-from custom_modules.forgery.data import RowIndex, forgery_fields, read_rows
-from custom_modules.forgery.settings import parse_settings
+from custom_modules.forgery.data import forgery_fields
+from custom_modules.forgery.settings import ForgerySettings, parse_settings, resolve_paths
+from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
+from custom_modules.recipe_keys import env_where
 
-IMAGE_KEY = "forgery_image"
+TEMPLATE = "qwen2_5_vl_forgery"
+CALLBACK = FEATURE_CALLBACKS["forgery"]
+ROW_KEY = "forgery_row"
+WHERE = env_where("forgery")
 
 
-def image_path(image) -> str:
-    return image.get("path") if isinstance(image, dict) else image
+def settings_from(environment_settings) -> ForgerySettings:
+    """The recipe's QVR_FORGERY_* settings, checked, paths checked (`environment_settings`: swift_plugin's reader)."""
+    return resolve_paths(parse_settings(environment_settings("forgery"), WHERE), WHERE)
 
 
-def register(block: dict) -> None:
-    settings = parse_settings(block)
-    state: dict = {}
-    original_prepare_model = SwiftSft.prepare_model.__func__
-    original_train, original_encode, original_collator = SwiftSft.train, Template.encode, Template.data_collator
+class ForgeryTemplate(Qwen2_5VLTemplate):
+    mask_size: int | None = None  # set by the callback from the recipe's settings
 
-    def prepare_model(cls, args, model, **kwargs):
-        model = original_prepare_model(cls, args, model, **kwargs)
-        files = list(args.dataset or []) + list(getattr(args, "val_dataset", None) or [])
-        state["index"] = RowIndex([row for f in files for row in read_rows(f.split("#")[0])])
-        attach_for_training(model, settings, kwargs["template"].tokenizer)
-        # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated
-        # tokens (num_items_in_batch); the Trainer must not divide by the accumulation steps again
-        base_model(model).accepts_loss_kwargs = True
-        return model
-
-    def encode(self, inputs, *args, **kwargs):
-        images = inputs.get("images") if isinstance(inputs, dict) else getattr(inputs.chosen, "images", None)
-        encoded = original_encode(self, inputs, *args, **kwargs)
-        if images and isinstance(encoded, dict) and isinstance(image_path(images[0]), str):
-            encoded[IMAGE_KEY] = image_path(images[0])
+    def _encode(self, inputs):
+        encoded = super()._encode(inputs)
+        if "mask" not in inputs.extra_kwargs:
+            raise ValueError(f"template {TEMPLATE}: a row reached the template without its `mask` column; the recipe "
+                             "needs `remove_unused_columns: false` (rows from `python -m converters forgery`)")
+        if inputs.label is None:
+            raise ValueError(f"template {TEMPLATE}: a row has no `label` (rows from `python -m converters forgery`)")
+        # popped here, so the column does not also reach the model as a keyword argument
+        encoded[ROW_KEY] = {"label": inputs.label, "mask": inputs.extra_kwargs.pop("mask")}
         return encoded
 
-    def data_collator(self, batch, *args, **kwargs):
-        paths = [row.pop(IMAGE_KEY, None) for row in batch]
-        result = original_collator(self, batch, *args, **kwargs)
-        if all(paths) and "index" in state:
-            result.update(forgery_fields([state["index"].lookup(p) for p in paths], settings.mask_size))
+    def _data_collator(self, batch, *, padding_to=None):
+        if self.mask_size is None:
+            raise ValueError(f"template: {TEMPLATE} needs `callbacks: [{CALLBACK}]` (it attaches the forgery head)")
+        rows = [sample.pop(ROW_KEY) for sample in batch]
+        result = super()._data_collator(batch, padding_to=padding_to)
+        result.update(forgery_fields(rows, self.mask_size))
         return result
 
-    def train(self, trainer):
-        # swift's Qwen2/2.5-VL templates run the ViT in a pre-forward hook and hand the model inputs_embeds
-        # only; the forgery forward needs input_ids + pixel_values (fusion placement, the ViT-only modes),
-        # so the model gets the batch as the HF processor made it (what swift already does for Qwen3-VL)
-        trainer.template._post_encode = lambda model, inputs: inputs
-        trainer.add_callback(ForgeryCallback(settings, lambda: trainer.template.processor))
-        return original_train(self, trainer)
+    def _post_encode(self, model, inputs):
+        return inputs
 
-    SwiftSft.prepare_model = classmethod(prepare_model)
-    SwiftSft.train, Template.encode, Template.data_collator = train, encode, data_collator
+
+def register(environment_settings) -> None:
+    class SwiftForgeryCallback(TrainerCallback, ForgeryCallback):
+        def __init__(self, args, trainer):  # swift builds callbacks as cls(args, trainer)
+            if not isinstance(trainer.template, ForgeryTemplate):
+                raise ValueError(f"callbacks: [{CALLBACK}] needs `template: {TEMPLATE}` "
+                                 f"(got {type(trainer.template).__name__})")
+            TrainerCallback.__init__(self, args, trainer)
+            ForgeryCallback.__init__(self, settings_from(environment_settings), lambda: trainer.template.processor)
+            trainer.template.mask_size = self.settings.mask_size
+
+        def on_init_end(self, args, state, control, model=None, **kwargs):
+            attach_for_training(model, self.settings, self.trainer.template.tokenizer)
+            # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated
+            # tokens (num_items_in_batch); the Trainer must not divide by the accumulation steps again
+            self.trainer.model_accepts_loss_kwargs = True
+
+    register_template(QwenTemplateMeta(TEMPLATE, template_cls=ForgeryTemplate), exist_ok=True)
+    callbacks_map[CALLBACK] = SwiftForgeryCallback

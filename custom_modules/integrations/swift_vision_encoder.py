@@ -1,11 +1,13 @@
-"""ms-swift side of the custom vision encoder: a model type, its arch, and the save callback.
+"""ms-swift side of the custom vision encoder: a model type, its arch, and the save callback, registered by
+swift_plugin; a recipe selects them with `model_type: qwen3_vl_vision_encoder` (template qwen3_vl) and
+`callbacks: [vision_encoder_save]`, its settings in the ENV block (QVR_VISION_ENCODER_ENCODER=dinov2, ...).
 
-`register(section)` adds model_type `qwen3_vl_vision_encoder` (template qwen3_vl): the Qwen3-VL loader, then
-the encoder's image processor and the encoder + merger in place of `model.visual`. Its arch names
-`model.visual.encoder` the vision tower and `model.visual.merger` the aligner, so swift's own flags keep their
-meaning: `freeze_vit` freezes the encoder, `freeze_aligner: false` trains the merger (a modules_to_save under
-LoRA), `freeze_llm` the LM; `vit_lr` / `aligner_lr` / `learning_rate` are the encoder / merger / LM rates.
-Recipes list `callbacks: [vision_encoder_save]` so every checkpoint carries `vision_encoder/`.
+The model type's loader is the Qwen3-VL loader, then the encoder's image processor and the encoder + merger in
+place of `model.visual`. Its arch names `model.visual.encoder` the vision tower and `model.visual.merger` the
+aligner, so swift's own flags keep their meaning: `freeze_vit` freezes the encoder, `freeze_aligner: false`
+trains the merger (a modules_to_save under LoRA), `freeze_llm` the LM; `vit_lr` / `aligner_lr` /
+`learning_rate` are the encoder / merger / LM rates. The callback writes `vision_encoder/` beside every
+checkpoint. merger_path is relative to the working directory, as swift's own output_dir is.
 """
 
 from __future__ import annotations
@@ -15,29 +17,33 @@ from swift.model import ModelGroup, ModelMeta, MultiModelKeys, register_model, r
 from swift.model.models.qwen import Qwen3VLLoader
 from swift.template import TemplateType
 
+from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
+from custom_modules.recipe_keys import env_where
 from custom_modules.vision_encoder.processing import attach_image_processor
-from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
+from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings, resolve_paths
 from custom_modules.vision_encoder.training import SaveVisionEncoderCallback, prepare_model
 
 MODEL_TYPE = "qwen3_vl_vision_encoder"
-CALLBACK = "vision_encoder_save"
+CALLBACK = FEATURE_CALLBACKS["vision_encoder"]
+WHERE = env_where("vision_encoder")
 
 
-def register(section: dict) -> VisionEncoderSettings:
-    """Register the model type, arch and callback for the encoder described by `section`."""
-    settings = parse_settings(section)
+def register(environment_settings) -> None:
+    """Register the model type, arch and callback; the settings are read when swift loads the model."""
+    def settings() -> VisionEncoderSettings:
+        return resolve_paths(parse_settings(environment_settings("vision_encoder"), WHERE), WHERE)
 
     class VisionEncoderLoader(Qwen3VLLoader):
         def get_processor(self, model_dir, config):
             processor = super().get_processor(model_dir, config)
-            return attach_image_processor(processor, settings, config.vision_config.spatial_merge_size)
+            return attach_image_processor(processor, settings(), config.vision_config.spatial_merge_size)
 
         def get_model(self, model_dir, config, processor, model_kwargs):
-            return prepare_model(super().get_model(model_dir, config, processor, model_kwargs), settings)
+            return prepare_model(super().get_model(model_dir, config, processor, model_kwargs), settings())
 
     class SwiftSaveCallback(SaveVisionEncoderCallback):
         def __init__(self, args, trainer):  # swift builds callbacks as cls(args, trainer)
-            super().__init__(settings)
+            super().__init__(settings())
 
     register_model_arch(MultiModelKeys(MODEL_TYPE, language_model=["model.language_model", "lm_head"],
                                        aligner=["model.visual.merger"], vision_tower=["model.visual.encoder"]),
@@ -48,4 +54,3 @@ def register(section: dict) -> VisionEncoderSettings:
                              tags=["vision"]),
                    exist_ok=True)
     callbacks_map[CALLBACK] = SwiftSaveCallback
-    return settings

@@ -21,7 +21,8 @@
 
 `apply_speedups(model, settings, autocast)` applies the switched-on ones to a loaded model (peft-wrapped or not);
 `SpeedupsCallback` does it when a transformers Trainer begins training, after the trainer has loaded, frozen
-and wrapped the model. Recipes switch it on with `qwenvl_recipes: {speedups: {}}` (custom_modules/integrations).
+and wrapped the model. LLaMA-Factory recipes switch it on with `qwenvl_recipes: {speedups: {}}`, ms-swift recipes with
+`callbacks: [speedups]` (custom_modules/integrations).
 docs/performance.md has what each one gave (H100, H200).
 """
 from __future__ import annotations
@@ -30,25 +31,29 @@ import logging
 
 from transformers import TrainerCallback
 
+from custom_modules.recipe_keys import setting_key
+
 DEFAULTS = {"vision_attention": True, "vision_positions": True, "vision_mlp": True, "lora_input": True,
             "frozen_vision": True, "deepstack": True, "lm_head_loss": True, "parameter_count": True,
             "compile_vision": False, "compile_language": False}
 logger = logging.getLogger(__name__)
 
 
-def parse_settings(block: dict | None) -> dict:
-    """The recipe's `speedups` block over DEFAULTS; unknown keys and non-boolean values are errors."""
+def parse_settings(block: dict | None, where: str = "qwenvl_recipes.speedups") -> dict:
+    """The recipe's `speedups` settings over DEFAULTS; unknown keys and non-boolean values are errors naming the key
+    as the recipe spells it (`where`: see custom_modules.recipe_keys)."""
     block = block or {}
     unknown = sorted(set(block) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"qwenvl_recipes.speedups: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
-    wrong = sorted(k for k, v in block.items() if not isinstance(v, bool))
+        raise ValueError(f"{where}: unknown keys {[setting_key(where, k) for k in unknown]}; known: {sorted(DEFAULTS)}")
+    wrong = sorted(setting_key(where, k) for k, v in block.items() if not isinstance(v, bool))
     if wrong:
-        raise ValueError(f"qwenvl_recipes.speedups: {wrong} must be true or false")
+        raise ValueError(f"{where}: {wrong} must be true or false")
     settings = {**DEFAULTS, **block}
     if settings["compile_vision"] and not settings["vision_attention"]:
-        raise ValueError("qwenvl_recipes.speedups: compile_vision needs vision_attention (transformers' own vision "
-                         "attention splits each batch by its image sizes, and every new mix of sizes recompiles)")
+        raise ValueError(f"{setting_key(where, 'compile_vision')} needs {setting_key(where, 'vision_attention')} "
+                         "(transformers' own vision attention splits each batch by its image sizes, and every new "
+                         "mix of sizes recompiles)")
     return settings
 
 

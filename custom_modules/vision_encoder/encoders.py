@@ -73,7 +73,14 @@ def _prefix(settings: VisionEncoderSettings, default: int) -> int:
 def dinov2_spec(settings: VisionEncoderSettings) -> ImageSpec:
     from transformers import Dinov2Config
 
-    config = Dinov2Config.from_pretrained(settings.encoder_path)
+    try:
+        config = Dinov2Config.from_pretrained(settings.encoder_path)
+    except OSError as error:
+        raise OSError(f"vision_encoder encoder_path {settings.encoder_path!r} is neither a local folder with "
+                      f"config.json nor reachable on the hub ({error}). Download it once (`hf download "
+                      f"microsoft/rad-dino --local-dir DIR`) and set encoder_path to DIR: "
+                      f"qwenvl_recipes.vision_encoder.encoder_path in a LLaMA-Factory recipe, "
+                      f"QVR_VISION_ENCODER_ENCODER_PATH in an ms-swift recipe's ENV (or the shell)") from error
     preprocessor = _preprocessor_dict(settings.encoder_path)
     return _spec(settings, _side(preprocessor.get("crop_size")) or config.image_size, config.patch_size,
                  preprocessor.get("image_mean") or IMAGENET_MEAN, preprocessor.get("image_std") or IMAGENET_STD)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from custom_modules.recipe_keys import setting_key
 
 ENCODER_KINDS = ("dinov2", "timm", "module")
 MERGER_KINDS = ("mlp", "linear")
@@ -46,20 +50,38 @@ def parse_settings(raw: dict, source: str = "qwenvl_recipes.vision_encoder") -> 
     known = {f.name for f in dataclasses.fields(VisionEncoderSettings)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"{source}: unknown field(s) {', '.join(setting_key(source, k) for k in unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
     for required in ("encoder", "encoder_path"):
         if not raw.get(required):
-            raise ValueError(f"{source}: field {required!r} is required")
+            raise ValueError(f"{source}: {setting_key(source, required)} is required")
     settings = VisionEncoderSettings(**raw)
     choices = {"encoder": ENCODER_KINDS, "merger": MERGER_KINDS, "encoder_training": ENCODER_TRAINING,
                "stage": STAGES}
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
-            raise ValueError(f"{source}.{name}={getattr(settings, name)!r}; expected one of {list(allowed)}")
+            raise ValueError(f"{setting_key(source, name)}={getattr(settings, name)!r}; "
+                             f"expected one of {list(allowed)}")
     if settings.stage == 1 and settings.encoder_training != "frozen":
-        raise ValueError(f"{source}.encoder_training={settings.encoder_training!r}: stage 1 trains the merger only")
+        raise ValueError(f"{setting_key(source, 'encoder_training')}={settings.encoder_training!r}: "
+                         f"stage 1 trains the merger only")
     for name in ("image_mean", "image_std"):
         value = getattr(settings, name)
         if value is not None and (not isinstance(value, list) or len(value) != 3):
-            raise ValueError(f"{source}.{name}: expected a list of 3 numbers, got {value!r}")
+            raise ValueError(f"{setting_key(source, name)}: expected a list of 3 numbers, got {value!r}")
     return settings
+
+
+def resolve_paths(settings: VisionEncoderSettings, source: str, output_dir: str | None = None) -> VisionEncoderSettings:
+    """The settings with merger_path following the run, checked; errors name the key that sets it.
+
+    A relative merger_path is read in `output_dir` (stage 1 writes next to stage 2:
+    ../<stage 1 recipe>/vision_encoder); without a directory (ms-swift, whose own paths are relative to the
+    working directory) it is used as written."""
+    path = settings.merger_path
+    if path and output_dir and not Path(path).is_absolute():
+        path = os.path.normpath(Path(output_dir) / path)  # `output_dir/../stage1` before output_dir exists
+    if path and not (Path(path) / "merger.safetensors").is_file():
+        raise FileNotFoundError(f"{setting_key(source, 'merger_path')}: no merger.safetensors in {path} (run stage 1 "
+                                f"first, or point the key at its output_dir/vision_encoder)")
+    return dataclasses.replace(settings, merger_path=path)

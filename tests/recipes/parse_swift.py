@@ -1,10 +1,10 @@
 """Runs INSIDE .venv-swift: parse recipes with ms-swift's own YAML reader and argument classes.
 
-stdin: JSON list of {"path", "kind": "train"|"export", "config": {...}, "overrides": [flags], "env": {...}}
-(qwenvl_recipes already removed; "env" is what our swift plugin reads it from). Each config is expanded to
-argv by swift's `parse_yaml_args` (the code behind `swift sft recipe.yaml`, including its ENV block), the
-override flags follow, and the argv is parsed like `swift sft` / `swift export` do, unknown flags being
-errors. stdout (last line): JSON {path: null | error}.
+stdin: JSON list of {"path", "kind": "train"|"export", "config": {...}, "overrides": [flags]}. Each config is
+expanded to argv by swift's `parse_yaml_args` (the code behind `swift sft recipe.yaml`, including its ENV block,
+which carries our plugin's settings), the override flags follow, and the argv is parsed like `swift sft` /
+`swift export` do: the recipe's external_plugins are imported (our plugin checks its settings) and unknown flags
+are errors. stdout (last line): JSON {path: null | error}.
 """
 import json
 import os
@@ -21,7 +21,6 @@ CLASSES = {"train": SftArguments, "export": ExportArguments}
 
 
 def parse_one(item: dict) -> None:
-    os.environ.update(item["env"])
     # as in a fresh `swift sft` process, --external_plugins files are imported under THIS recipe's environment
     for name in [m for m in sys.modules if m.startswith("_swift_external_")]:
         del sys.modules[name]

@@ -3,7 +3,6 @@ its header, follows the naming scheme, and agrees with the converters on image r
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,6 @@ import pytest
 
 from converters.boxes import default_pixels
 from converters.registry import TASK_NAMES
-from custom_modules.integrations import swift_plugin
 from tests.recipes.recipe_cases import RECIPES, recipe_id, run_parse_worker
 from tools.recipes_table import (HEADER_KEYS, METHODS, MODELS, README, TRAINERS, discover,
                                  render_readme)
@@ -23,6 +21,7 @@ from tools.trainers import CPU_OVERRIDES
 # like bf16 is; only where a recipe sets them, so the override itself is always a known key.
 GPU_ONLY = {"use_liger_kernel": False}
 TYPO = "#with-typo"  # parse_results key of the seed recipe with a misspelt key
+SETTING_TYPO = "#with-setting-typo"  # ... of a swift forgery recipe with a misspelt setting of ours (ENV QVR_*)
 
 
 def parse_item(recipe, tiny_model_dir, tmp_path) -> dict:
@@ -49,11 +48,7 @@ def parse_item(recipe, tiny_model_dir, tmp_path) -> dict:
     else:
         config["model"] = tiny
         overrides += ["--torch_dtype", CPU_OVERRIDES["swift"]["torch_dtype"], "--check_model", "false"]
-    env = {}
-    if recipe.custom is not None:  # what `python -m custom_modules.integrations.swift_plugin sft recipe.yaml` does
-        overrides += ["--external_plugins", swift_plugin.__file__]
-        env[swift_plugin.ENV_KEY] = json.dumps(recipe.custom)
-    return {"path": recipe.rel, "kind": kind, "config": config, "overrides": overrides, "env": env}
+    return {"path": recipe.rel, "kind": kind, "config": config, "overrides": overrides}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +62,9 @@ def parse_results(tiny_model_dir, lf_bin, swift_bin, tmp_path_factory):
         typo = parse_item(_get(trainer, "caption", "qwen2_vl_2b_lora"), tiny_model_dir, tmp_path)
         typo["config"]["lora_rnak"] = 8
         items[trainer].append({**typo, "path": typo["path"] + TYPO})
+    forgery = parse_item(_get("swift", "forgery", "qwen2_5_vl_7b_t3_hybrid"), tiny_model_dir, tmp_path)
+    forgery["config"]["ENV"] = {**forgery["config"]["ENV"], "QVR_FORGERY_HEAD_BLOCK": [0, 1]}
+    items["swift"].append({**forgery, "path": forgery["path"] + SETTING_TYPO})
     with ThreadPoolExecutor(max_workers=len(TRAINERS)) as pool:  # the two workers overlap well on 2 cores
         parsed = [pool.submit(run_parse_worker, t, bins[t], items[t]) for t in TRAINERS]
         return {path: error for future in parsed for path, error in future.result().items()}
@@ -97,6 +95,13 @@ def test_parser_rejects_unknown_key(trainer, parse_results):
     assert error is not None and "lora_rnak" in error, error
 
 
+def test_swift_plugin_rejects_unknown_setting(parse_results):
+    """Our plugin, imported by swift's own parser from the recipe's external_plugins, checks the ENV settings."""
+    error = parse_results[_get("swift", "forgery", "qwen2_5_vl_7b_t3_hybrid").rel + SETTING_TYPO]
+    assert error is not None and "ENV QVR_FORGERY_HEAD_BLOCK is not a forgery setting" in error, error
+    assert "QVR_FORGERY_HEAD_BLOCKS" in error  # the known names are listed
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
 def test_header_block(recipe):
     missing = [key for key in HEADER_KEYS if not recipe.header.get(key)]
@@ -104,6 +109,11 @@ def test_header_block(recipe):
     run = recipe.header["Run"]
     assert recipe.rel in run, f"{recipe.rel}: the Run line does not name the recipe itself: {run}"
     words = shlex.split(run.replace("<", "").replace(">", ""))
+    commands = [w for w in words if "=" not in w][:2]  # after any VAR=value prefix
+    assert commands in (["llamafactory-cli", "train"], ["llamafactory-cli", "export"], ["qvr-llamafactory", "train"],
+                        ["swift", "sft"], ["swift", "export"]), f"{recipe.rel}: not a trainer's command: {run}"
+    # LLaMA-Factory rejects our block: a recipe with it runs with qvr-llamafactory, and only one with it does
+    assert (commands[0] == "qvr-llamafactory") == (recipe.trainer == "llamafactory" and recipe.custom is not None), run
     if "swift" in words:
         # ms-swift 4.6 reads a YAML only as the first argument after the subcommand; `--config` is not a flag
         assert "--config" not in words, \

@@ -46,3 +46,16 @@ def test_the_scan_sees_nested_and_from_imports(tmp_path):
     source = tmp_path / "mod.py"
     source.write_text("import os.path\nfrom . import sibling\n\ndef f():\n    from tools.mfu import mfu\n")
     assert imported_roots(source) == {"os", "tools"}
+
+
+def test_nothing_edits_sys_path():
+    """The project is installed (pyproject.toml, `make install`): imports resolve without path edits, from any
+    directory and inside the trainers' processes."""
+    edits = []
+    for part in sorted(PARTS | {"tests"}):
+        for path in sorted((REPO_ROOT / part).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                        and node.value.id == "sys"):
+                    edits.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not edits, f"sys.path used at {edits}"

@@ -211,12 +211,19 @@ def test_variant_overrides_reach_nested_settings(tmp_path):
 def test_plainly_tuned_variant_is_the_fast_recipe_without_our_block(model_id, tmp_path):
     args = dict(model_id=model_id, ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20,
                 cpu=False)
-    for trainer in ("lf", "swift"):
-        plain, _, _ = variants.trainer_config(f"{trainer}_plain", {}, **args)
-        ours, _, _ = variants.trainer_config(f"{trainer}_ours", {}, **args)
-        assert "qwenvl_recipes" in ours and "qwenvl_recipes" not in plain
-        assert {k: v for k, v in ours.items() if k not in ("qwenvl_recipes", "output_dir")} == {
-            k: v for k, v in plain.items() if k != "output_dir"}
+    lf_plain, _, _ = variants.trainer_config("lf_plain", {}, **args)
+    lf_ours, _, _ = variants.trainer_config("lf_ours", {}, **args)
+    assert "qwenvl_recipes" in lf_ours and "qwenvl_recipes" not in lf_plain
+    assert {k: v for k, v in lf_ours.items() if k not in ("qwenvl_recipes", "output_dir")} == {
+        k: v for k, v in lf_plain.items() if k != "output_dir"}
+    # ms-swift: our features are the plugin, its callback and the ENV block's QVR_* settings
+    swift_plain, _, _ = variants.trainer_config("swift_plain", {}, **args)
+    swift_ours, _, _ = variants.trainer_config("swift_ours", {}, **args)
+    assert swift_ours["external_plugins"] == ["custom_modules/integrations/swift_plugin.py"]
+    assert swift_ours["callbacks"] == ["speedups"] and swift_ours["ENV"]["QVR_SPEEDUPS_COMPILE_VISION"] is True
+    theirs = {k: v for k, v in swift_ours.items() if k not in ("external_plugins", "callbacks", "ENV", "output_dir")}
+    assert theirs == {k: v for k, v in swift_plain.items() if k not in ("ENV", "output_dir")}
+    assert swift_plain["ENV"] == {k: v for k, v in swift_ours["ENV"].items() if not k.startswith("QVR_")}
 
 
 def test_random_checkpoint_loads_with_real_pixel_limits_and_is_reused(tmp_path):

@@ -29,3 +29,23 @@ def test_every_option_is_documented_with_its_default(parser):
         elif action.option_strings and not action.required and "default" not in formatted:
             undocumented.append(f"{action.option_strings[0]}: no default in {formatted!r}")
     assert undocumented == [], text
+
+
+def test_qvr_llamafactory_help_says_it_takes_llamafactory_cli_arguments(capsys):
+    from custom_modules.integrations.llamafactory_cli import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--help"])
+    assert exit_status.value.code == 0
+    text = capsys.readouterr().out
+    assert "qvr-llamafactory train recipe.yaml [key=value ...]" in text and "FORCE_TORCHRUN" in text
+
+
+@pytest.mark.parametrize("script,subcommand", [("qvr-convert", "coco-caption"), ("qvr-eval", "score"),
+                                               ("qvr-llamafactory", "train")])
+def test_console_scripts_run_from_any_directory(script, subcommand, lf_bin, tmp_path):
+    """`make install` put the project's console scripts into the environment; they need no checkout as cwd."""
+    import subprocess
+
+    result = subprocess.run([str(lf_bin / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and subcommand in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]

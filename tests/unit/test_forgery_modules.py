@@ -15,7 +15,8 @@ from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.losses import forgery_loss, heatmap_loss, upsample_heatmaps
 from custom_modules.forgery.settings import MODES, default_head_blocks, parse_settings, resolve_blocks
 from custom_modules.forgery.vit import find_visual, lora_target_regex, lora_targets, patch_grids, unpermute
-from custom_modules.integrations.llamafactory_entry import feature_callbacks, load_recipe
+from custom_modules.integrations.env_settings import recipe_features
+from custom_modules.integrations.llamafactory_cli import RecipeError, feature_callbacks, read_recipe
 from tools.synthetic_data import make_forgery
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,10 +53,12 @@ def build(tiny, mode, **extra):
 def test_settings_validation_names_the_key():
     assert parse_settings({"mode": "T3"}).mode == "hybrid"
     assert default_head_blocks(32) == (7, 15, 23, 31) and default_head_blocks(2) == (0, 1)
-    with pytest.raises(ValueError, match="unknown key.*head_block"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['qwenvl_recipes\.forgery\.head_block'\]"):
         parse_settings({"mode": "T1", "head_block": [1]})
-    with pytest.raises(ValueError, match="head_checkpoint is required"):
+    with pytest.raises(ValueError, match=r"qwenvl_recipes\.forgery\.head_checkpoint is required"):
         parse_settings({"mode": "T4"})
+    with pytest.raises(ValueError, match="QVR_FORGERY_HEAD_CHECKPOINT is required"):  # an ms-swift ENV block
+        parse_settings({"mode": "T4"}, where="QVR_FORGERY")
     with pytest.raises(ValueError, match=r"head_blocks \[7, 15, 23, 31\]: \[7, 15, 23, 31\] outside .* depth 2"):
         resolve_blocks(parse_settings({"mode": "T1", "head_blocks": [7, 15, 23, 31]}), 2)
     assert resolve_blocks(parse_settings({"mode": "T1", "vit_lora_blocks": [31]}), 32) == ((7, 15, 23, 31), (31,))
@@ -204,8 +207,11 @@ def test_recipes_match_their_mode(trainer, mode):
     variant = {"vit_lora_head": "t1_vit_lora_head", "lm_supervised": "t2_lm_supervised", "hybrid": "t3_hybrid",
                "frozen_head": "t4_frozen_head", "frozen_head_hybrid": "t5_frozen_head_hybrid",
                "head_pretrain": "head_pretrain"}[mode]
-    recipe = yaml.safe_load((REPO / "recipes/forgery" / trainer / f"qwen2_5_vl_7b_{variant}.yaml").read_text())
-    settings = parse_settings(recipe["qwenvl_recipes"]["forgery"])
+    path = REPO / "recipes/forgery" / trainer / f"qwen2_5_vl_7b_{variant}.yaml"
+    recipe = yaml.safe_load(path.read_text())
+    # LLaMA-Factory: the qwenvl_recipes block; ms-swift: the ENV block's QVR_FORGERY_* variables
+    features = recipe["qwenvl_recipes"] if trainer == "llamafactory" else recipe_features(recipe, str(path))
+    settings = parse_settings(features["forgery"])
     assert settings.mode == mode
     _, vit_blocks = resolve_blocks(settings, 32)  # the 7B ViT depth
     spec = settings.spec
@@ -218,12 +224,33 @@ def test_recipes_match_their_mode(trainer, mode):
         assert recipe.get("target_regex") == (lora_target_regex(targets) if targets else None)
 
 
-def test_llamafactory_entry_splits_the_block_and_dispatches(tmp_path):
+def test_llamafactory_cli_splits_the_block_and_dispatches(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stage: sft\nqwenvl_recipes:\n  forgery:\n    mode: T1\n")
-    args, block = load_recipe(str(recipe), ["qwenvl_recipes.forgery.head_dim=64", "max_steps=3"])
+    args, block = read_recipe([str(recipe), "qwenvl_recipes.forgery.head_dim=64", "max_steps=3"])
     assert args == {"stage": "sft", "max_steps": 3} and block == {"forgery": {"mode": "T1", "head_dim": 64}}
-    # each feature is "module:function", imported when used, called with its settings, returning callbacks
-    assert feature_callbacks({"demo": "[1, 2]"}, {"demo": "json:loads"}) == [1, 2]
-    with pytest.raises(ValueError, match="unknown feature"):
-        feature_callbacks({"forgeryy": {}})
+    # each feature is "module:function(settings, args)", imported when used, returning callbacks
+    assert feature_callbacks("r.yaml", {"demo": [1]}, [2], {"demo": "operator:concat"}) == [1, 2]
+    with pytest.raises(RecipeError, match=r"r\.yaml: qwenvl_recipes\.forgeryy: unknown feature"):
+        feature_callbacks("r.yaml", {"forgeryy": {}}, {})
+    # a bad setting is named with its key and the recipe file
+    with pytest.raises(RecipeError, match=r"r\.yaml: .*qwenvl_recipes\.forgery\.head_checkpoint is required"):
+        feature_callbacks("r.yaml", {"forgery": {"mode": "T4"}}, {"output_dir": str(tmp_path)})
+
+
+def test_llamafactory_cli_launches_torchrun_as_llamafactory_cli_does(monkeypatch):
+    from custom_modules.integrations.llamafactory_cli import WORKER_MODULE, torchrun_command
+
+    for key, value in dict(NNODES="2", NODE_RANK="1", NPROC_PER_NODE="4", MASTER_ADDR="10.0.0.1",
+                           MASTER_PORT="29500").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RDZV_ID", raising=False)
+    command = torchrun_command(["r.yaml", "max_steps=1"])
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert command[3:] == ["--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.1",
+                           "--master_port", "29500", "-m", WORKER_MODULE, "r.yaml", "max_steps=1"]
+    monkeypatch.setenv("RDZV_ID", "job")
+    monkeypatch.setenv("MIN_NNODES", "1")
+    monkeypatch.setenv("MAX_NNODES", "3")
+    assert torchrun_command(["r.yaml"])[3:13] == ["--nnodes", "1:3", "--nproc-per-node", "4", "--rdzv-id", "job",
+                                                  "--rdzv-backend", "c10d", "--rdzv-endpoint", "10.0.0.1:29500"]

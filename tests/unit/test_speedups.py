@@ -122,8 +122,10 @@ def test_speedups_settings():
 
     assert parse_settings({}) == DEFAULTS and parse_settings(None) == DEFAULTS
     assert parse_settings({"compile_vision": True})["compile_vision"] is True
-    with pytest.raises(ValueError, match="unknown keys \\['vision_atention'\\]"):
+    with pytest.raises(ValueError, match="unknown keys \\['qwenvl_recipes.speedups.vision_atention'\\]"):
         parse_settings({"vision_atention": False})
+    with pytest.raises(ValueError, match="unknown keys \\['QVR_SPEEDUPS_VISION_ATENTION'\\]"):  # ms-swift ENV
+        parse_settings({"vision_atention": False}, where="QVR_SPEEDUPS")
     with pytest.raises(ValueError, match="true or false"):
         parse_settings({"lora_input": "yes"})
 

@@ -87,14 +87,16 @@ def train_steps(model, inputs, settings, steps=3, lr=1e-2):
 
 
 def test_settings_errors_name_the_field(dinov2_dir):
-    with pytest.raises(ValueError, match="unknown field.*encoder_lrr"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) qwenvl_recipes\.vision_encoder\.encoder_lrr"):
         settings_for(dinov2_dir, encoder_lrr=1e-5)
     with pytest.raises(ValueError, match="merger='conv'"):
         settings_for(dinov2_dir, merger="conv")
     with pytest.raises(ValueError, match="stage 1 trains the merger only"):
         settings_for(dinov2_dir, encoder_training="lora")
-    with pytest.raises(ValueError, match="'encoder_path' is required"):
+    with pytest.raises(ValueError, match=r"qwenvl_recipes\.vision_encoder\.encoder_path is required"):
         parse_settings({"encoder": "dinov2"})
+    with pytest.raises(ValueError, match="QVR_VISION_ENCODER_ENCODER_PATH is required"):  # an ms-swift ENV block
+        parse_settings({"encoder": "dinov2"}, source="QVR_VISION_ENCODER")
 
 
 def test_processor_uses_encoder_size_and_normalisation(dinov2_dir):
@@ -132,12 +134,14 @@ def test_prompt_placeholders_equal_encoder_tokens_in_hf_and_llamafactory(tiny_mo
 
 
 SWIFT_TOKEN_COUNT = """
-import json, sys
+import json, os, sys
 from PIL import Image
 from swift.model import get_processor
 from swift.template import get_template
-from custom_modules.integrations.swift_vision_encoder import MODEL_TYPE, register
-register({"encoder": "dinov2", "encoder_path": sys.argv[2]})
+# what a recipe's ENV block carries; importing the plugin registers the model type (as swift's import does)
+os.environ.update(QVR_VISION_ENCODER_ENCODER="dinov2", QVR_VISION_ENCODER_ENCODER_PATH=sys.argv[2])
+import custom_modules.integrations.swift_plugin
+from custom_modules.integrations.swift_vision_encoder import MODEL_TYPE
 processor = get_processor(sys.argv[1], model_type=MODEL_TYPE, check_model=False)
 template = get_template(processor)
 row = {"messages": [{"role": "user", "content": "<image>Findings?"}, {"role": "assistant", "content": "Clear."}],

@@ -13,15 +13,15 @@ tuned trainer.
 
 Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
 `swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_plain` and
-`swift_plain` (the trainers plainly tuned: our fast recipe without its `qwenvl_recipes` block, i.e. batch 16, no
-gradient checkpointing, Liger, the same LoRA, only the trainer's own options), `lf_ours`, `swift_ours`,
+`swift_plain` (the trainers plainly tuned: our fast recipe without our features (the `qwenvl_recipes` block; in
+ms-swift the plugin, its callbacks and QVR_* settings), i.e. batch 16, no gradient checkpointing, Liger, the same LoRA, only the trainer's own options), `lf_ours`, `swift_ours`,
 `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
 tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`; a dotted key sets a nested one
-(`lf_ours:qwenvl_recipes.speedups.compile_language=true`).
+(`lf_ours:qwenvl_recipes.speedups.compile_language=true`, `swift_ours:ENV.QVR_SPEEDUPS_COMPILE_LANGUAGE=true`).
 
 The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
 `run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
-calls directly), or through our entry points for recipes with a `qwenvl_recipes` block (the speedups feature),
+calls directly, its plugins named in the recipe), or `qvr-llamafactory` for recipes with a `qwenvl_recipes` block,
 with a callback that times each micro-step (CUDA events: the host is never synchronised with the GPU inside the
 run, which would take away the overlap the trainers have) and counts its tokens and image patches. The data holds
 one epoch of every variant's micro-steps (rows_needed). `--profile N` traces N micro-steps after the measured window

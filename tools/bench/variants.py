@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
+from custom_modules.recipe_keys import BLOCK_KEY as CUSTOM_KEY, ENV_PREFIX
 from tools.model_configs import FAMILY_OF_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +62,20 @@ SETTING_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "g
                 "dataloader_num_workers", "torch_compile", "logging_nan_inf_filter", "qwenvl_recipes")
 
 
+def without_our_features(config: dict) -> dict:
+    """A recipe with only the trainer's own options: no `qwenvl_recipes` block (LLaMA-Factory); no plugin, no
+    callbacks of ours and no QVR_* settings (ms-swift)."""
+    config = {k: v for k, v in config.items() if k != CUSTOM_KEY}
+    if "external_plugins" in config:
+        plugins = [p for p in config.pop("external_plugins") if Path(p).name != "swift_plugin.py"]
+        config.update({"external_plugins": plugins} if plugins else {})
+    callbacks = [c for c in config.pop("callbacks", []) if c not in FEATURE_CALLBACKS.values()]
+    config.update({"callbacks": callbacks} if callbacks else {})
+    if "ENV" in config:
+        config["ENV"] = {k: v for k, v in config["ENV"].items() if not k.startswith(ENV_PREFIX)}
+    return config
+
+
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False});
     a dotted key names a nested setting (`qwenvl_recipes.speedups.compile_language=true`)."""
@@ -102,7 +118,7 @@ def trainer_config(name: str, overrides: dict, model_id: str, ckpt: Path, data: 
         path = REPO_ROOT / source.format(model=model_id)
         config = yaml.safe_load(path.read_text())
         if kind == "trainer_tuned":
-            config.pop("qwenvl_recipes", None)  # the trainer's own options only
+            config = without_our_features(config)
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from custom_modules.recipe_keys import BLOCK_KEY as CUSTOM_KEY
 from tools.bench.records import GIB, batch_count_values, count_params, summarise
 from tools.mfu import mfu, step_flops, training_mode
 
@@ -154,22 +155,18 @@ def install_meter(meter: Meter, on_train_end) -> None:
 
 
 def run_trainer(trainer: str, config_path: Path) -> None:
-    """Run the recipe as its header's Run line does: the trainer's CLI, or our entry point when the recipe has a
-    `qwenvl_recipes` block (custom_modules/integrations)."""
-    custom = "qwenvl_recipes" in yaml.safe_load(config_path.read_text())
-    if trainer == "llamafactory" and custom:
-        from custom_modules.integrations.llamafactory_entry import main as entry_main
+    """Run the recipe as its header's Run line does, in this process: `qvr-llamafactory train` for a LLaMA-Factory
+    recipe with a `qwenvl_recipes` block, else `llamafactory-cli train`; `swift sft` (a swift recipe names its
+    plugins itself, in external_plugins)."""
+    if trainer == "llamafactory" and CUSTOM_KEY in yaml.safe_load(config_path.read_text()):
+        from custom_modules.integrations.llamafactory_cli import main as qvr_llamafactory
 
-        entry_main([str(config_path)])
+        qvr_llamafactory(["train", str(config_path)])
     elif trainer == "llamafactory":
         from llamafactory.cli import main as lf_main
 
         sys.argv = ["llamafactory-cli", "train", str(config_path)]
         lf_main()
-    elif custom:
-        from custom_modules.integrations.swift_plugin import main as plugin_main
-
-        plugin_main(["sft", str(config_path)])
     else:
         from swift.cli.main import parse_yaml_args
         from swift.pipelines import sft_main

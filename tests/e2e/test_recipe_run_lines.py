@@ -1,0 +1,213 @@
+"""Every recipe with our features (forgery, vision encoder, speedups) trains by its header's Run line, word for
+word, from a directory outside the repository, on the tiny models: `qvr-llamafactory train <recipe>` and
+`swift sft <recipe>`, found on PATH (the trainer's environment, where `make install` installed the project).
+
+Only what a one-step CPU run on the tiny models needs is added: the tiny model, the converted data, one logged
+step without warm-up, float32 and no GPU kernels (bf16, Liger, torch.compile), the tiny ViT's block indexes (2
+blocks, where the 7B has 32) and the tiny encoder. LLaMA-Factory runs get dataset_dir / output_dir overrides, so
+their paths (eval_file, head_checkpoint, merger_path) must follow those; ms-swift runs start in a directory laid
+out as the recipes expect (data/<name>/, outputs/ written there), so their own relative paths are used unchanged,
+and swift is given the installed plugin file, since it resolves external_plugins against the working directory.
+The hybrid forgery recipe runs on two processes in both trainers (torchrun, gloo on CPU). Runs that need an
+earlier stage (T4/T5 the head pretraining, stage 2 stage 1) start it first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from custom_modules.forgery.vit import lora_target_regex, lora_targets
+from tests.recipes.recipe_cases import RECIPES, recipe_id
+from tools import synthetic_data
+from tools.tiny_dinov2 import ensure_tiny_dinov2
+from tools.trainers import REPO_ROOT, loss_history, run_logged, trainer_env, venv_bin
+
+CUSTOM = [r for r in RECIPES if r.custom is not None]
+TINY_BLOCKS = (0, 1)  # the tiny Qwen2.5-VL ViT's blocks, for the 7B recipes' 7/15/23/31
+TWO_PROCESSES = "qwen2_5_vl_7b_t3_hybrid"
+MASTER_PORTS = {"llamafactory": "29591", "swift": "29592"}
+# recipe data folder name -> (tools.synthetic_data maker, converter subcommand, converter arguments)
+DATA = {
+    "forgery": (synthetic_data.make_forgery, "forgery", []),
+    "report": (synthetic_data.make_coco_caption, "coco-caption", ["--name", "report", "--split", "train"]),
+    "refcoco": (synthetic_data.make_refcoco, "refcoco", ["--name", "refcoco", "--max-pixels", "200704"]),
+}
+
+
+def data_name(recipe) -> str:
+    """The recipe's data folder: data/<name>/ in its dataset_dir (LLaMA-Factory) or dataset path (ms-swift)."""
+    config = recipe.config
+    return Path(config["dataset_dir"] if recipe.trainer == "llamafactory" else config["dataset"]).parts[1]
+
+
+def previous_stage(recipe) -> str | None:
+    """The recipe whose output this one reads: T4/T5 the pretrained head, stage 2 stage 1's merger."""
+    stem = recipe.path.stem
+    if "_t4_" in stem or "_t5_" in stem:
+        return "qwen2_5_vl_7b_head_pretrain"
+    return stem.replace("stage2", "stage1") if stem.endswith("stage2") else None
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """(converted data: (name, family) -> dir, the tiny encoder, the installed swift plugin file), made with the
+    installed console scripts from outside the repository."""
+    root = tmp_path_factory.mktemp("run-lines")
+    made = {}
+
+    def data(name: str, family: str) -> Path:
+        if (name, family) not in made:
+            maker, command, extra = DATA[name]
+            source = maker(root / "source" / f"{name}-{family}", n=8, seed=3)
+            if name == "report":
+                source = source / "captions_train2014.json"
+            out = root / "data" / family / name
+            subprocess.run([venv_bin("llamafactory") / "qvr-convert", command, "--input", str(source),
+                            "--out", str(out), "--model", family, *extra],
+                           cwd=root, env=trainer_env("llamafactory"), check=True, capture_output=True)
+            made[name, family] = out
+        return made[name, family]
+
+    plugin = subprocess.run([venv_bin("swift") / "python", "-m", "custom_modules.integrations.swift_plugin"],
+                            cwd=root, env=trainer_env("swift"), check=True, capture_output=True, text=True)
+    return root, data, ensure_tiny_dinov2(REPO_ROOT / ".cache" / "tiny-dinov2"), plugin.stdout.strip()
+
+
+def tiny_lora(recipe) -> tuple[str, object] | None:
+    """The recipe's LoRA targets on the tiny model (its ViT blocks renumbered), when they name ViT blocks."""
+    key = "lora_target" if recipe.trainer == "llamafactory" else "target_regex"
+    targets = str(recipe.config.get(key, ""))
+    if "blocks" not in targets:
+        return None
+    lm = "q_proj" in targets
+    names = lora_targets("qwen2_5_vl", TINY_BLOCKS, lm)
+    return key, ",".join(names) if recipe.trainer == "llamafactory" else lora_target_regex(names)
+
+
+def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path | None, plugin: str):
+    """(argv, extra environment) of the recipe's Run line plus the tiny-run overrides."""
+    words = shlex.split(recipe.header["Run"])
+    words[words.index(recipe.rel)] = str(recipe.path)  # the run starts outside the repository
+    custom, config = recipe.custom, recipe.config
+    settings = {}  # feature -> {key: value}
+    if "head_blocks" in custom.get("forgery", {}):
+        settings.setdefault("forgery", {})["head_blocks"] = list(TINY_BLOCKS)
+    if "vision_encoder" in custom:
+        settings["vision_encoder"] = {"encoder_path": str(encoder)}
+    if custom.get("speedups", {}).get("compile_vision"):
+        settings["speedups"] = {"compile_vision": False}  # minutes of CPU compilation for a one-step run
+    # one step, logged, without warm-up (a warm-up step has learning rate 0)
+    overrides = {"max_steps": 1, "logging_steps": 1, "warmup_ratio": 0,
+                 **({"use_liger_kernel": False} if "use_liger_kernel" in config else {})}
+    if lora := tiny_lora(recipe):
+        overrides[lora[0]] = lora[1]
+    env = {}
+    if recipe.trainer == "llamafactory":
+        overrides.update(model_name_or_path=tiny, dataset_dir=data_dir, output_dir=output_dir, bf16=False)
+        overrides.update({f"qwenvl_recipes.{feature}.{key}": json.dumps(value) if isinstance(value, list) else value
+                          for feature, values in settings.items() for key, value in values.items()})
+        words += [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                  for key, value in overrides.items()]
+        if recipe.path.stem == TWO_PROCESSES:
+            env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": MASTER_PORTS["llamafactory"]}
+    else:
+        overrides.update(model=tiny, torch_dtype="float32", check_model=False, external_plugins=plugin)
+        words += [part for key, value in overrides.items()
+                  for part in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
+        env = {f"QVR_{feature.upper()}_{key.upper()}": json.dumps(value) if isinstance(value, list) else str(value)
+               for feature, values in settings.items() for key, value in values.items()}
+        if recipe.path.stem == TWO_PROCESSES:
+            env.update(NPROC_PER_NODE="2", MASTER_PORT=MASTER_PORTS["swift"])
+    return words, env
+
+
+@pytest.fixture(scope="module")
+def trained(workspace, tiny_model_dir):
+    """trained(recipe) -> its output dir, after running its Run line (and its previous stage's first)."""
+    root, data, encoder, plugin = workspace
+    done = {}
+
+    def train(recipe) -> Path:
+        if recipe.rel in done:
+            return done[recipe.rel]
+        if stage := previous_stage(recipe):
+            train(next(r for r in CUSTOM if (r.trainer, r.task, r.path.stem) == (recipe.trainer, recipe.task, stage)))
+        data_dir = data(data_name(recipe), recipe.family)
+        if recipe.trainer == "llamafactory":
+            cwd, output_dir = root / "llamafactory", root / "llamafactory-out" / recipe.path.stem
+        else:  # a directory laid out as the recipe expects: data/<name>/ here, outputs/ written here
+            cwd = root / f"swift-{recipe.family}"
+            (cwd / "data").mkdir(parents=True, exist_ok=True)
+            if not (cwd / "data" / data_dir.name).exists():
+                (cwd / "data" / data_dir.name).symlink_to(data_dir)
+            output_dir = cwd / recipe.config["output_dir"]
+        cwd.mkdir(parents=True, exist_ok=True)
+        words, env = run_line(recipe, tiny_model_dir(recipe.family), data_dir, encoder,
+                              output_dir if recipe.trainer == "llamafactory" else None, plugin)
+        log = root / "logs" / f"{recipe_id(recipe).replace('/', '_')}.log"
+        run_logged(words, log, env=trainer_env(recipe.trainer, **env), cwd=cwd, timeout=600)
+        done[recipe.rel] = output_dir
+        return output_dir
+
+    return train
+
+
+def saved(recipe, out: Path) -> Path:
+    """Where the final weights are: LLaMA-Factory's output_dir, swift's last checkpoint (adapters, head)."""
+    return out if recipe.trainer == "llamafactory" else out / "checkpoint-1"
+
+
+@pytest.mark.parametrize("recipe", CUSTOM, ids=recipe_id)
+def test_run_line_trains_the_recipe(recipe, trained, workspace):
+    root = workspace[0]
+    out = trained(recipe)
+    losses = [loss for _, loss in loss_history(recipe.trainer, out)]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    log = (root / "logs" / f"{recipe_id(recipe).replace('/', '_')}.log").read_text(encoding="utf-8")
+    if "forgery" in recipe.custom:
+        assert (out / "forgery_head.safetensors").is_file() and (out / "forgery_settings.json").is_file()
+        # eval_file followed the data: the converter's val split (one real, one fake) was scored
+        evals = [json.loads(line) for line in (out / "forgery_eval.jsonl").read_text().splitlines()]
+        assert evals[-1]["n"] == 2 and evals[-1]["auroc"] is not None
+        assert (out / "best_by_AUROC" / "forgery_head.safetensors").is_file()
+        if recipe.custom["forgery"]["mode"] in ("frozen_head", "frozen_head_hybrid"):
+            # the head came from the previous stage, frozen: it is saved exactly as loaded
+            pretrained = out.parent / "qwen2_5_vl_7b_head_pretrain" / "best_by_AUROC" / "forgery_head.safetensors"
+            head, loaded = load_file(out / "forgery_head.safetensors"), load_file(pretrained)
+            assert [k for k in loaded if k.startswith("head.")]
+            assert all(torch.equal(head[k], loaded[k]) for k in loaded if k.startswith("head."))
+    if "vision_encoder" in recipe.custom:
+        merger = load_file(out / "vision_encoder" / "merger.safetensors")
+        if recipe.custom["vision_encoder"]["stage"] == 2:  # started from stage 1's merger, then trained
+            stage1 = load_file(out.parent / previous_stage(recipe) / "vision_encoder" / "merger.safetensors")
+            assert merger.keys() == stage1.keys()
+            # one optimizer step away from stage 1's weights (a fresh merger would differ everywhere by far more)
+            step = (merger["proj.2.weight"] - stage1["proj.2.weight"]).abs().max()
+            assert 0 < step < 1e-2
+            assert (saved(recipe, out) / "adapter_model.safetensors").is_file()
+    if "speedups" in recipe.custom:
+        assert "speedups applied" in log
+    if recipe.path.stem == TWO_PROCESSES:
+        assert "world_size: 2" in log if recipe.trainer == "swift" else "world size: 2" in log.lower(), log[-2000:]
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+def test_hybrid_checkpoint_loads_back_for_evaluation(trainer, trained, workspace, tiny_model_dir):
+    """The hybrid's saved weights (adapters on ViT and LM, head, fusion) load back through the evaluation CLI."""
+    root, data = workspace[:2]
+    recipe = next(r for r in CUSTOM if r.trainer == trainer and r.path.stem == TWO_PROCESSES)
+    out = trained(recipe)
+    report = root / f"eval-{trainer}"
+    subprocess.run([venv_bin("llamafactory") / "python", "-m", "custom_modules.forgery.evaluate",
+                    "--model", tiny_model_dir("qwen2_5_vl"), "--checkpoint", saved(recipe, out),
+                    "--data", data("forgery", "qwen2_5_vl") / "forgery_val.jsonl", "--out", report, "--device", "cpu"],
+                   cwd=root, env=trainer_env("llamafactory"), check=True, capture_output=True)
+    assert json.loads((report / "metrics.json").read_text())["n"] == 2
+    assert len((report / "predictions.csv").read_text().splitlines()) == 3
