@@ -11,10 +11,11 @@ Modes (the seed study's T1-T5, plus the head warm-up that writes the checkpoint 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from custom_modules.recipe_keys import setting_key
+from qwenvl_recipes.settings import parse_dataclass
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ SEED_TASKS = {"T1": "vit_lora_head", "T2": "lm_supervised", "T3": "hybrid", "T4"
 
 @dataclass(frozen=True)
 class ForgerySettings:
-    mode: str
+    mode: str = field(metadata={"choices": tuple(MODES)})  # or T1-T5 (SEED_TASKS)
     head_blocks: tuple[int, ...] | None = None       # None: last block of each quarter (7B: 7, 15, 23, 31)
     vit_lora_blocks: tuple[int, ...] | None = None   # None: the head blocks
     head_dim: int = 256
@@ -68,27 +69,14 @@ class ForgerySettings:
 
 
 def parse_settings(block: dict, where: str = "qwenvl_recipes.forgery") -> ForgerySettings:
-    """Validate a recipe's forgery block; every error names the key."""
-    if not isinstance(block, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(block).__name__}")
-    known = {f.name for f in fields(ForgerySettings)}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {[setting_key(where, k) for k in unknown]}; "
-                         f"known: {sorted(known)}")
-    values = dict(block)
-    mode = SEED_TASKS.get(values.get("mode"), values.get("mode"))
-    if mode not in MODES:
-        raise ValueError(f"{setting_key(where, 'mode')} must be one of {sorted(MODES)} (or T1-T5), "
-                         f"got {values.get('mode')!r}")
-    values["mode"] = mode
-    for key in ("head_blocks", "vit_lora_blocks"):
-        if values.get(key) is not None:
-            blocks = values[key]
-            if not isinstance(blocks, (list, tuple)) or not blocks or not all(isinstance(b, int) for b in blocks):
-                raise ValueError(f"{setting_key(where, key)} must be a non-empty list of block indexes, got {blocks!r}")
-            values[key] = tuple(sorted(set(blocks)))
-    settings = ForgerySettings(**values)
+    """Validate a recipe's forgery block; every error names the key as the recipe spells it."""
+    values = dict(block) if isinstance(block, dict) else block
+    if isinstance(values, dict) and "mode" in values:
+        values["mode"] = SEED_TASKS.get(values["mode"], values["mode"])
+    settings = parse_dataclass(ForgerySettings, values, where, lambda key: setting_key(where, key))
+    mode = settings.mode
+    settings = replace(settings, **{key: tuple(sorted(set(getattr(settings, key))))
+                                    for key in ("head_blocks", "vit_lora_blocks") if getattr(settings, key) is not None})
     if not 0.0 <= settings.fusion_hidden_dropout < 1.0:
         raise ValueError(f"{setting_key(where, 'fusion_hidden_dropout')} must be in [0, 1), "
                          f"got {settings.fusion_hidden_dropout}")

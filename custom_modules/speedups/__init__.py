@@ -28,28 +28,37 @@ docs/performance.md has what each one gave (H100, H200).
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 from transformers import TrainerCallback
 
 from custom_modules.recipe_keys import setting_key
+from qwenvl_recipes.settings import parse_dataclass
 
-DEFAULTS = {"vision_attention": True, "vision_positions": True, "vision_mlp": True, "lora_input": True,
-            "frozen_vision": True, "deepstack": True, "lm_head_loss": True, "parameter_count": True,
-            "compile_vision": False, "compile_language": False}
+@dataclass(frozen=True)
+class SpeedupSettings:
+    """Which speed-ups a recipe switches on (the list above)."""
+
+    vision_attention: bool = True
+    vision_positions: bool = True
+    vision_mlp: bool = True
+    lora_input: bool = True
+    frozen_vision: bool = True
+    deepstack: bool = True
+    lm_head_loss: bool = True
+    parameter_count: bool = True
+    compile_vision: bool = False
+    compile_language: bool = False
+
+
+DEFAULTS = asdict(SpeedupSettings())
 logger = logging.getLogger(__name__)
 
 
 def parse_settings(block: dict | None, where: str = "qwenvl_recipes.speedups") -> dict:
-    """The recipe's `speedups` settings over DEFAULTS; unknown keys and non-boolean values are errors naming the key
-    as the recipe spells it (`where`: see custom_modules.recipe_keys)."""
-    block = block or {}
-    unknown = sorted(set(block) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {[setting_key(where, k) for k in unknown]}; known: {sorted(DEFAULTS)}")
-    wrong = sorted(setting_key(where, k) for k, v in block.items() if not isinstance(v, bool))
-    if wrong:
-        raise ValueError(f"{where}: {wrong} must be true or false")
-    settings = {**DEFAULTS, **block}
+    """{speed-up: on} from the recipe's `speedups` settings over DEFAULTS; errors name the key as the recipe spells
+    it (`where`: see custom_modules.recipe_keys)."""
+    settings = asdict(parse_dataclass(SpeedupSettings, block, where, lambda key: setting_key(where, key)))
     if settings["compile_vision"] and not settings["vision_attention"]:
         raise ValueError(f"{setting_key(where, 'compile_vision')} needs {setting_key(where, 'vision_attention')} "
                          "(transformers' own vision attention splits each batch by its image sizes, and every new "

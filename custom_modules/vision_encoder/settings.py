@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from custom_modules.recipe_keys import setting_key
+from qwenvl_recipes.settings import parse_dataclass
 
 ENCODER_KINDS = ("dinov2", "timm", "module")
 MERGER_KINDS = ("mlp", "linear")
@@ -23,11 +24,12 @@ class VisionEncoderSettings:
     `module` ("package.module:factory", a callable returning a torch module that maps (B, 3, H, W) to (B, N, D)).
     """
 
-    encoder: str
+    encoder: str = field(metadata={"choices": ENCODER_KINDS})
     encoder_path: str
-    stage: int = 1
-    encoder_training: str = "frozen"  # stage 2 only: `lora` trains the LoRA the trainer puts on the encoder
-    merger: str = "mlp"
+    stage: int = field(default=1, metadata={"choices": STAGES})
+    # stage 2 only: `lora` trains the LoRA the trainer puts on the encoder
+    encoder_training: str = field(default="frozen", metadata={"choices": ENCODER_TRAINING})
+    merger: str = field(default="mlp", metadata={"choices": MERGER_KINDS})
     merger_hidden_size: int | None = None  # mlp width; default: the LM hidden size
     merger_path: str | None = None  # a saved `vision_encoder/` folder (stage 1 output) that initialises the merger
     image_size: int | None = None  # square input side in pixels
@@ -44,30 +46,17 @@ class VisionEncoderSettings:
 
 
 def parse_settings(raw: dict, source: str = "qwenvl_recipes.vision_encoder") -> VisionEncoderSettings:
-    """Check a settings dict from a recipe; errors name `source` and the offending field."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(VisionEncoderSettings)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown field(s) {', '.join(setting_key(source, k) for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
+    """Check a settings dict from a recipe; errors name `source` and the offending setting."""
+    settings = parse_dataclass(VisionEncoderSettings, raw, source, lambda key: setting_key(source, key))
     for required in ("encoder", "encoder_path"):
-        if not raw.get(required):
-            raise ValueError(f"{source}: {setting_key(source, required)} is required")
-    settings = VisionEncoderSettings(**raw)
-    choices = {"encoder": ENCODER_KINDS, "merger": MERGER_KINDS, "encoder_training": ENCODER_TRAINING,
-               "stage": STAGES}
-    for name, allowed in choices.items():
-        if getattr(settings, name) not in allowed:
-            raise ValueError(f"{setting_key(source, name)}={getattr(settings, name)!r}; "
-                             f"expected one of {list(allowed)}")
+        if not getattr(settings, required):
+            raise ValueError(f"{setting_key(source, required)} is required")
     if settings.stage == 1 and settings.encoder_training != "frozen":
         raise ValueError(f"{setting_key(source, 'encoder_training')}={settings.encoder_training!r}: "
                          f"stage 1 trains the merger only")
     for name in ("image_mean", "image_std"):
         value = getattr(settings, name)
-        if value is not None and (not isinstance(value, list) or len(value) != 3):
+        if value is not None and len(value) != 3:
             raise ValueError(f"{setting_key(source, name)}: expected a list of 3 numbers, got {value!r}")
     return settings
 

@@ -53,7 +53,8 @@ def build(tiny, mode, **extra):
 def test_settings_validation_names_the_key():
     assert parse_settings({"mode": "T3"}).mode == "hybrid"
     assert default_head_blocks(32) == (7, 15, 23, 31) and default_head_blocks(2) == (0, 1)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['qwenvl_recipes\.forgery\.head_block'\]"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) qwenvl_recipes\.forgery\.head_block; "
+                                         r"known: qwenvl_recipes\.forgery\.mode, "):
         parse_settings({"mode": "T1", "head_block": [1]})
     with pytest.raises(ValueError, match=r"qwenvl_recipes\.forgery\.head_checkpoint is required"):
         parse_settings({"mode": "T4"})

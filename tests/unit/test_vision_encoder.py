@@ -87,7 +87,7 @@ def train_steps(model, inputs, settings, steps=3, lr=1e-2):
 
 
 def test_settings_errors_name_the_field(dinov2_dir):
-    with pytest.raises(ValueError, match=r"unknown field\(s\) qwenvl_recipes\.vision_encoder\.encoder_lrr"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) qwenvl_recipes\.vision_encoder\.encoder_lrr"):
         settings_for(dinov2_dir, encoder_lrr=1e-5)
     with pytest.raises(ValueError, match="merger='conv'"):
         settings_for(dinov2_dir, merger="conv")
