@@ -7,8 +7,7 @@ into chunks whose logits take no more memory than the hidden states: ceil(V / H)
 Liger has made the host wait for the GPU (it reads the labelled-row count back), so the GPU idles while the host
 queues them. Rows without a label (the image and the prompt: most of a grounding sample) add nothing to the loss
 or to any gradient, yet LLaMA-Factory sends them all (ms-swift already keeps only the suffix from the first label,
-`logits_to_keep`). On Qwen3-VL-8B this option cut a plain training step from 436 to 399 ms and raised the trainers'
-samples/s by 15% (LLaMA-Factory) and 7% (ms-swift) on an H200 (docs/performance.md).
+`logits_to_keep`). docs/performance.md has what it gave.
 
 `labelled_rows(fused_loss)` wraps Liger's `fixed_fused_linear_cross_entropy`: it keeps the rows whose target is
 not `ignore_index` and asks Liger for chunks as large as LOGITS_BUDGET allows (one chunk for a micro-batch of 16

@@ -2,12 +2,10 @@
 
 transformers' Trainer adds an estimate of each micro-step's FLOPs to its `total_flos` (`floating_point_ops`),
 and for it calls `model.num_parameters(exclude_embeddings=True)`, which walks every module and every parameter
-in Python: 19 ms a call for Qwen3-VL-8B with the recipes' LoRA (3,367 modules, 1,254 parameters) on a CPU core.
-It runs after the backward pass has been queued, so the GPU finishes that and then waits: 15-33 ms between the
-last backward kernel and the gradient clipping in traced micro-steps of the 8B recipes without this, 12-19 ms
-with it (docs/performance.md, runs Q and R). The total cannot change while the architecture stays the same, so
-it is counted once; counts of trainable parameters (which depend on `requires_grad`) are still counted at each
-call.
+in Python, thousands of modules for a LoRA-wrapped 8B model. It runs after the backward pass has been queued, so
+the GPU finishes that and then waits for the host (docs/performance.md measures the gap). The total cannot change
+while the architecture stays the same, so it is counted once; counts of trainable parameters (which depend on
+`requires_grad`) are still counted at each call.
 """
 from __future__ import annotations
 
