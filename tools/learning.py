@@ -23,12 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from custom_modules.forgery.checkpoint import BEST_DIR
+from custom_modules.forgery.vit import lora_target_regex, lora_targets
 from qwenvl_recipes.io import read_json, read_jsonl, write_jsonl_atomic
 from tools.model_configs import model_family
-from tools.synthetic_data import make_shape_caption, make_shape_grounding
+from tools.synthetic_data import make_focus_pairs, make_forgery, make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models
 from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, TRAINERS, loss_history, run_logged,
-                            train_command, trainer_env)
+                            train_command, trainer_env, venv_bin)
 
 TINY_MODEL_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 
@@ -47,6 +49,11 @@ class LearningTask:
     targets: dict[str, float]           # metric -> held-out minimum of the fine-tuned model
     baseline_margin: dict[str, float] = field(default_factory=dict)  # metric -> tuned >= margin x baseline
     max_new_tokens: int = 32
+    env: dict[str, dict] = field(default_factory=dict)  # trainer -> environment variables the run needs
+    # Checkpoint selection during training (forgery: the callback keeps the best val AUROC): the recipe key
+    # that takes the val file and the folder of the kept checkpoint; the scores are then on the test split.
+    select_key: str | None = None
+    selected_dir: str | None = None
 
     @property
     def family(self) -> str:
@@ -58,9 +65,57 @@ def caption_source(out: Path) -> Path:
     return make_shape_caption(out, n=400, seed=0, n_val=64)
 
 
+def microscopy_source(out: Path) -> Path:
+    return make_focus_pairs(out, n=400, seed=0, n_val=64)
+
+
+def forgery_source(out: Path) -> Path:
+    return make_forgery(out, n=128, seed=0, with_test=True)
+
+
 def grounding_source(out: Path) -> Path:
     return make_shape_grounding(out, n=400, seed=0, n_val=64, style="ramp")
 
+
+# Forgery modes T1 and T3 on the tiny Qwen2.5-VL (2 ViT blocks): what the recipes' 7B block choices become, and
+# the learning rate, epochs (10 x 16 steps of 4 images) and head size of the hand-written loop that reached test
+# AUROC 0.97 (tools.forgery_proof), now through the trainers. Images at the tiny processor's own pixel limits,
+# which `eval run` feeds them at (ms-swift takes those from the environment: FORGERY_ENV).
+FORGERY_TINY_BLOCKS = (0, 1)
+FORGERY_TINY_PIXELS = {"min": 3136, "max": 50176}
+_FORGERY_COMMON = {"learning_rate": 1e-2, "max_steps": 160, "per_device_train_batch_size": 4,
+                   "gradient_accumulation_steps": 1,
+                   "qwenvl_recipes.forgery.head_blocks": json.dumps(list(FORGERY_TINY_BLOCKS)),
+                   "qwenvl_recipes.forgery.head_dim": 32, "qwenvl_recipes.forgery.mask_size": 32}
+_LF_PIXELS = {"image_min_pixels": FORGERY_TINY_PIXELS["min"], "image_max_pixels": FORGERY_TINY_PIXELS["max"]}
+_VIT_BLOCKS = lora_targets("qwen2_5_vl", FORGERY_TINY_BLOCKS, False)
+_VIT_BLOCKS_AND_LM = lora_targets("qwen2_5_vl", FORGERY_TINY_BLOCKS, True)
+FORGERY_OVERRIDES = {
+    "forgery_t1": {
+        "llamafactory": {**_FORGERY_COMMON, "lora_target": ",".join(_VIT_BLOCKS), **_LF_PIXELS},
+        "swift": {**_FORGERY_COMMON, "target_regex": lora_target_regex(_VIT_BLOCKS)},
+    },
+    "forgery_t3": {
+        "llamafactory": {**_FORGERY_COMMON, "qwenvl_recipes.forgery.fusion_tokens": 2,
+                         "lora_target": ",".join(_VIT_BLOCKS_AND_LM), **_LF_PIXELS},
+        "swift": {**_FORGERY_COMMON, "qwenvl_recipes.forgery.fusion_tokens": 2,
+                  "target_regex": lora_target_regex(_VIT_BLOCKS_AND_LM)},
+    },
+}
+FORGERY_ENV = {"swift": {"MIN_PIXELS": str(FORGERY_TINY_PIXELS["min"]), "MAX_PIXELS": str(FORGERY_TINY_PIXELS["max"])}}
+FORGERY_RECIPES = {"forgery_t1": "t1_vit_lora_head", "forgery_t3": "t3_hybrid"}
+
+
+def forgery_task(name: str) -> "LearningTask":
+    return LearningTask(
+        name=name, eval_task="forgery", model="qwen2_5_vl", make_source=forgery_source, converter=["forgery"],
+        data_name="forgery",
+        recipes={t: f"recipes/forgery/{t}/qwen2_5_vl_7b_{FORGERY_RECIPES[name]}.yaml" for t in TRAINERS},
+        overrides=FORGERY_OVERRIDES[name], targets={"auroc": 0.9}, baseline_margin={"auroc": 1.5},
+        env=FORGERY_ENV, select_key="qwenvl_recipes.forgery.eval_file", selected_dir=BEST_DIR)
+
+
+FOCUS_PROMPT = "比较两张图像的清晰度，给出调焦方向和步数，只输出 JSON。"
 
 TASKS = {
     "caption": LearningTask(
@@ -72,6 +127,21 @@ TASKS = {
                    "swift": {"learning_rate": 5e-3, "max_steps": 500, "modules_to_save": "lm_head"}},
         targets={"exact_match": 0.6, "colour_acc": 0.6, "shape_acc": 0.6, "background_acc": 0.6},
         baseline_margin={"exact_match": 1.5}, max_new_tokens=16),
+    # Not reached yet (docs/learning.md: the frozen tiny ViT carries the direction, the LM did not learn to
+    # read it in the steps tried): kept runnable for the next attempt, out of the demo and the tests.
+    "microscopy": LearningTask(
+        name="microscopy", eval_task="microscopy", model="qwen3_vl", make_source=microscopy_source,
+        # A short prompt: the default one is ~100 tokens that a 2-layer model has to look past to the images.
+        converter=["microscopy", "--prompt", FOCUS_PROMPT], data_name="microscopy",
+        recipes={"llamafactory": "recipes/microscopy/llamafactory/qwen3_vl_2b_lora.yaml",
+                 "swift": "recipes/microscopy/swift/qwen3_vl_2b_lora.yaml"},
+        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 400, "additional_target": "lm_head",
+                                    "gradient_accumulation_steps": 2},
+                   "swift": {"learning_rate": 5e-3, "max_steps": 400, "modules_to_save": "lm_head",
+                             "gradient_accumulation_steps": 2}},
+        targets={"json_valid_rate": 1.0, "direction_acc": 0.9},
+        baseline_margin={"direction_acc": 1.5}, max_new_tokens=48),
+    **{name: forgery_task(name) for name in FORGERY_RECIPES},
     # Not reached yet by any configuration tried (docs/learning.md): kept runnable for the next attempt, out of
     # the demo and the tests.
     "grounding": LearningTask(
@@ -102,8 +172,31 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
     return {"model": model_dir, "dataset": data_dir / f"{data_name}_train.jsonl", **common}
 
 
-def adapter_dir(trainer: str, output_dir: Path) -> Path:
-    """LLaMA-Factory saves the final adapter in output_dir; ms-swift in its last checkpoint-N."""
+# Recipes with this block run through our integration entry points (custom modules), the others through the
+# trainer's own CLI.
+INTEGRATION_KEY = "qwenvl_recipes"
+INTEGRATION_ENTRIES = {"llamafactory": ["-m", "custom_modules.integrations.llamafactory_entry"],
+                       "swift": ["-m", "custom_modules.integrations.swift_plugin"]}
+
+
+def recipe_command(trainer: str, recipe: Path, overrides: dict) -> list[str]:
+    """The command every learning run trains with: `llamafactory-cli train` / `swift sft` for a plain recipe,
+    the trainer's Python running our integration entry for a recipe with a `qwenvl_recipes:` block (same
+    recipe and override words either way)."""
+    import yaml
+
+    command = train_command(trainer, recipe, overrides)
+    if INTEGRATION_KEY not in (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}):
+        return command
+    words = command[2:] if trainer == "llamafactory" else command[1:]  # after `llamafactory-cli train` / `swift`
+    return [str(venv_bin(trainer) / "python"), *INTEGRATION_ENTRIES[trainer], *words]
+
+
+def adapter_dir(trainer: str, output_dir: Path, selected_dir: str | None = None) -> Path:
+    """LLaMA-Factory saves the final adapter in output_dir; ms-swift in its last checkpoint-N; a run that selects
+    its checkpoint during training keeps it in output_dir/selected_dir."""
+    if selected_dir is not None:
+        return output_dir / selected_dir
     if trainer == "llamafactory":
         return output_dir
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -177,10 +270,11 @@ def best_fixed_box(boxes: list[tuple[float, float, float, float]]) -> tuple[floa
 
 
 def baseline_answers(task: LearningTask, trainer: str, data_dir: Path, rows: list[dict]) -> tuple[list[str], str]:
-    """(one answer per held-out row, what the baseline is): captions, the most frequent training caption;
+    """(one answer per held-out row, what the baseline is): captions, microscopy and forgery, the most frequent
+    training answer (a constant move: direction accuracy at that direction's share; a constant word: AUROC 0.5);
     grounding, the single box that is right most often on the training split, rendered per image."""
     train_file = eval_split_file(trainer, data_dir, task.data_name, "train")
-    if task.eval_task == "caption":
+    if task.eval_task in ("caption", "microscopy", "forgery"):
         answer = Counter(train_answers(train_file)).most_common(1)[0][0]
         return [answer] * len(rows), f"`{answer}` for every image"
     if task.eval_task == "grounding":
@@ -205,7 +299,9 @@ def score_baseline(task: LearningTask, trainer: str, data_dir: Path, base_run: P
     answers, description = baseline_answers(task, trainer, data_dir, rows)
     predictions = out / "predictions.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(predictions, [{**row, "prediction": answer} for row, answer in zip(rows, answers)])
+    # the base run's rows carry its P(fake) (forgery): the baseline is its answer alone
+    write_jsonl_atomic(predictions, [{**{k: v for k, v in row.items() if k != "score"}, "prediction": answer}
+                                     for row, answer in zip(rows, answers)])
     convention = split_convention(task, eval_split_file(trainer, data_dir, task.data_name))
     run_logged([sys.executable, "-m", "eval", "score", "--task", task.eval_task, "--model-family", task.family,
                 "--predictions", str(predictions), "--out", str(out), "--no-java-metrics",
@@ -264,11 +360,14 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
     steps = task.overrides[trainer]["max_steps"]
     overrides = {**location_overrides(trainer, model_dir, data_dir, task.data_name, output_dir, steps),
                  **task.overrides[trainer]}
-    command = train_command(trainer, REPO_ROOT / task.recipes[trainer], overrides)
-    train_seconds = run_logged(command, logs / f"train_{trainer}.log", env=trainer_env(trainer), timeout=timeout)
-    adapter = adapter_dir(trainer, output_dir)
+    if task.select_key:
+        overrides[task.select_key] = eval_split_file("swift", data_dir, task.data_name, "val")
+    command = recipe_command(trainer, REPO_ROOT / task.recipes[trainer], overrides)
+    train_seconds = run_logged(command, logs / f"train_{trainer}.log",
+                               env=trainer_env(trainer, **task.env.get(trainer, {})), timeout=timeout)
+    adapter = adapter_dir(trainer, output_dir, task.selected_dir)
 
-    data_file = eval_split_file(trainer, data_dir, task.data_name)
+    data_file = eval_split_file(trainer, data_dir, task.data_name, "test" if task.select_key else "val")
     started = time.monotonic()
     runs = {}
     for name, run_adapter in (("base", None), ("tuned", adapter)):

@@ -14,7 +14,10 @@ Each make_<task>(out_dir, n=..., seed=...) returns the path to pass to `python -
   ratios, train / val splits: the box depends only on where the shape is (docs/learning.md).
 - microscopy: <out>/pairs.jsonl (image1,image2,direction,distance,analysis) and <out>/zstack.csv
   (stack_id,image,z,focus_z); returns pairs.jsonl (pass zstack.csv for the z-stack input).
-- forgery: <out>/list.json ({image_path, label, mask_path png | "HxW"}) with spliced fakes + png masks.
+- focus_pairs: the same pairs.jsonl layout (with a split column), each pair two blurs of one texture: the
+  second image sharper exactly when the focal plane lies ahead ("+"): a task a tiny model can learn.
+- forgery: <out>/list.json ({image_path, label, mask_path png | "HxW"}) with spliced fakes + png masks
+  (with_test: a test split beside val, for scoring a checkpoint chosen on val).
 Images are 64-128 px so CPU training on tiny models stays fast.
 """
 from __future__ import annotations
@@ -287,9 +290,53 @@ def make_microscopy(out_dir: Path, n: int = 8, seed: int = 0) -> Path:
     return out_dir / "pairs.jsonl"
 
 
-def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
+# Focusing pairs a tiny model can learn: the motor moved FOCUS_STEP steps between the two images, so the second
+# image is sharper than the first exactly when the focal plane lies further ahead ("+"), blurrier when it was
+# passed ("-"); its own blur says how far (distance / FOCUS_BLUR_PER_STEP px of Gaussian sigma).
+FOCUS_STEP = 10
+FOCUS_DISTANCES = (10, 20, 30)
+FOCUS_BLUR_PER_STEP = 1 / 8
+FOCUS_IMAGE_SIZE = (96, 96)
+
+
+def make_focus_pairs(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | None = None) -> Path:
+    """n train and n_val (default n // 5, at least 2) held-out focusing pairs in the seed's pairs.jsonl layout
+    (image1, image2, direction, distance, analysis, split), half of each direction: the blur difference of the
+    two images decides the direction, the second image's blur the distance (docs/learning.md)."""
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    pairs = []
+    splits = ["train"] * n + ["val"] * (n_val if n_val is not None else max(2, n // 5))
+    for i, split in enumerate(splits):
+        texture = _texture(rng, FOCUS_IMAGE_SIZE)
+        direction = "+" if i % 2 == 0 else "-"
+        distance = rng.choice(FOCUS_DISTANCES)
+        # the first image was taken FOCUS_STEP steps before the second: further from focus when heading "+"
+        first = distance + FOCUS_STEP if direction == "+" else distance - FOCUS_STEP
+        names = []
+        for k, steps in enumerate((first, distance)):
+            name = f"images/pair{i:04d}_{k + 1}.png"
+            texture.filter(ImageFilter.GaussianBlur(steps * FOCUS_BLUR_PER_STEP)).save(out_dir / name)
+            names.append(name)
+        pairs.append({"id": f"pair{i:04d}", "image1": names[0], "image2": names[1], "direction": direction,
+                      "distance": distance,
+                      "analysis": "第二张图像更清晰。" if direction == "+" else "第二张图像更模糊。", "split": split})
+    (out_dir / "pairs.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs),
+                                         encoding="utf-8")
+    return out_dir / "pairs.jsonl"
+
+
+def _forgery_split(i: int, with_test: bool) -> str:
+    """Each held-out split takes one real (even) and one fake (odd) row of every 8, so its AUROC is defined."""
+    if with_test:
+        return "val" if i % 8 in (1, 6) else "test" if i % 8 in (2, 7) else "train"
+    return "val" if i % 8 in (6, 7) else "train"
+
+
+def make_forgery(out_dir: Path, n: int = 12, seed: int = 0, with_test: bool = False) -> Path:
     """Half real textures, half fakes with a spliced patch of different statistics and its png mask (odd rows);
-    rows 6 and 7 of every 8 form the val split."""
+    rows 6 and 7 of every 8 form the val split, or with_test: rows 1 and 6 val, 2 and 7 test (train 50%)."""
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -299,7 +346,7 @@ def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
         size = rng.choice(SIZES)
         image = _texture(rng, size)
         name = f"images/{i:04d}.png"
-        split = "val" if i % 8 in (6, 7) else "train"  # one real, one fake: val AUROC is defined
+        split = _forgery_split(i, with_test)
         if i % 2 == 0:
             image.save(out_dir / name)
             rows.append({"image_path": name, "label": 0, "mask_path": f"{size[1]}x{size[0]}", "split": split})
@@ -320,7 +367,8 @@ def make_forgery(out_dir: Path, n: int = 12, seed: int = 0) -> Path:
 
 
 MAKERS = {"coco_caption": make_coco_caption, "shape_caption": make_shape_caption, "refcoco": make_refcoco,
-          "shape_grounding": make_shape_grounding, "microscopy": make_microscopy, "forgery": make_forgery}
+          "shape_grounding": make_shape_grounding, "microscopy": make_microscopy,
+          "focus_pairs": make_focus_pairs, "forgery": make_forgery}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,3 +114,32 @@ def test_shape_grounding_boxes_hold_the_shape_in_images_of_several_aspect_ratios
                 corner = (0 if x > 4 else img.width - 1, 0 if y > 4 else img.height - 1)
                 outside = img.convert("RGB").getpixel(corner)
             assert max(abs(a - b) for a, b in zip(inside, outside)) > 40
+
+
+def test_forgery_test_split_holds_both_labels_and_half_the_rows_train(tmp_path):
+    from tools.synthetic_data import make_forgery
+
+    rows = json.loads(make_forgery(tmp_path, n=32, seed=0, with_test=True).read_text())
+    for split, count in (("train", 16), ("val", 8), ("test", 8)):
+        chosen = [row for row in rows if row["split"] == split]
+        assert len(chosen) == count and {row["label"] for row in chosen} == {0, 1}
+
+
+def test_focus_pairs_second_image_sharper_exactly_when_focus_lies_ahead(tmp_path):
+    from PIL import ImageFilter, ImageStat
+
+    from tools.synthetic_data import FOCUS_DISTANCES, make_focus_pairs
+
+    def detail(path: Path) -> float:  # mean edge strength: falls as blur grows
+        with Image.open(path) as image:
+            return ImageStat.Stat(image.convert("L").filter(ImageFilter.FIND_EDGES)).mean[0]
+
+    source = make_focus_pairs(tmp_path, n=12, seed=2, n_val=4)
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    assert [row["split"] for row in rows] == ["train"] * 12 + ["val"] * 4
+    assert [row["direction"] for row in rows] == ["+", "-"] * 8
+    for row in rows:
+        sharper = detail(tmp_path / row["image2"]) > detail(tmp_path / row["image1"])
+        assert sharper == (row["direction"] == "+"), row["id"]
+        assert row["distance"] in FOCUS_DISTANCES
+        assert row["analysis"] == ("第二张图像更清晰。" if sharper else "第二张图像更模糊。")
