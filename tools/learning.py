@@ -1,8 +1,9 @@
 """Learning runs on tiny random models: synthetic task data -> converter CLI -> a task recipe through the
-trainer's own CLI (`llamafactory-cli train` / `swift sft`) with one written-down override set -> `eval run` on
-the held-out split for the base model and the fine-tuned adapter, next to a trivial baseline scored by
-`eval score`. `make demo` and the learning tests call the same `run_learning`, so the figures in the demo
-report are the ones the tests assert.
+trainer's own CLI (`llamafactory-cli train` / `swift sft`; a recipe with a custom module, such as forgery, through
+our integration entry point: recipe_command) with one written-down override set -> `eval run` on the held-out
+split for the base model and the fine-tuned adapter, next to a trivial baseline scored by `eval score`.
+`make demo` and the learning tests call the same `run_learning`, so the figures in the demo report are the
+ones the tests assert.
 
     python -m tools.learning caption llamafactory --work .cache/learning      (one run, its result as JSON)
 
@@ -102,7 +103,8 @@ FORGERY_OVERRIDES = {
                   "target_regex": lora_target_regex(_VIT_BLOCKS_AND_LM)},
     },
 }
-FORGERY_ENV = {"swift": {"MIN_PIXELS": str(FORGERY_TINY_PIXELS["min"]), "MAX_PIXELS": str(FORGERY_TINY_PIXELS["max"])}}
+FORGERY_ENV = {"swift": {"MIN_PIXELS": str(FORGERY_TINY_PIXELS["min"]),
+                         "MAX_PIXELS": str(FORGERY_TINY_PIXELS["max"])}}
 FORGERY_RECIPES = {"forgery_t1": "t1_vit_lora_head", "forgery_t3": "t3_hybrid"}
 
 
