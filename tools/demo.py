@@ -1,7 +1,7 @@
 """The whole product on a laptop, and proof that it teaches: tiny random model + synthetic task data ->
-converter -> the task recipe through LLaMA-Factory and through ms-swift (their own CLIs) -> `eval run` on
-held-out data for the base and the fine-tuned model, next to a baseline that never looks at the image ->
-reports/demo/README.md and summary.json.
+converter -> the task recipe through LLaMA-Factory and through ms-swift (their own CLIs, or our integration
+entry points for a recipe with a custom module: forgery) -> `eval run` on held-out data for the base and the
+fine-tuned model, next to a baseline that never looks at the image -> reports/demo/README.md and summary.json.
 
     python -m tools.demo --out reports/demo        (what `make demo` runs)
 
