@@ -1,6 +1,6 @@
 """The whole product on a laptop, and proof that it teaches: tiny random model + synthetic task data ->
-converter -> the task recipe through LLaMA-Factory and through ms-swift (their own CLIs, or our integration
-entry points for a recipe with a custom module: forgery) -> `eval run` on held-out data for the base and the
+converter -> the task recipe through LLaMA-Factory and through ms-swift (their own commands, with our
+features for a recipe that has them: forgery) -> `eval run` on held-out data for the base and the
 fine-tuned model, next to a baseline that never looks at the image -> reports/demo/README.md and summary.json.
 
     python -m tools.demo --out reports/demo        (what `make demo` runs)
@@ -128,8 +128,8 @@ Each task's synthetic data went through the converter CLI, then the task's recip
 trainer's own CLI (`llamafactory-cli train`, `swift sft`) on a tiny random Qwen-VL checkpoint, then
 `python -m eval run` scored the base model and the fine-tuned adapter on the held-out split. The baseline
 gives the most frequent training answer for every image (`python -m eval score`): a model that ignores the
-image can reach it, so only a model above it has learned to look. The forgery recipes run through our
-integration entry points (the forgery head is a custom module); their callback keeps the checkpoint with the
+image can reach it, so only a model above it has learned to look. The forgery recipes (the forgery head is a
+custom module) run through `qvr-llamafactory train` and `swift sft` with their plugin; their callback keeps the checkpoint with the
 best val AUROC, which is then scored on a test split that neither training nor that choice saw.
 
 **What this shows:** our converters, recipes, adapter loading, parsers and metrics are on the path of a

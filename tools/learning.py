@@ -1,7 +1,7 @@
 """Learning runs on tiny random models: synthetic task data -> converter CLI -> a task recipe through the
-trainer's own CLI (`llamafactory-cli train` / `swift sft`; a recipe with a custom module, such as forgery, through
-our integration entry point: recipe_command) with one written-down override set -> `eval run` on the held-out
-split for the base model and the fine-tuned adapter, next to a trivial baseline scored by `eval score`.
+trainer's own command (tools.trainers.train_command: `llamafactory-cli train` / `qvr-llamafactory train` for a
+recipe with our features, `swift sft`) with one written-down override set -> `eval run` on the held-out split
+for the base model and the fine-tuned adapter, next to a trivial baseline scored by `eval score`.
 `make demo` and the learning tests call the same `run_learning`, so the figures in the demo report are the
 ones the tests assert.
 
@@ -31,7 +31,7 @@ from tools.model_configs import model_family
 from tools.synthetic_data import make_focus_pairs, make_forgery, make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models
 from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, TRAINERS, loss_history, run_logged,
-                            train_command, trainer_env, venv_bin)
+                            train_command, trainer_env)
 
 TINY_MODEL_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 
@@ -51,9 +51,11 @@ class LearningTask:
     baseline_margin: dict[str, float] = field(default_factory=dict)  # metric -> tuned >= margin x baseline
     max_new_tokens: int = 32
     env: dict[str, dict] = field(default_factory=dict)  # trainer -> environment variables the run needs
-    # Checkpoint selection during training (forgery: the callback keeps the best val AUROC): the recipe key
-    # that takes the val file and the folder of the kept checkpoint; the scores are then on the test split.
-    select_key: str | None = None
+    # Checkpoint selection during training (forgery: the callback keeps the best val AUROC): per trainer, the
+    # recipe key or environment variable that takes the val file, and the folder of the kept checkpoint; the
+    # scores are then on the test split.
+    select_key: dict[str, str] = field(default_factory=dict)
+    select_env: dict[str, str] = field(default_factory=dict)
     selected_dir: str | None = None
 
     @property
@@ -85,26 +87,37 @@ def grounding_source(out: Path) -> Path:
 FORGERY_TINY_BLOCKS = (0, 1)
 FORGERY_TINY_PIXELS = {"min": 3136, "max": 50176}
 _FORGERY_COMMON = {"learning_rate": 1e-2, "max_steps": 160, "per_device_train_batch_size": 4,
-                   "gradient_accumulation_steps": 1,
-                   "qwenvl_recipes.forgery.head_blocks": json.dumps(list(FORGERY_TINY_BLOCKS)),
-                   "qwenvl_recipes.forgery.head_dim": 32, "qwenvl_recipes.forgery.mask_size": 32}
+                   "gradient_accumulation_steps": 1}
+# The recipe's forgery settings: LLaMA-Factory takes them as dotted keys, ms-swift as QVR_FORGERY_* variables.
+_HEAD = {"head_blocks": json.dumps(list(FORGERY_TINY_BLOCKS)), "head_dim": 32, "mask_size": 32}
+_HYBRID = {**_HEAD, "fusion_tokens": 2}
+
+
+def _lf_block(settings: dict) -> dict:
+    return {f"qwenvl_recipes.forgery.{k}": v for k, v in settings.items()}
+
+
+def _swift_block(settings: dict) -> dict:
+    return {f"QVR_FORGERY_{k.upper()}": str(v) for k, v in settings.items()}
+
+
 _LF_PIXELS = {"image_min_pixels": FORGERY_TINY_PIXELS["min"], "image_max_pixels": FORGERY_TINY_PIXELS["max"]}
 _VIT_BLOCKS = lora_targets("qwen2_5_vl", FORGERY_TINY_BLOCKS, False)
 _VIT_BLOCKS_AND_LM = lora_targets("qwen2_5_vl", FORGERY_TINY_BLOCKS, True)
 FORGERY_OVERRIDES = {
     "forgery_t1": {
-        "llamafactory": {**_FORGERY_COMMON, "lora_target": ",".join(_VIT_BLOCKS), **_LF_PIXELS},
+        "llamafactory": {**_FORGERY_COMMON, **_lf_block(_HEAD), "lora_target": ",".join(_VIT_BLOCKS), **_LF_PIXELS},
         "swift": {**_FORGERY_COMMON, "target_regex": lora_target_regex(_VIT_BLOCKS)},
     },
     "forgery_t3": {
-        "llamafactory": {**_FORGERY_COMMON, "qwenvl_recipes.forgery.fusion_tokens": 2,
-                         "lora_target": ",".join(_VIT_BLOCKS_AND_LM), **_LF_PIXELS},
-        "swift": {**_FORGERY_COMMON, "qwenvl_recipes.forgery.fusion_tokens": 2,
-                  "target_regex": lora_target_regex(_VIT_BLOCKS_AND_LM)},
+        "llamafactory": {**_FORGERY_COMMON, **_lf_block(_HYBRID), "lora_target": ",".join(_VIT_BLOCKS_AND_LM),
+                         **_LF_PIXELS},
+        "swift": {**_FORGERY_COMMON, "target_regex": lora_target_regex(_VIT_BLOCKS_AND_LM)},
     },
 }
-FORGERY_ENV = {"swift": {"MIN_PIXELS": str(FORGERY_TINY_PIXELS["min"]),
-                         "MAX_PIXELS": str(FORGERY_TINY_PIXELS["max"])}}
+_SWIFT_PIXELS = {"MIN_PIXELS": str(FORGERY_TINY_PIXELS["min"]), "MAX_PIXELS": str(FORGERY_TINY_PIXELS["max"])}
+FORGERY_ENV = {"forgery_t1": {"swift": {**_SWIFT_PIXELS, **_swift_block(_HEAD)}},
+               "forgery_t3": {"swift": {**_SWIFT_PIXELS, **_swift_block(_HYBRID)}}}
 FORGERY_RECIPES = {"forgery_t1": "t1_vit_lora_head", "forgery_t3": "t3_hybrid"}
 
 
@@ -114,7 +127,8 @@ def forgery_task(name: str) -> "LearningTask":
         data_name="forgery",
         recipes={t: f"recipes/forgery/{t}/qwen2_5_vl_7b_{FORGERY_RECIPES[name]}.yaml" for t in TRAINERS},
         overrides=FORGERY_OVERRIDES[name], targets={"auroc": 0.9}, baseline_margin={"auroc": 1.5},
-        env=FORGERY_ENV, select_key="qwenvl_recipes.forgery.eval_file", selected_dir=BEST_DIR)
+        env=FORGERY_ENV[name], select_key={"llamafactory": "qwenvl_recipes.forgery.eval_file"},
+        select_env={"swift": "QVR_FORGERY_EVAL_FILE"}, selected_dir=BEST_DIR)
 
 
 FOCUS_PROMPT = "比较两张图像的清晰度，给出调焦方向和步数，只输出 JSON。"
@@ -172,26 +186,6 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
         return {"model_name_or_path": model_dir, "dataset_dir": data_dir, "dataset": f"{data_name}_train",
                 **common}
     return {"model": model_dir, "dataset": data_dir / f"{data_name}_train.jsonl", **common}
-
-
-# Recipes with this block run through our integration entry points (custom modules), the others through the
-# trainer's own CLI.
-INTEGRATION_KEY = "qwenvl_recipes"
-INTEGRATION_ENTRIES = {"llamafactory": ["-m", "custom_modules.integrations.llamafactory_entry"],
-                       "swift": ["-m", "custom_modules.integrations.swift_plugin"]}
-
-
-def recipe_command(trainer: str, recipe: Path, overrides: dict) -> list[str]:
-    """The command every learning run trains with: `llamafactory-cli train` / `swift sft` for a plain recipe,
-    the trainer's Python running our integration entry for a recipe with a `qwenvl_recipes:` block (same
-    recipe and override words either way)."""
-    import yaml
-
-    command = train_command(trainer, recipe, overrides)
-    if INTEGRATION_KEY not in (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}):
-        return command
-    words = command[2:] if trainer == "llamafactory" else command[1:]  # after `llamafactory-cli train` / `swift`
-    return [str(venv_bin(trainer) / "python"), *INTEGRATION_ENTRIES[trainer], *words]
 
 
 def adapter_dir(trainer: str, output_dir: Path, selected_dir: str | None = None) -> Path:
@@ -362,14 +356,18 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
     steps = task.overrides[trainer]["max_steps"]
     overrides = {**location_overrides(trainer, model_dir, data_dir, task.data_name, output_dir, steps),
                  **task.overrides[trainer]}
-    if task.select_key:
-        overrides[task.select_key] = eval_split_file("swift", data_dir, task.data_name, "val")
-    command = recipe_command(trainer, REPO_ROOT / task.recipes[trainer], overrides)
-    train_seconds = run_logged(command, logs / f"train_{trainer}.log",
-                               env=trainer_env(trainer, **task.env.get(trainer, {})), timeout=timeout)
+    env = dict(task.env.get(trainer, {}))
+    val_file = eval_split_file("swift", data_dir, task.data_name, "val")
+    if trainer in task.select_key:
+        overrides[task.select_key[trainer]] = val_file
+    if trainer in task.select_env:
+        env[task.select_env[trainer]] = str(val_file)
+    command = train_command(trainer, REPO_ROOT / task.recipes[trainer], overrides)
+    train_seconds = run_logged(command, logs / f"train_{trainer}.log", env=trainer_env(trainer, **env),
+                               timeout=timeout)
     adapter = adapter_dir(trainer, output_dir, task.selected_dir)
 
-    data_file = eval_split_file(trainer, data_dir, task.data_name, "test" if task.select_key else "val")
+    data_file = eval_split_file(trainer, data_dir, task.data_name, "test" if task.selected_dir else "val")
     started = time.monotonic()
     runs = {}
     for name, run_adapter in (("base", None), ("tuned", adapter)):

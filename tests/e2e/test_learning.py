@@ -1,5 +1,5 @@
 """Learning, through each trainer: the caption recipe through the trainers' own CLIs, and the forgery T1
-and T3 recipes through our integration entry points, on tiny random models with the override sets of
+and T3 recipes through the commands of their Run lines (qvr-llamafactory, swift sft), on tiny random models with the override sets of
 tools.learning, must beat the held-out targets, the untrained model and a baseline that never looks at the
 image. The same runs make the demo's figures.
 

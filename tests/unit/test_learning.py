@@ -21,28 +21,14 @@ def test_missed_targets_names_every_miss():
     assert len(missed_targets(task, no_gain)) == len(task.targets)
 
 
-def test_plain_recipes_run_through_the_trainer_cli_forgery_recipes_through_our_entry():
-    from tools.learning import recipe_command
-    from tools.trainers import REPO_ROOT, venv_bin
-
-    caption = recipe_command("swift", REPO_ROOT / TASKS["caption"].recipes["swift"], {"max_steps": 5})
-    assert caption[:2] == [str(venv_bin("swift") / "swift"), "sft"] and caption[-2:] == ["--max_steps", "5"]
-    recipe = REPO_ROOT / TASKS["forgery_t3"].recipes["llamafactory"]
-    forgery = recipe_command("llamafactory", recipe, {"qwenvl_recipes.forgery.head_dim": 32})
-    assert forgery == [str(venv_bin("llamafactory") / "python"), "-m", "custom_modules.integrations.llamafactory_entry",
-                       str(recipe), "qwenvl_recipes.forgery.head_dim=32"]
-    recipe = REPO_ROOT / TASKS["forgery_t1"].recipes["swift"]
-    assert recipe_command("swift", recipe, {"max_steps": 5}) == [
-        str(venv_bin("swift") / "python"), "-m", "custom_modules.integrations.swift_plugin", "sft", str(recipe),
-        "--max_steps", "5"]
-
-
 def test_forgery_tasks_select_the_best_val_checkpoint_and_score_the_test_split():
     for name in ("forgery_t1", "forgery_t3"):
         task = TASKS[name]
-        assert task.select_key == "qwenvl_recipes.forgery.eval_file" and task.selected_dir == "best_by_AUROC"
+        assert task.select_key == {"llamafactory": "qwenvl_recipes.forgery.eval_file"}
+        assert task.select_env == {"swift": "QVR_FORGERY_EVAL_FILE"} and task.selected_dir == "best_by_AUROC"
         assert task.targets == {"auroc": 0.9}
-        for trainer in ("llamafactory", "swift"):
-            assert task.overrides[trainer]["qwenvl_recipes.forgery.head_blocks"] == "[0, 1]"
-    assert "qwenvl_recipes.forgery.fusion_tokens" in TASKS["forgery_t3"].overrides["swift"]
-    assert "qwenvl_recipes.forgery.fusion_tokens" not in TASKS["forgery_t1"].overrides["swift"]
+        assert task.overrides["llamafactory"]["qwenvl_recipes.forgery.head_blocks"] == "[0, 1]"
+        assert task.env["swift"]["QVR_FORGERY_HEAD_BLOCKS"] == "[0, 1]"
+    assert TASKS["forgery_t3"].env["swift"]["QVR_FORGERY_FUSION_TOKENS"] == "2"
+    assert "QVR_FORGERY_FUSION_TOKENS" not in TASKS["forgery_t1"].env["swift"]
+    assert "qwenvl_recipes.forgery.fusion_tokens" not in TASKS["forgery_t1"].overrides["llamafactory"]
