@@ -133,14 +133,21 @@ def forgery_task(name: str) -> "LearningTask":
 
 FOCUS_PROMPT = "比较两张图像的清晰度，给出调焦方向和步数，只输出 JSON。"
 
+
+def output_layer_overrides(steps: int, **extra) -> dict:
+    """trainer -> the override set for a random tiny model: learning rate 5e-3, `steps` optimizer steps and the
+    output layer trained (LLaMA-Factory `additional_target`, ms-swift `modules_to_save`)."""
+    common = {"learning_rate": 5e-3, "max_steps": steps, **extra}
+    return {"llamafactory": {**common, "additional_target": "lm_head"},
+            "swift": {**common, "modules_to_save": "lm_head"}}
+
 TASKS = {
     "caption": LearningTask(
         name="caption", eval_task="caption", model="qwen2_vl", make_source=caption_source,
         converter=["coco-caption"], data_name="coco_caption",
         recipes={"llamafactory": "recipes/caption/llamafactory/qwen2_vl_2b_lora.yaml",
                  "swift": "recipes/caption/swift/qwen2_vl_2b_lora.yaml"},
-        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 500, "additional_target": "lm_head"},
-                   "swift": {"learning_rate": 5e-3, "max_steps": 500, "modules_to_save": "lm_head"}},
+        overrides=output_layer_overrides(steps=500),
         targets={"exact_match": 0.6, "colour_acc": 0.6, "shape_acc": 0.6, "background_acc": 0.6},
         baseline_margin={"exact_match": 1.5}, max_new_tokens=16),
     # Reached by ms-swift in 2500 steps (direction 0.98, docs/learning.md), ~11-28 min on two cores: too long for
@@ -151,10 +158,7 @@ TASKS = {
         converter=["microscopy", "--prompt", FOCUS_PROMPT], data_name="microscopy",
         recipes={"llamafactory": "recipes/microscopy/llamafactory/qwen3_vl_2b_lora.yaml",
                  "swift": "recipes/microscopy/swift/qwen3_vl_2b_lora.yaml"},
-        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 2500, "additional_target": "lm_head",
-                                    "gradient_accumulation_steps": 2},
-                   "swift": {"learning_rate": 5e-3, "max_steps": 2500, "modules_to_save": "lm_head",
-                             "gradient_accumulation_steps": 2}},
+        overrides=output_layer_overrides(steps=2500, gradient_accumulation_steps=2),
         targets={"json_valid_rate": 1.0, "direction_acc": 0.9},
         baseline_margin={"direction_acc": 1.5}, max_new_tokens=48),
     **{name: forgery_task(name) for name in FORGERY_RECIPES},
@@ -168,10 +172,7 @@ TASKS = {
         data_name="refcocog",
         recipes={"llamafactory": "recipes/grounding/llamafactory/qwen2_5_vl_7b_lora.yaml",
                  "swift": "recipes/grounding/swift/qwen2_5_vl_7b_lora.yaml"},
-        overrides={"llamafactory": {"learning_rate": 5e-3, "max_steps": 600, "additional_target": "lm_head",
-                                    "gradient_accumulation_steps": 2},
-                   "swift": {"learning_rate": 5e-3, "max_steps": 600, "modules_to_save": "lm_head",
-                             "gradient_accumulation_steps": 2}},
+        overrides=output_layer_overrides(steps=600, gradient_accumulation_steps=2),
         targets={"acc@0.5": 0.5}, baseline_margin={"acc@0.5": 1.5}, max_new_tokens=64),
 }
 
@@ -195,10 +196,12 @@ def adapter_dir(trainer: str, output_dir: Path, selected_dir: str | None = None)
         return output_dir / selected_dir
     if trainer == "llamafactory":
         return output_dir
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir))
+    if last is None:
         raise FileNotFoundError(f"no checkpoint-* under {output_dir}")
-    return checkpoints[-1]
+    return Path(last)
 
 
 def eval_split_file(trainer: str, data_dir: Path, data_name: str, split: str = "val") -> Path:
