@@ -98,6 +98,19 @@ def test_batch_counts_padding_packing_and_images():
     assert records.batch_counts(padding_free) == (1, 7, 0, 7)
 
 
+def test_batch_counts_leave_out_the_padding_of_block_diagonal_masks():
+    from llamafactory.data.collator import prepare_4d_attention_mask
+
+    segments = torch.tensor([[1, 1, 2, 2, 2, 0, 0], [1, 2, 2, 3, 0, 0, 0]])
+    grid = torch.tensor([[1, 2, 2]] * 5)
+    for dtype in (torch.bfloat16, torch.float32):
+        packed = {"input_ids": torch.ones(2, 7, dtype=torch.long), "image_grid_thw": grid,
+                  "attention_mask": prepare_4d_attention_mask(segments, dtype)}
+        assert records.batch_counts(packed) == (5, 9, 20, 14)
+    boolean = prepare_4d_attention_mask(segments, torch.float32) == 0
+    assert records.batch_counts(dict(packed, attention_mask=boolean)) == (5, 9, 20, 14)
+
+
 def test_summarise_window_after_warmup():
     ends = [10.0, 11.0, 11.5, 12.0, 12.5]
     counts = [(2, 100, 50, 125)] * 5
@@ -173,6 +186,16 @@ def test_report_writes_performance_json(tmp_path):
     orchestrator.main(["report", str(source), "--docs", str(tmp_path)])
     written = json.loads((tmp_path / "performance.json").read_text())
     assert [r["variant"] for r in written] == ["seed_loop", "ours"]
+
+
+def test_report_labels_new_records_and_keeps_the_earlier_labels(tmp_path):
+    earlier = tmp_path / "performance.json"
+    earlier.write_text(json.dumps([dict(record("ours", 12.0), run="run T")]))
+    new = tmp_path / "bench_qwen2_5_vl_7b.json"
+    new.write_text(json.dumps([record("ours", 13.0)]))
+    orchestrator.main(["report", str(earlier), str(new), "--run", "run U", "--docs", str(tmp_path)])
+    written = json.loads(earlier.read_text())
+    assert [(r["samples_per_s"], r["run"]) for r in written] == [(12.0, "run T"), (13.0, "run U")]
 
 
 def test_parse_variant_overrides():

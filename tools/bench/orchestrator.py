@@ -9,7 +9,7 @@ tuned trainer.
 
     tools/prepare_gpu_wheels.sh                  # here: the wheels the GPU machine lacks, into .whl/
     python3 -m tools.bench run --model qwen2_5_vl_7b --out $OUT --wheels .whl     # there (make bench-gpu)
-    python -m tools.bench report OUT/bench_*.json --docs docs    # docs/performance.json + the table
+    python -m tools.bench report docs/performance.json OUT/bench_*.json --run "run U (...)" --docs docs
 
 Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpointing), `lf_default` and
 `swift_default` (LLaMA-Factory's and ms-swift's shipped Qwen2.5-VL LoRA example values), `lf_plain` and
@@ -183,10 +183,12 @@ def run(args) -> list[dict]:
 
 
 def report(args) -> None:
-    """Merge per-model record files into docs/performance.json and the table of docs/performance.md."""
+    """Merge record files (bench_<model>.json, docs/performance.json) into docs/performance.json; print the table."""
     records = [r for path in args.records for r in json.loads(Path(path).read_text())]
     for r in records:
         check_record(r)
+    if args.run:
+        records = [r if "run" in r else dict(r, run=args.run) for r in records]
     measured = [r for r in records if not r.get("error")]  # failures stay in the printed table only
     docs = Path(args.docs)
     (docs / "performance.json").write_text(json.dumps(measured, indent=1) + "\n")
@@ -229,6 +231,8 @@ def main(argv=None) -> None:
     r = sub.add_parser("report", help="write docs/performance.json from bench_<model>.json files")
     r.add_argument("records", nargs="+")
     r.add_argument("--docs", default=str(REPO_ROOT / "docs"))
+    r.add_argument("--run", help="label for the records that have none yet (the run letter, date, device and data), "
+                                 "so docs/performance.json itself can be one of the record files")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args)

@@ -31,6 +31,11 @@ def batch_count_values(inputs: dict) -> tuple:
     mask = inputs.get("attention_mask")
     if mask is not None and mask.dim() == 2 and mask.shape == input_ids.shape:
         tokens = (mask != 0).sum()  # LLaMA-Factory's packed masks hold segment ids, so count non-zeros
+    elif mask is not None and mask.dim() == 4:
+        # A block-diagonal mask (LLaMA-Factory's neat_packing under sdpa) lets every real token attend to itself
+        # and masks the padding of a packed row out entirely, itself included: its diagonal tells them apart.
+        diagonal = mask.diagonal(dim1=-2, dim2=-1)[:, 0]
+        tokens = (diagonal == 0).sum() if mask.is_floating_point() else diagonal.sum()
     else:
         tokens = input_ids.numel()
     grid = inputs.get("image_grid_thw")
