@@ -162,31 +162,48 @@ def make_shape_caption(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | 
 
 
 # Grounding images: several aspect ratios, so Qwen2.5-VL's absolute-pixel boxes span a different range per
-# image; multiples of 28 px of at most 224 a side, so no processor resizes them (<= 64 visual tokens).
-GROUNDING_SIZES = ((224, 168), (168, 224), (196, 196), (224, 112), (112, 224))
-GROUNDING_SHAPE_SIDE = (60, 76)  # px whatever the image size: the box size is then nearly constant in pixels
-RAMP_CANVAS = 224  # every ramp image is the top-left crop of one 224 px ramp: a colour means one pixel position
+# image; multiples of 56 px of at most 224 a side, so no processor resizes them (<= 64 visual tokens) and a
+# 56 px grid cell is exactly 2 x 2 visual tokens after the 2 x 2 merge.
+GROUNDING_SIZES = ((224, 168), (168, 224), (168, 168), (224, 112), (112, 224))
+GROUNDING_SHAPE_SIDE = (60, 76)  # px whatever the image size (style solid): the box size nearly constant in pixels
+GRID_CELL = 56      # style grid_pixels: a cell of 56 px, the grid of absolute pixels every image shares
+GRID_CELLS = 4      # style grid_relative: each image cut into 4 x 4 cells of its own width and height
+RAMP_CANVAS = 224   # grid_pixels ramps are crops of one 224 px ramp: a colour means one pixel position
+RAMP_BLUE = 230  # far from the grey background in every ramp colour
+# Grey, near the processors' normalisation mean: background patches come out of it near zero and the shape stands out.
+GRID_BACKGROUND = (128, 128, 128)
+GROUNDING_STYLES = ("solid", "grid_pixels", "grid_relative")
 
 
-def _ramp(size: tuple[int, int]) -> Image.Image:
-    """Red grows left to right, green top to bottom, in pixels of one fixed canvas: every patch's colour says
-    where it is, in the absolute pixels that Qwen2.5-VL boxes are written in."""
-    canvas = (RAMP_CANVAS, RAMP_CANVAS)
+def _ramp(size: tuple[int, int], relative: bool) -> Image.Image:
+    """Red grows left to right, green top to bottom: every patch's colour says where it is, over one fixed
+    canvas (`relative` False: absolute pixels, as Qwen2.5-VL / Qwen3-VL-absolute boxes are written) or over
+    the image itself (`relative` True: the image's fraction, as Qwen2-VL's 0-1000 boxes are)."""
+    canvas = size if relative else (RAMP_CANVAS, RAMP_CANVAS)
     red = Image.linear_gradient("L").rotate(90).resize(canvas).point(lambda v: 30 + v * 190 // 255)
     green = Image.linear_gradient("L").resize(canvas).point(lambda v: 30 + v * 190 // 255)
-    ramp = Image.merge("RGB", (red, green, Image.new("L", canvas, 110)))
+    ramp = Image.merge("RGB", (red, green, Image.new("L", canvas, RAMP_BLUE)))
     return ramp.crop((0, 0, *size))
+
+
+def _grid_box(rng: random.Random, size: tuple[int, int], relative: bool) -> list[int]:
+    """One cell of the style's grid, drawn uniformly: [x1, y1, x2, y2] in pixels."""
+    width, height = size
+    cell_w, cell_h = (width // GRID_CELLS, height // GRID_CELLS) if relative else (GRID_CELL, GRID_CELL)
+    col, row = rng.randrange(width // cell_w), rng.randrange(height // cell_h)
+    return [col * cell_w, row * cell_h, (col + 1) * cell_w, (row + 1) * cell_h]
 
 
 def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int | None = None,
                          style: str = "solid") -> Path:
-    """n train and n_val (default n // 5, at least 2) val refs, one shape per image, anywhere in it.
+    """n train and n_val (default n // 5, at least 2) val refs, one shape per image.
 
-    style "solid": a coloured shape on a plain background, "the <colour> <shape>"; "ramp": the background is a
-    colour ramp and the shape a darker copy of it, so every visual token carries its position in its pixels,
-    and every phrase is "the dark shape" (docs/learning.md)."""
-    if style not in ("solid", "ramp"):
-        raise ValueError(f"style must be solid or ramp, got {style!r}")
+    style "solid": a coloured shape of 60-76 px anywhere on a plain background, "the <colour> <shape>".
+    "grid_pixels" / "grid_relative": on a grey background, the shape fills one cell of a grid (56 px cells / 4 x 4
+    cells of the image) and is painted with a colour ramp (over absolute pixels / over the image), so its visual
+    tokens carry where they are in their pixels, and every phrase is "the shape" (docs/learning.md)."""
+    if style not in GROUNDING_STYLES:
+        raise ValueError(f"style must be one of {', '.join(GROUNDING_STYLES)}, got {style!r}")
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     folder = out_dir / "train2014"
@@ -198,25 +215,27 @@ def make_shape_grounding(out_dir: Path, n: int = 400, seed: int = 0, n_val: int 
         size = rng.choice(GROUNDING_SIZES)
         width, height = size
         colour, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
-        side = rng.randint(*GROUNDING_SHAPE_SIDE)
-        x, y = rng.randint(0, width - side), rng.randint(0, height - side)
-        box = [x, y, x + side, y + side]
         if style == "solid":
+            side = rng.randint(*GROUNDING_SHAPE_SIDE)
+            x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+            box = [x, y, x + side, y + side]
             image = Image.new("RGB", size, BACKGROUNDS[rng.choice(sorted(BACKGROUNDS))])
             _draw_shape(ImageDraw.Draw(image), shape, box, COLORS[colour])
             phrase = f"the {colour} {shape}"
         else:
-            ramp = _ramp(size)
+            relative = style == "grid_relative"
+            box = _grid_box(rng, size, relative)
             mask = Image.new("L", size, 0)
             _draw_shape(ImageDraw.Draw(mask), shape, box, 255)
-            image = Image.composite(ramp.point(lambda v: v * 2 // 5), ramp, mask)
-            phrase = "the dark shape"  # one phrase for every image: the answer differs only in its box
+            image = Image.composite(_ramp(size, relative), Image.new("RGB", size, GRID_BACKGROUND), mask)
+            phrase = "the shape"  # one phrase for every image: the answer differs only in its box
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
         image.save(folder / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         ann_id = 50000 + i
-        xywh = [float(x), float(y), float(side), float(side)]
-        annotations.append({"id": ann_id, "image_id": image_id, "bbox": xywh, "area": side * side,
+        x1, y1, x2, y2 = box
+        xywh = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+        annotations.append({"id": ann_id, "image_id": image_id, "bbox": xywh, "area": (x2 - x1) * (y2 - y1),
                             "category_id": SHAPES.index(shape) + 1, "iscrowd": 0})
         refs.append(_ref(i, ann_id, image_id, split, shape, [phrase]))
     _write_refer(out_dir, images, annotations, refs)

@@ -1,5 +1,5 @@
-"""Learning, through each trainer: the caption recipe through the trainers' own CLIs, and the forgery T1
-recipes through the commands of their Run lines (qvr-llamafactory, swift sft), on tiny random models with the
+"""Learning, through each trainer: the caption and the Qwen2.5-VL grounding recipes through the trainers' own
+CLIs, and the forgery T1 recipes through the commands of their Run lines (qvr-llamafactory, swift sft), on tiny random models with the
 override sets of tools.learning, must beat the held-out targets, the untrained model and a baseline that never looks at the
 image. The same runs make the demo's figures.
 
@@ -45,3 +45,12 @@ def test_forgery_mode_learns_to_detect_splices_through_trainer(task, trainer, wo
     assert result["adapter"].endswith("best_by_AUROC")
     assert result["baseline"]["auroc"] == 0.5  # one answer for every image ranks nothing
     assert result["base"]["auroc"] < 0.8
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_grounding_recipe_learns_where_the_shape_is(trainer, work):
+    task = "grounding_qwen2_5_vl"
+    result = run_learning(task, trainer, work(task), timeout=TRAINING_TIMEOUT_S)
+    assert missed_targets(TASKS[task], result) == []  # Acc@0.5 >= 0.5 and >= 1.5x the best fixed box
+    assert result["base"]["acc@0.5"] == 0.0
+    assert result["tuned"]["parse_fail_rate"] == 0.0

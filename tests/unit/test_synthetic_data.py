@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from converters.safe_pickle import load_plain_pickle
-from tools.synthetic_data import MAKERS, main, make_coco_caption, make_refcoco
+from tools.synthetic_data import (GRID_CELL, GRID_CELLS, GROUNDING_STYLES, MAKERS, RAMP_CANVAS, main, make_coco_caption,
+                                  make_refcoco, make_shape_grounding)
 
 
 def tree(root: Path) -> dict:
@@ -96,24 +97,40 @@ def test_shape_captions_name_what_is_drawn_one_per_image(tmp_path):
             assert max((v, k) for k, v in votes.items() if k.startswith("bg:"))[1] == f"bg:{said['background']}"
 
 
-def test_shape_grounding_boxes_hold_the_shape_in_images_of_several_aspect_ratios(tmp_path):
-    from tools.synthetic_data import make_shape_grounding
+def _grounding_refs(refer: Path):
+    """(ref, xywh box, image) for every ref of a shape_grounding folder."""
+    refs = load_plain_pickle((refer / "refs(umd).p").read_bytes())
+    instances = json.loads((refer / "instances.json").read_text())
+    images = {i["id"]: i for i in instances["images"]}
+    anns = {a["id"]: a for a in instances["annotations"]}
+    for ref in refs:
+        with Image.open(refer / "train2014" / images[ref["image_id"]]["file_name"]) as img:
+            yield ref, anns[ref["ann_id"]]["bbox"], img.convert("RGB")
 
-    for style in ("solid", "ramp"):
-        refer = make_shape_grounding(tmp_path / style, n=20, seed=2, n_val=6, style=style)
-        refs = load_plain_pickle((refer / "refs(umd).p").read_bytes())
-        instances = json.loads((refer / "instances.json").read_text())
-        images = {i["id"]: i for i in instances["images"]}
-        anns = {a["id"]: a for a in instances["annotations"]}
-        assert [r["split"] for r in refs].count("val") == 6 and len(refs) == 26
-        assert len({(i["width"], i["height"]) for i in images.values()}) >= 3
-        for ref in refs:
-            x, y, w, h = anns[ref["ann_id"]]["bbox"]
-            with Image.open(refer / "train2014" / images[ref["image_id"]]["file_name"]) as img:
-                inside = img.convert("RGB").getpixel((int(x + w / 2), int(y + h * 0.75)))
-                corner = (0 if x > 4 else img.width - 1, 0 if y > 4 else img.height - 1)
-                outside = img.convert("RGB").getpixel(corner)
-            assert max(abs(a - b) for a, b in zip(inside, outside)) > 40
+
+@pytest.mark.parametrize("style", GROUNDING_STYLES)
+def test_shape_grounding_boxes_hold_the_shape_in_images_of_several_aspect_ratios(tmp_path, style):
+    refer = make_shape_grounding(tmp_path, n=20, seed=2, n_val=6, style=style)
+    found = list(_grounding_refs(refer))
+    assert [ref["split"] for ref, _, _ in found].count("val") == 6 and len(found) == 26
+    assert len({img.size for _, _, img in found}) >= 3
+    for _, (x, y, w, h), img in found:
+        inside = img.getpixel((int(x + w / 2), int(y + h * 0.75)))
+        corner = (0 if x > 4 else img.width - 1, 0 if y > 4 else img.height - 1)
+        assert max(abs(a - b) for a, b in zip(inside, img.getpixel(corner))) > 40
+
+
+@pytest.mark.parametrize("style", ["grid_pixels", "grid_relative"])
+def test_grid_shapes_fill_one_cell_and_their_colour_says_where_it_is(tmp_path, style):
+    refer = make_shape_grounding(tmp_path, n=40, seed=1, n_val=0, style=style)
+    for ref, (x, y, w, h), img in _grounding_refs(refer):
+        assert ref["sentences"][0]["sent"] == "the shape"
+        cell = (GRID_CELL, GRID_CELL) if style == "grid_pixels" else (img.width / GRID_CELLS, img.height / GRID_CELLS)
+        assert (w, h) == cell and x % cell[0] == 0 and y % cell[1] == 0
+        cx, cy = x + w / 2, y + h * 0.75
+        span = (RAMP_CANVAS, RAMP_CANVAS) if style == "grid_pixels" else img.size
+        red, green, _ = img.getpixel((int(cx), int(cy)))
+        assert abs(red - (30 + 190 * cx / span[0])) < 12 and abs(green - (30 + 190 * cy / span[1])) < 12
 
 
 def test_forgery_test_split_holds_both_labels_and_half_the_rows_train(tmp_path):
