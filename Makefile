@@ -45,7 +45,7 @@ demo: install
 	$(LF_PY) -m tools.demo --out reports/demo
 
 test: install
-	$(LF_PY) -m pytest -q tests
+	$(LF_PY) -m pytest -q --durations=25 tests
 
 test-quick: install
 	$(LF_PY) -m pytest -q -m "not slow" tests

@@ -17,6 +17,7 @@ import json
 import math
 import shlex
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -128,17 +129,41 @@ def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path
     return words, env
 
 
-@pytest.fixture(scope="module")
-def trained(workspace, tiny_model_dir):
-    """trained(recipe) -> its output dir, after running its Run line (and its previous stage's first)."""
-    root, data, encoder, plugin = workspace
-    done = {}
+def needed(request) -> list:
+    """The recipes the selected tests of this module train, each after the earlier stage it reads."""
+    chosen = []
+    for item in request.session.items:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        if item.module is not request.module or not params:
+            continue
+        chosen.append(params["recipe"] if "recipe" in params else
+                      next(r for r in CUSTOM if r.trainer == params["trainer"] and r.path.stem == TWO_PROCESSES))
+    ordered = []
 
-    def train(recipe) -> Path:
-        if recipe.rel in done:
-            return done[recipe.rel]
+    def add(recipe):
         if stage := previous_stage(recipe):
-            train(next(r for r in CUSTOM if (r.trainer, r.task, r.path.stem) == (recipe.trainer, recipe.task, stage)))
+            add(next(r for r in CUSTOM if (r.trainer, r.task, r.path.stem) == (recipe.trainer, recipe.task, stage)))
+        if recipe not in ordered:
+            ordered.append(recipe)
+    for recipe in chosen:
+        add(recipe)
+    return ordered
+
+
+# Two runs at a time: a one-step run is mostly the trainer's start-up (imports, model and data loading) on one
+# core, so two lanes finish the module in a little over half the time on two cores.
+LANES = 2
+
+
+@pytest.fixture(scope="module")
+def trained(request, workspace, tiny_model_dir):
+    """trained(recipe) -> its output dir. Every Run line the selected tests need runs once, in LANES lanes, each
+    after the run of the earlier stage it reads; a run that failed fails every test that needs it."""
+    root, data, encoder, plugin = workspace
+    runs, outputs = {}, {}
+
+    def plan(recipe):
+        """(argv, environment, working directory, log) of the recipe's run; its data and folders made."""
         data_dir = data(data_name(recipe), recipe.family)
         if recipe.trainer == "llamafactory":
             cwd, output_dir = root / "llamafactory", root / "llamafactory-out" / recipe.path.stem
@@ -149,14 +174,31 @@ def trained(workspace, tiny_model_dir):
                 (cwd / "data" / data_dir.name).symlink_to(data_dir)
             output_dir = cwd / recipe.config["output_dir"]
         cwd.mkdir(parents=True, exist_ok=True)
+        outputs[recipe.rel] = output_dir
         words, env = run_line(recipe, tiny_model_dir(recipe.family), data_dir, encoder,
                               output_dir if recipe.trainer == "llamafactory" else None, plugin)
         log = root / "logs" / f"{recipe_id(recipe).replace('/', '_')}.log"
-        run_logged(words, log, env=trainer_env(recipe.trainer, **env), cwd=cwd, timeout=600)
-        done[recipe.rel] = output_dir
-        return output_dir
+        return words, trainer_env(recipe.trainer, **env), cwd, log
 
-    return train
+    def run(recipe, words, env, cwd, log, before):
+        if before is not None:
+            before.result()  # the earlier stage's output is this run's input; its failure is this one's
+        run_logged(words, log, env=env, cwd=cwd, timeout=900)
+
+    recipes = needed(request)
+    plans = {recipe.rel: plan(recipe) for recipe in recipes}  # sequential: conversions and folders are shared
+    pool = ThreadPoolExecutor(max_workers=LANES)
+    for recipe in recipes:  # earlier stages first: a lane that waits for one never waits for a run not yet started
+        stage = previous_stage(recipe)
+        before = next((runs[r.rel] for r in recipes if stage and r.trainer == recipe.trainer
+                       and r.task == recipe.task and r.path.stem == stage), None)
+        runs[recipe.rel] = pool.submit(run, recipe, *plans[recipe.rel], before)
+
+    def train(recipe) -> Path:
+        runs[recipe.rel].result()
+        return outputs[recipe.rel]
+    yield train
+    pool.shutdown(cancel_futures=True)
 
 
 def saved(recipe, out: Path) -> Path:
