@@ -177,8 +177,8 @@ GROUNDING_STYLES = ("solid", "grid_pixels", "grid_relative")
 
 def _ramp(size: tuple[int, int], relative: bool) -> Image.Image:
     """Red grows left to right, green top to bottom: every patch's colour says where it is, over one fixed
-    canvas (`relative` False: absolute pixels, as Qwen2.5-VL / Qwen3-VL-absolute boxes are written) or over
-    the image itself (`relative` True: the image's fraction, as Qwen2-VL's 0-1000 boxes are)."""
+    canvas (`relative` False: absolute pixels, as Qwen2.5-VL boxes are written) or over the image itself
+    (`relative` True: the image's fraction, as Qwen2-VL's and Qwen3-VL's 0-1000 boxes are)."""
     canvas = size if relative else (RAMP_CANVAS, RAMP_CANVAS)
     red = Image.linear_gradient("L").rotate(90).resize(canvas).point(lambda v: 30 + v * 190 // 255)
     green = Image.linear_gradient("L").resize(canvas).point(lambda v: 30 + v * 190 // 255)
