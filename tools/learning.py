@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -76,30 +77,24 @@ def forgery_source(out: Path) -> Path:
     return make_forgery(out, n=128, seed=0, with_test=True)
 
 
-def grounding_source(style: str) -> Callable[[Path], Path]:
-    def make(out: Path) -> Path:
-        return make_shape_grounding(out, n=400, seed=0, n_val=64, style=style)
-    return make
-
-
 # A family's box convention decides which grid its shapes lie on: Qwen2.5-VL writes absolute pixels of the resized
 # image (the shapes on one 56 px grid, coloured by absolute position), Qwen2-VL 0-1000 of the image (the shapes on
-# a 4 x 4 grid of each image, coloured by relative position).
-GROUNDING_STYLE = {"qwen2_5_vl": "grid_pixels", "qwen2_vl": "grid_relative"}
-GROUNDING_RECIPE = {"qwen2_5_vl": "qwen2_5_vl_7b_lora", "qwen2_vl": "qwen2_vl_2b_lora"}
-# Qwen2-VL's 4 x 4 grid has 16 cells an image against Qwen2.5-VL's 8-12: at 500 steps it reached 0.41, at 1000 0.86.
-GROUNDING_STEPS = {"qwen2_5_vl": 500, "qwen2_vl": 1000}
+# a 4 x 4 grid of each image, coloured by relative position). Qwen2-VL's grid has 16 cells an image against
+# Qwen2.5-VL's 8-12: at 500 steps it reached 0.41, at 1000 0.86. family -> (data style, recipe, steps)
+GROUNDING = {"qwen2_5_vl": ("grid_pixels", "qwen2_5_vl_7b_lora", 500),
+             "qwen2_vl": ("grid_relative", "qwen2_vl_2b_lora", 1000)}
 
 
 def grounding_task(family: str) -> "LearningTask":
+    style, recipe, steps = GROUNDING[family]
     return LearningTask(
         name=f"grounding_{family}", eval_task="grounding", model=family,
-        make_source=grounding_source(GROUNDING_STYLE[family]),
+        make_source=partial(make_shape_grounding, n=400, seed=0, n_val=64, style=style),
         # Every image lies inside the tiny processors' pixel limits as well as the recipe's, so the limits that
         # LLaMA-Factory's processor adds (--processor-config) change no box.
         converter=["refcoco", "--splitby", "umd"], data_name="refcocog",
-        recipes={t: f"recipes/grounding/{t}/{GROUNDING_RECIPE[family]}.yaml" for t in TRAINERS},
-        overrides=output_layer_overrides(steps=GROUNDING_STEPS[family], gradient_accumulation_steps=2),
+        recipes={t: f"recipes/grounding/{t}/{recipe}.yaml" for t in TRAINERS},
+        overrides=output_layer_overrides(steps=steps, gradient_accumulation_steps=2),
         targets={"acc@0.5": 0.5}, baseline_margin={"acc@0.5": 1.5}, max_new_tokens=64)
 
 
@@ -185,7 +180,7 @@ TASKS = {
         targets={"json_valid_rate": 1.0, "direction_acc": 0.9},
         baseline_margin={"direction_acc": 1.5}, max_new_tokens=48),
     **{name: forgery_task(name) for name in FORGERY_RECIPES},
-    **{task.name: task for task in map(grounding_task, GROUNDING_STYLE)},
+    **{task.name: task for task in map(grounding_task, GROUNDING)},
 }
 
 

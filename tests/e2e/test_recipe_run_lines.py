@@ -129,6 +129,12 @@ def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path
     return words, env
 
 
+def earlier_stage(recipe):
+    """The recipe of previous_stage(recipe), same trainer and task, or None."""
+    stage = previous_stage(recipe)
+    return stage and next(r for r in CUSTOM if (r.trainer, r.task, r.path.stem) == (recipe.trainer, recipe.task, stage))
+
+
 def needed(request) -> list:
     """The recipes the selected tests of this module train, each after the earlier stage it reads."""
     chosen = []
@@ -141,8 +147,8 @@ def needed(request) -> list:
     ordered = []
 
     def add(recipe):
-        if stage := previous_stage(recipe):
-            add(next(r for r in CUSTOM if (r.trainer, r.task, r.path.stem) == (recipe.trainer, recipe.task, stage)))
+        if earlier := earlier_stage(recipe):
+            add(earlier)
         if recipe not in ordered:
             ordered.append(recipe)
     for recipe in chosen:
@@ -189,10 +195,8 @@ def trained(request, workspace, tiny_model_dir):
     plans = {recipe.rel: plan(recipe) for recipe in recipes}  # sequential: conversions and folders are shared
     pool = ThreadPoolExecutor(max_workers=LANES)
     for recipe in recipes:  # earlier stages first: a lane that waits for one never waits for a run not yet started
-        stage = previous_stage(recipe)
-        before = next((runs[r.rel] for r in recipes if stage and r.trainer == recipe.trainer
-                       and r.task == recipe.task and r.path.stem == stage), None)
-        runs[recipe.rel] = pool.submit(run, recipe, *plans[recipe.rel], before)
+        earlier = earlier_stage(recipe)
+        runs[recipe.rel] = pool.submit(run, recipe, *plans[recipe.rel], earlier and runs[earlier.rel])
 
     def train(recipe) -> Path:
         runs[recipe.rel].result()
