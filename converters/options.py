@@ -39,20 +39,41 @@ def positive_int(text: str) -> int:
     return value
 
 
-def processor_pixels(path: str) -> tuple[int, int]:
-    """(min, max) pixels from a checkpoint's preprocessor_config.json (or the directory holding it)."""
+# Where a checkpoint keeps its image processor's settings: the hub's layout, then the one transformers 5 saves
+# (the image processor's settings nested under "image_processor").
+PROCESSOR_CONFIG_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def read_processor_pixels(path: str | Path) -> tuple[int, int]:
+    """(min, max) pixels of a checkpoint's image processor, from a config JSON or the directory holding one
+    (PROCESSOR_CONFIG_FILES); an InputError naming the file when there is none or it has no limits."""
     config_path = Path(path)
     if config_path.is_dir():
-        config_path = config_path / "preprocessor_config.json"
-    try:
-        config = read_json(config_path, dict, "a preprocessor config")
-    except InputError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        found = [config_path / name for name in PROCESSOR_CONFIG_FILES if (config_path / name).is_file()]
+        if not found:
+            raise InputError(f"{config_path}: no {' or '.join(PROCESSOR_CONFIG_FILES)}")
+        config_path = found[0]
+    config = read_json(config_path, dict, "a processor config")
+    config = config.get("image_processor", config)
     size = config.get("size") or {}
     low, high = config.get("min_pixels", size.get("shortest_edge")), config.get("max_pixels", size.get("longest_edge"))
     if low is None or high is None:
-        raise argparse.ArgumentTypeError(f"{config_path}: no min/max pixels (min_pixels/max_pixels or size)")
+        raise InputError(f"{config_path}: no min/max pixels (min_pixels/max_pixels or size)")
     return int(low), int(high)
+
+
+def checkpoint_processor_pixels(model: str | Path) -> tuple[int, int] | None:
+    """The image processor limits of a local checkpoint directory; None for a hub id (the published
+    checkpoints' own limits are converters.geometry.PROCESSOR_PIXELS)."""
+    return read_processor_pixels(model) if Path(model).is_dir() else None
+
+
+def processor_pixels(path: str) -> tuple[int, int]:
+    """--processor-config: (min, max) pixels from a checkpoint's processor config (or its directory)."""
+    try:
+        return read_processor_pixels(path)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_split_of_file(parser: argparse.ArgumentParser) -> None:

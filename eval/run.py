@@ -3,11 +3,14 @@ then score them (metrics.json, samples.jsonl)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from converters.boxes import MODEL_FAMILIES
+from converters.geometry import PROCESSOR_PIXELS
+from converters.options import checkpoint_processor_pixels
 from converters.registry import TASK_NAMES
 from eval.infer import resolve_adapter
 from eval.data import choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
@@ -71,6 +74,32 @@ def data_settings(task: str, data_file: Path, entry: dict, *, min_pixels: int | 
                          java_metrics=java_metrics)
 
 
+def with_model_processor(settings: ScoreSettings, task: str, model: str | Path, data_file: Path,
+                         samples: list) -> ScoreSettings:
+    """The settings with the evaluated checkpoint's own image processor limits, which LLaMA-Factory's resize
+    applies after its own, so eval feeds images at the size training did (a local model whose limits differ
+    from the official checkpoints', as the tiny test models' do). Qwen2.5-VL grounding references are absolute
+    pixels rendered under the limits the converter was given: an image those limits resize differently is an
+    error naming the record, not a silent rescale."""
+    if settings.resize_path != "llamafactory":
+        return settings
+    own = checkpoint_processor_pixels(model)
+    expected = tuple(settings.processor_pixels or PROCESSOR_PIXELS[settings.family])
+    if own is None or own == expected:
+        return settings
+    updated = replace(settings, processor_pixels=own)
+    if task == "grounding" and settings.family == "qwen2_5_vl":
+        written, fed = settings.box_convention(), updated.box_convention()
+        for sample in samples:
+            size = sample.image_size()
+            if size is not None and written.resized(size) != fed.resized(size):
+                raise ValueError(
+                    f"{data_file}: record {sample.id!r}: its boxes are pixels of the image resized to "
+                    f"{written.resized(size)} (processor limits {list(expected)}), but {model} resizes it to "
+                    f"{fed.resized(size)} (limits {list(own)}); convert again with --processor-config {model}")
+    return updated
+
+
 def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapter: str | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 4, max_new_tokens: int = 128,
              backend: str = "transformers", device: str | None = None, dtype: str | None = None,
@@ -96,8 +125,9 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
         data_file = choose_data_file(Path(data), split, Path(adapter) if adapter else None, resolved)
     settings = data_settings(task, data_file, read_manifest_entry(data_file), min_pixels=min_pixels,
                              max_pixels=max_pixels, resize_path=resize_path, java_metrics=java_metrics)
-    convention = settings.box_convention()
     samples = load_samples(data_file, task)
+    settings = with_model_processor(settings, task, model, data_file, samples)
+    convention = settings.box_convention()
     left_out = 0
     if task == "grounding":
         # A refcoco file may mix REC rows (answer = box) with REG rows (answer = phrase); only REC is grounding.

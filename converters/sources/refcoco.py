@@ -409,8 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="must equal the recipe's (default: the family's recipe value)")
     parser.add_argument("--processor-config", dest="processor_pixels", metavar="DIR_OR_JSON",
                         type=processor_pixels, default=None,
-                        help="checkpoint dir or preprocessor_config.json whose own pixel limits LLaMA-Factory's "
-                             "processor applies (default: the official Qwen checkpoints')")
+                        help="checkpoint dir (its preprocessor_config.json or processor_config.json) or that "
+                             "file, whose own pixel limits LLaMA-Factory's processor applies (default: the official "
+                             "Qwen checkpoints')")
     parser.add_argument("--box-tolerance", type=float, default=2.0,
                         help="px a box may overshoot the image and still be clipped instead of skipped")
 

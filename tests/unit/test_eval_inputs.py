@@ -5,10 +5,12 @@ import json
 import pytest
 
 from converters.__main__ import main as convert
+from converters.options import read_processor_pixels
 from eval.__main__ import main
-from eval.data import adapter_trainer, choose_data_file
-from eval.run import run_eval
-from tools.synthetic_data import make_forgery, make_refcoco
+from eval.data import adapter_trainer, choose_data_file, load_samples, read_manifest_entry
+from eval.run import data_settings, run_eval, with_model_processor
+from qwenvl_recipes.io import InputError
+from tools.synthetic_data import make_focus_pairs, make_forgery, make_refcoco
 
 
 def _adapter(path):
@@ -110,3 +112,52 @@ def test_metrics_json_holds_null_not_nan(tmp_path):
     assert metrics["distance_mae"] is None
     for line in (tmp_path / "o" / "samples.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"samples.jsonl holds {name}"))
+
+
+def _checkpoint(path, min_pixels, max_pixels, layout="processor_config.json"):
+    """A model dir holding only its processor config, in the hub layout or the nested one transformers 5 saves."""
+    path.mkdir(parents=True)
+    limits = {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    config = limits if layout == "preprocessor_config.json" else {"image_processor": limits}
+    (path / layout).write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("layout", ["preprocessor_config.json", "processor_config.json"])
+def test_processor_pixels_read_from_either_config_layout(tmp_path, layout):
+    assert read_processor_pixels(_checkpoint(tmp_path / "m", 4096, 65536, layout)) == (4096, 65536)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no preprocessor_config.json or processor_config.json"):
+        read_processor_pixels(tmp_path / "empty")
+
+
+def _settings(data_file, task, model, samples=None):
+    entry = read_manifest_entry(data_file)
+    return with_model_processor(data_settings(task, data_file, entry), task, model, data_file,
+                                samples if samples is not None else load_samples(data_file, task))
+
+
+def test_llamafactory_images_fed_at_the_checkpoints_own_processor_limits(tmp_path):
+    data = tmp_path / "data"
+    assert convert(["microscopy", "--input", str(make_focus_pairs(tmp_path / "src", n=4, n_val=2)), "--out",
+                    str(data), "--model", "qwen3_vl"]) == 0
+    official, tiny = "Qwen/Qwen3-VL-2B-Instruct", _checkpoint(tmp_path / "tiny", 4096, 65536)
+    # LLaMA-Factory's resize ends in the checkpoint's processor: the official Qwen3-VL one lifts a 96 px image
+    # to 256 px (min 65536 pixels), a checkpoint with a lower minimum keeps it, and eval must feed what trained.
+    assert _settings(data / "microscopy_val.json", "microscopy", official).box_convention().resized((96, 96)) \
+        == (256, 256)
+    assert _settings(data / "microscopy_val.json", "microscopy", tiny).box_convention().resized((96, 96)) == (96, 96)
+    # ms-swift resizes by the recipe's MIN_PIXELS/MAX_PIXELS alone.
+    assert _settings(data / "microscopy_val.jsonl", "microscopy", tiny).box_convention().resized((96, 96)) \
+        == (96, 96)
+
+
+def test_absolute_boxes_under_other_processor_limits_are_refused_naming_the_record(grounding, tmp_path):
+    data_file = grounding / "refcoco_val.json"  # Qwen2.5-VL: boxes in pixels of the resized image
+    samples = load_samples(data_file, "grounding")
+    wide = _settings(data_file, "grounding", _checkpoint(tmp_path / "wide", 3136, 10 ** 9), samples)
+    assert wide.processor_pixels == (3136, 10 ** 9)  # no image resizes differently: the boxes still hold
+    with pytest.raises(ValueError, match=rf"refcoco_val.json: record {samples[0].id!r}: its boxes are pixels of "
+                                         r"the image resized to .* \(processor limits \[3136, 12845056\]\), but "
+                                         r".*upscaling resizes it to .*; convert again with --processor-config"):
+        _settings(data_file, "grounding", _checkpoint(tmp_path / "upscaling", 10 ** 6, 10 ** 9), samples)
