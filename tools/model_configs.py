@@ -122,9 +122,10 @@ TINY = {
 
 FAMILIES = tuple(TINY)
 
-# Wider, deeper tiny variants for grounding, named <family>_wide: 4 LM layers of width 128 (head_dim 32, M-RoPE
-# sections summing to 16) and a 4-block ViT of width 64, still a few tens of millions of parameters (mostly
-# the real-size vocabulary). The 2-layer width-64 models learn the box format but not where the object is.
+# Wider, deeper tiny variants, named <family>_wide: 4 LM layers of width 128 (head_dim 32, M-RoPE sections
+# summing to 16) and a 4-block ViT of width 64, still a few tens of millions of parameters (mostly the real-size
+# vocabulary). qwen3_vl_wide learns the microscopy comparison in 1000 steps where the 2-layer width-64 model
+# needs 2500; the others are for experiments (`python -m tools.learning ... --model qwen2_5_vl_wide`).
 TINY_VARIANTS = {
     "qwen2_5_vl_wide": ("qwen2_5_vl", dict(
         vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
@@ -142,6 +143,16 @@ TINY_VARIANTS = {
     ), dict(
         depth=4, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=4, patch_size=14,
         spatial_merge_size=2, temporal_patch_size=2,
+    ), True),
+    "qwen3_vl_wide": ("qwen3_vl", dict(
+        vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [8, 4, 4],
+                         "mrope_interleaved": True},
+    ), dict(
+        depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128, patch_size=16,
+        spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+        deepstack_visual_indexes=[1],
     ), True),
 }
 
