@@ -169,8 +169,9 @@ TASKS = {
         targets={"exact_match": 0.6, "colour_acc": 0.6, "shape_acc": 0.6, "background_acc": 0.6},
         baseline_margin={"exact_match": 1.5}, max_new_tokens=16),
     # The one comparison it needs (image 2's blur against image 1's) is learned slowly by the 2-layer width-64
-    # model (2500 steps of 2 x 2); the wider variant at batch 8 and lr 1e-2 learns it in 1000 (docs/learning.md).
-    # ~9 min a trainer on two cores: out of the default demo and of the tests.
+    # model (2500 steps of 2 x 2); the wider variant at batch 8 and lr 1e-2 learns it in 1000 through ms-swift
+    # (~9 min on two cores), while LLaMA-Factory stops at direction 0.83 there (~17 min, docs/learning.md): out
+    # of the default demo and of the tests.
     "microscopy": LearningTask(
         name="microscopy", eval_task="microscopy", model="qwen3_vl_wide", make_source=microscopy_source,
         # A short prompt: the default one is ~100 tokens that a 2-layer model has to look past to the images.
