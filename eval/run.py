@@ -92,11 +92,14 @@ def with_model_processor(settings: ScoreSettings, task: str, model: str | Path, 
         written, fed = settings.box_convention(), updated.box_convention()
         for sample in samples:
             size = sample.image_size()
-            if size is not None and written.resized(size) != fed.resized(size):
+            if size is None:
+                continue
+            rendered, feeding = written.resized(size), fed.resized(size)
+            if rendered != feeding:
                 raise ValueError(
-                    f"{data_file}: record {sample.id!r}: its boxes are pixels of the image resized to "
-                    f"{written.resized(size)} (processor limits {list(expected)}), but {model} resizes it to "
-                    f"{fed.resized(size)} (limits {list(own)}); convert again with --processor-config {model}")
+                    f"{data_file}: record {sample.id!r}: its boxes are pixels of the image resized to {rendered} "
+                    f"(processor limits {list(expected)}), but {model} resizes it to {feeding} (limits "
+                    f"{list(own)}); convert again with --processor-config {model}")
     return updated
 
 
