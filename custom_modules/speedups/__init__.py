@@ -11,6 +11,8 @@
                        change to Liger's loss function, which any Liger model then uses)
     parameter_count    the model's parameter count taken once, not at every micro-step (transformers' Trainer counts
                        them for its FLOP estimate)
+    skip_cudnn_attention  sdpa without its cuDNN backend, which builds a host-side plan for every new input shape
+                       (off by default; a process-wide switch, like lm_head_loss)
     compile_vision     torch.compile of each vision block around its attention, which stays eager (off by default:
                        compile time). Needs vision_attention: the per-batch segment plan of the attention is host
                        data (Python ints and index tensors of each batch's image grids), so traced it recompiled for
@@ -47,6 +49,7 @@ class SpeedupSettings:
     deepstack: bool = True
     lm_head_loss: bool = True
     parameter_count: bool = True
+    skip_cudnn_attention: bool = False
     compile_vision: bool = False
     compile_language: bool = False
 
@@ -72,6 +75,7 @@ def validate_config(block: dict) -> None:
 
 def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
+    from custom_modules.speedups.attention_backend import skip_cudnn_attention
     from custom_modules.speedups.deepstack import use_scattered_deepstack
     from custom_modules.speedups.frozen_vision import drop_frozen_vision_graph
     from custom_modules.speedups.lm_head_loss import use_labelled_rows
@@ -99,6 +103,8 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["lm_head_loss"] = use_labelled_rows()
     if settings["parameter_count"]:
         changed["parameter_count"] = count_parameters_once(model)
+    if settings["skip_cudnn_attention"]:
+        changed["skip_cudnn_attention"] = skip_cudnn_attention()
     if settings["compile_vision"]:
         changed["compile_vision"] = compile_each(vision_blocks(model))
     if settings["compile_language"]:

@@ -161,3 +161,24 @@ def test_compile_switches_compile_exactly_the_vision_blocks_and_decoder_layers(t
     assert compiled == {f"model.language_model.layers.{i}" for i in range(model.config.text_config.num_hidden_layers)}
     depth = len(model.model.visual.blocks)
     assert apply_speedups(model, dict(off, compile_vision=True), autocast=False) == {"compile_vision": depth}
+
+
+def test_skip_cudnn_attention_switches_off_only_cudnn_sdpa_for_the_process():
+    import torch
+
+    from custom_modules.speedups import DEFAULTS, apply_speedups
+
+    backends = ("cudnn", "flash", "mem_efficient")
+    before = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in backends}
+    off = {k: False for k in DEFAULTS}
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert apply_speedups(torch.nn.Linear(2, 2), dict(off, skip_cudnn_attention=True), autocast=False) == {
+            "skip_cudnn_attention": 1}
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() == before["flash"]
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() == before["mem_efficient"]
+        assert apply_speedups(torch.nn.Linear(2, 2), dict(off, skip_cudnn_attention=True), autocast=False) == {
+            "skip_cudnn_attention": 0}
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before["cudnn"])
