@@ -96,6 +96,8 @@ def test_seed_caption_recipe_trains_two_steps_offline(trainer, caption_data, tin
     history = loss_history(trainer, output_dir)
     assert [step for step, _ in history] == [1, 2]
     assert all(math.isfinite(loss) for _, loss in history)
+    checkpoint = output_dir / "checkpoint-2"  # saved at the last step, the model alone: a learning run is not resumed
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
 
     adapter = adapter_dir(trainer, output_dir)
     base = AutoModelForImageTextToText.from_pretrained(model_dir)
