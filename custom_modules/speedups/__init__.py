@@ -12,7 +12,7 @@
     parameter_count    the model's parameter count taken once, not at every micro-step (transformers' Trainer counts
                        them for its FLOP estimate)
     skip_cudnn_attention  sdpa without its cuDNN backend, which builds a host-side plan for every new input shape
-                       (off by default; a process-wide switch, like lm_head_loss)
+                       (a process-wide switch, like lm_head_loss)
     compile_vision     torch.compile of each vision block around its attention, which stays eager (off by default:
                        compile time). Needs vision_attention: the per-batch segment plan of the attention is host
                        data (Python ints and index tensors of each batch's image grids), so traced it recompiled for
@@ -49,7 +49,7 @@ class SpeedupSettings:
     deepstack: bool = True
     lm_head_loss: bool = True
     parameter_count: bool = True
-    skip_cudnn_attention: bool = False
+    skip_cudnn_attention: bool = True
     compile_vision: bool = False
     compile_language: bool = False
 

@@ -230,6 +230,21 @@ def test_variant_overrides_reach_nested_settings(tmp_path):
     assert config["per_device_train_batch_size"] == 24
 
 
+@pytest.mark.parametrize("spec, worker_env, config_env", [
+    ("lf_ours_24gib:ENV.PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+     {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, None),
+    ("swift_ours_24gib:ENV.QVR_SPEEDUPS_SKIP_CUDNN_ATTENTION=false", {}, False),
+])
+def test_env_overrides_go_to_the_worker_for_llamafactory_and_to_the_env_block_for_swift(spec, worker_env, config_env,
+                                                                                          tmp_path):
+    name, overrides = variants.parse_variant(spec)
+    config, _, _ = variants.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data",
+                                           tmp_path, warmup=5, steps=20, cpu=False)
+    trainer = variants.VARIANTS[name][1]
+    assert variants.pop_worker_env(trainer, config) == worker_env
+    assert "ENV" not in config if config_env is None else config["ENV"]["QVR_SPEEDUPS_SKIP_CUDNN_ATTENTION"] is False
+
+
 @pytest.mark.parametrize("model_id", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
 def test_plainly_tuned_variant_is_the_fast_recipe_without_our_block(model_id, tmp_path):
     args = dict(model_id=model_id, ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20,

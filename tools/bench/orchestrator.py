@@ -17,7 +17,8 @@ Variants (VARIANTS): `seed` (plain transformers loop, batch 2, gradient checkpoi
 ms-swift the plugin, its callbacks and QVR_* settings), i.e. batch 16, no gradient checkpointing, Liger, the same LoRA, only the trainer's own options), `lf_ours`, `swift_ours`,
 `lf_ours_24gib`, `swift_ours_24gib` (recipes/perf/...). A variant name may carry overrides for a
 tuning sweep: `lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false`; a dotted key sets a nested one
-(`lf_ours:qwenvl_recipes.speedups.compile_language=true`, `swift_ours:ENV.QVR_SPEEDUPS_COMPILE_LANGUAGE=true`).
+(`lf_ours:qwenvl_recipes.speedups.compile_language=true`, `swift_ours:ENV.QVR_SPEEDUPS_COMPILE_LANGUAGE=true`);
+`ENV.<NAME>` of a LLaMA-Factory variant sets the worker's environment (`lf_ours:ENV.PYTORCH_CUDA_ALLOC_CONF=...`).
 
 The trainers run through their own CLI entry points in the worker process (`llamafactory-cli train` runs
 `run_exp` in-process on one GPU; `swift sft` re-executes `swift/cli/sft.py`, whose `sft_main` the worker
@@ -53,8 +54,8 @@ from pathlib import Path
 import yaml
 
 from tools.bench.records import add_ratios, check_record, format_table
-from tools.bench.variants import (BENCH_MODELS, REPO_ROOT, VARIANTS, data_label, parse_variant, rows_needed,
-                                  settings_text, trainer_config)
+from tools.bench.variants import (BENCH_MODELS, REPO_ROOT, VARIANTS, data_label, parse_variant, pop_worker_env,
+                                  rows_needed, settings_text, trainer_config)
 from tools.bench.worker import worker
 from tools.bench_data import write_bench_data
 from tools.model_configs import FAMILY_OF_MODEL
@@ -77,12 +78,14 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     spec = {"trainer": trainer, "ckpt": str(ckpt), "data": str(data), "cpu": args.cpu,
             "record": str(work / f"record_{name}.json"), "profile": args.profile,
             "trace": str(Path(args.out) / f"trace_{re.sub(r'[^A-Za-z0-9_.-]', '-', spec_name)}.json.gz")}
+    worker_env = {}
     if trainer == "transformers":
         spec["warmup"], spec["window"] = args.warmup, args.warmup + args.steps
         python, path = args.lf_python, args.lf_path
     else:
         config, spec["warmup"], spec["window"] = trainer_config(name, overrides, args.model, ckpt, data, work,
                                                                 args.warmup, args.steps, args.cpu, args.profile)
+        worker_env = pop_worker_env(trainer, config)
         config_path = work / f"config_{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         spec["config"] = str(config_path)
@@ -98,6 +101,7 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     log.flush()
     start = time.time()
     env = trainer_env(path)
+    env.update(worker_env)
     if trainer == "llamafactory":
         # LLaMA-Factory sizes every image while it tokenizes, in `preprocessing_num_workers` processes that each
         # keep torch's full thread pool: a 640x480 image took 75 ms with the pool and 7 ms with one thread on two

@@ -91,6 +91,15 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def pop_worker_env(trainer: str, config: dict) -> dict:
+    """The environment a variant's worker gets beyond the trainer's: LLaMA-Factory's configs have no ENV block (its
+    users set variables in the shell, e.g. PYTORCH_CUDA_ALLOC_CONF), so its variants' `ENV.<NAME>` overrides are
+    taken out of the config and set in the worker's environment; ms-swift exports its own ENV block."""
+    if trainer != "llamafactory":
+        return {}
+    return {key: str(value) for key, value in config.pop("ENV", {}).items()}
+
+
 def settings_text(config: dict) -> str:
     return ", ".join(f"{k}={config[k]}" for k in SETTING_KEYS if k in config)
 
