@@ -25,8 +25,8 @@ from tools.trainers import REPO_ROOT, TRAINERS, run_logged
 TRAINER_NAMES = {"llamafactory": "LLaMA-Factory", "swift": "ms-swift"}
 # The tasks the demo runs by default: those whose targets the tiny models reach and that fit its 15 minutes on two
 # cores (docs/learning.md). grounding_qwen2_5_vl (the learning tests run it), grounding_qwen2_vl and forgery_t3
-# reach their targets too, each in a few more minutes, and microscopy through ms-swift (~9 min; LLaMA-Factory
-# ~17 min and short of the direction target): add them with --task.
+# reach their targets too, each in a few more minutes, and microscopy (~9 min through ms-swift, ~24 through
+# LLaMA-Factory): add them with --task.
 DEMO_TASKS = ("caption", "forgery_t1")
 # Metrics shown per eval task, in order (BLEU-4 stays for captions, but a constant caption scores well on it).
 REPORT_METRICS = {"caption": ("exact_match", "colour_acc", "shape_acc", "background_acc", "bleu_4"),
