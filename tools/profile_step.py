@@ -11,7 +11,7 @@ time and a trainer's is the trainer's own overhead. Levers (cumulative, in the o
     (every step under bf16 autocast with peft's fp32 adapter weights, as both trainers run LoRA with bf16: true)
     sdpa             transformers' default: the vision attention one sdpa call per window/image
     liger            Liger kernels on the model instance (fused linear + cross-entropy, RMSNorm, SwiGLU, RoPE)
-    vision_attention custom_modules.speedups, one batched sdpa call per vision layer
+    vision_attention custom_modules.speedups, one attention call per vision layer
     vision_positions custom_modules.speedups, Qwen3-VL's vision position tables from a cache per image size
     vision_mlp       custom_modules.speedups, the vision MLP over weights padded to a multiple of 128
     lora_input       custom_modules.speedups, no fp32 copy of LoRA inputs under autocast

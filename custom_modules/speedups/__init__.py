@@ -1,6 +1,7 @@
 """Speed-ups for LoRA training of Qwen-VL models that leave what is learned unchanged.
 
-    vision_attention   the vision towers' windowed/per-image attention as one batched sdpa call per layer
+    vision_attention   the vision towers' windowed/per-image attention as one call per layer (PyTorch's varlen flash
+                       kernel on CUDA in half precision, else one sdpa call per distinct segment length)
     vision_positions   Qwen3-VL's vision position tables from a cache per image size (no per-image host loops)
     vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from custom_modules.speedups.vision_attention import ATTN_NAME, _segment_plan, use_segment_attention
+from custom_modules.speedups.vision_attention import (ATTN_NAME, flash_varlen_usable, grouped_sdpa_attention,
+                                                      segments_of, use_segment_attention, varlen_flash_attention)
 
 # (t, h, w) patch grids: one square image (every window full: the reshape path) and a mix of sizes whose
 # windows and images differ in length (the grouped path).
@@ -46,11 +47,47 @@ def test_segment_attention_matches_per_segment_loop(tiny_model_dir, family, layo
 
 
 def test_segment_plan_groups_by_length():
-    even = _segment_plan(torch.tensor([0, 4, 8, 12], dtype=torch.int32))
-    assert [(length, index, count) for length, index, count in even] == [(4, None, 3)]
-    mixed = _segment_plan(torch.tensor([0, 4, 6, 10, 10, 12], dtype=torch.int32))
-    assert [(length, index.tolist(), count) for length, index, count in mixed] == [
+    even = segments_of(torch.tensor([0, 4, 8, 12], dtype=torch.int32))
+    assert [(length, index, count) for length, index, count in even.plan] == [(4, None, 3)]
+    assert even.max_length == 4
+    mixed = segments_of(torch.tensor([0, 4, 6, 10, 10, 12], dtype=torch.int32))
+    assert [(length, index.tolist(), count) for length, index, count in mixed.plan] == [
         (4, [[0, 1, 2, 3], [6, 7, 8, 9]], 2), (2, [[4, 5], [10, 11]], 2)]
+    assert mixed.max_length == 4
+
+
+def test_flash_varlen_only_where_the_kernel_runs():
+    assert not flash_varlen_usable(torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16), dropout=0.0)  # CPU
+    if torch.cuda.is_available():
+        half = torch.zeros(1, 2, 4, 80, dtype=torch.bfloat16, device="cuda")
+        assert flash_varlen_usable(half, dropout=0.0)
+        assert not flash_varlen_usable(half, dropout=0.1)
+        assert not flash_varlen_usable(half.float(), dropout=0.0)
+        assert not flash_varlen_usable(half[..., :76], dropout=0.0)
+
+
+# COCO-like mixes: Qwen2.5-VL edge windows (64 and smaller), Qwen3-VL whole images (hundreds to ~1000 patches)
+SEGMENT_LENGTHS = {"windows": [64, 64, 32, 48, 64, 16, 40, 64, 8], "images": [1024, 780, 1008, 600, 896]}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch's flash kernel runs only on CUDA")
+@pytest.mark.parametrize("dim", [72, 80])  # head sizes of Qwen3-VL's and Qwen2.5-VL's vision towers
+@pytest.mark.parametrize("mix", sorted(SEGMENT_LENGTHS))
+def test_varlen_flash_matches_grouped_sdpa_on_cuda(mix, dim):
+    lengths = SEGMENT_LENGTHS[mix]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    segments = segments_of(cu)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), 16, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn(sum(lengths), 16, dim, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for attention, inputs in ((varlen_flash_attention, (q, k, v)),
+                              (grouped_sdpa_attention, tuple(t.float() for t in (q, k, v)))):
+        out = attention(*inputs, segments, dim ** -0.5, False)
+        results.append((out.float(), *torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))))
+    for got, expected in zip(*results):  # bf16 flash against a float32 reference
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_aligned_vision_mlp_gives_the_same_tower_and_keeps_checkpoint_shapes(tiny_model_dir):

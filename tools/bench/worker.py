@@ -102,6 +102,8 @@ def write_trace(profiler, path: Path) -> None:
     """The profiler's chrome trace, gzipped, and the GPU idle-gap report of tools.gpu_gaps beside it (.txt)."""
     import gzip
 
+    import torch
+
     from qwenvl_recipes.io import atomic_open, write_text_atomic
     from tools.gpu_gaps import analyse, format_report
 
@@ -112,7 +114,10 @@ def write_trace(profiler, path: Path) -> None:
     with atomic_open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as gz:
         gz.write(data)
     trace = json.loads(data)
-    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)
+    averages = profiler.key_averages()
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)
+    if torch.cuda.is_available():  # where the GPU's own time goes, beside the host's
+        table += "\n\n" + averages.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70)
     try:
         gaps = format_report(analyse(trace))
     except ValueError as error:  # a CPU run has no kernels
