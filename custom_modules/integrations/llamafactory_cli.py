@@ -10,6 +10,11 @@ NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT (and RDZV_ID, MIN_NNODES, MAX_NNODES, M
 launch) read as LLaMA-Factory reads them. Every other command (export,
 chat, webui, ...) is llamafactory-cli's own, run unchanged.
 
+OPTIM_TORCH (on unless set to 0) is LLaMA-Factory's switch for the torchrun workers' allocator, expandable
+segments; `train` applies it in a single process too, unless PYTORCH_CUDA_ALLOC_CONF (or PYTORCH_ALLOC_CONF) is
+already set: on images of varying size the caching allocator otherwise reserves far more than the live peak
+(92 GiB reserved for 57 allocated, Qwen2.5-VL-7B's fast recipe on COCO-shaped data; docs/performance.md).
+
 LLaMA-Factory 0.9.5 has no plugin hook and rejects unknown recipe keys, so this command reads the recipe,
 pops its `qwenvl_recipes:` block and calls FEATURES[feature](settings, args) for each feature in it (checked
 settings, paths placed in the run's dataset_dir / output_dir, patches of LLaMA-Factory's SFT workflow for
@@ -106,14 +111,40 @@ def torchrun_command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *flags, "-m", WORKER_MODULE, *argv]
 
 
-def torchrun_env() -> dict:
-    """The workers' environment, tuned as llamafactory-cli tunes it (OPTIM_TORCH, on by default)."""
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def optim_torch() -> bool:
     from llamafactory.extras.misc import is_env_enabled
 
+    return is_env_enabled("OPTIM_TORCH", "1")
+
+
+def torchrun_env() -> dict:
+    """The workers' environment, tuned as llamafactory-cli tunes it (OPTIM_TORCH, on by default)."""
     env = dict(os.environ)
-    if is_env_enabled("OPTIM_TORCH", "1"):
-        env.update(PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True", TORCH_NCCL_AVOID_RECORD_STREAMS="1")
+    if optim_torch():
+        env.update(PYTORCH_CUDA_ALLOC_CONF=EXPANDABLE_SEGMENTS, TORCH_NCCL_AVOID_RECORD_STREAMS="1")
     return env
+
+
+ALLOC_CONF_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads either
+
+
+def tune_allocator() -> None:
+    """This process's allocator as the torchrun workers get it, unless the user chose one (either variable set,
+    even empty). CUDA is initialised by the time this runs and reads the variable no more (set alone, it left the
+    default allocator: docs/performance.md), so the setting goes to the allocator itself, before the model loads;
+    the variable is set too, for the processes this one starts."""
+    if not optim_torch() or any(name in os.environ for name in ALLOC_CONF_VARIABLES):
+        return
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE_SEGMENTS
+    import torch
+
+    if torch.cuda.is_available():
+        set_allocator = (getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+                         or torch.cuda.memory._set_allocator_settings)
+        set_allocator(EXPANDABLE_SEGMENTS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if distributed():
             raise SystemExit(subprocess.run(torchrun_command(rest), env=torchrun_env()).returncode)
+        tune_allocator()
         train(rest)
     except RecipeError as error:
         raise SystemExit(f"qvr-llamafactory: {error}") from None

@@ -37,7 +37,7 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
         # COCO-shaped grounding rows: texts of varying length, so some positions of a batch are padding
         assert r["data"] == "coco, grounding text" and r["patches_per_sample"] > 0
         assert 100 < r["tokens_per_sample"] < 500
-        # both 24 GiB recipes run micro-batch 8: texts of different lengths in one batch pad the shorter ones
+        # both 24 GiB recipes run micro-batch 16: texts of different lengths in one batch pad the shorter ones
         assert 0 < r["padding_share"] < 0.5, r
         assert r["trained"] == {"lm": "lora", "vision": "frozen"}
     # each trainer applied the recipe's speedups to the tiny tower (one vision config, depth-2 MLPs of width 64) and
