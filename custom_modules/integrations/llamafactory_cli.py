@@ -142,9 +142,7 @@ def tune_allocator() -> None:
     import torch
 
     if torch.cuda.is_available():
-        set_allocator = (getattr(torch._C, "_accelerator_setAllocatorSettings", None)
-                         or torch.cuda.memory._set_allocator_settings)
-        set_allocator(EXPANDABLE_SEGMENTS)
+        torch._C._accelerator_setAllocatorSettings(EXPANDABLE_SEGMENTS)
 
 
 def main(argv: list[str] | None = None) -> None:

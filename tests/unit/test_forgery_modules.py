@@ -258,34 +258,32 @@ def test_llamafactory_cli_launches_torchrun_as_llamafactory_cli_does(monkeypatch
                                                   "--rdzv-backend", "c10d", "--rdzv-endpoint", "10.0.0.1:29500"]
 
 
-@pytest.mark.parametrize("optim_torch, user_variable, expected", [
-    (None, None, "expandable_segments:True"),  # LLaMA-Factory's default for its torchrun workers, on one process
-    ("1", ("PYTORCH_CUDA_ALLOC_CONF", "backend:native"), None),  # the user's own allocator setting is kept
-    ("1", ("PYTORCH_ALLOC_CONF", ""), None),  # torch's newer name, even empty, is the user's choice too
-    ("0", None, None),  # LLaMA-Factory's switch turns it off
+@pytest.mark.parametrize("given, expected", [
+    ({}, "expandable_segments:True"),  # LLaMA-Factory's default for its torchrun workers, on one process
+    ({"OPTIM_TORCH": "1", "PYTORCH_CUDA_ALLOC_CONF": "backend:native"}, None),  # the user's own setting is kept
+    ({"OPTIM_TORCH": "1", "PYTORCH_ALLOC_CONF": ""}, None),  # torch's newer name, even empty, is the user's too
+    ({"OPTIM_TORCH": "0"}, None),  # LLaMA-Factory's switch turns it off
 ])
-def test_single_process_train_tunes_the_allocator_as_torchrun_workers(monkeypatch, optim_torch, user_variable,
-                                                                      expected):
+def test_single_process_train_tunes_the_allocator_as_torchrun_workers(monkeypatch, given, expected):
     import torch
 
     from custom_modules.integrations import llamafactory_cli
 
-    user = dict([user_variable] if user_variable else [])
     for key in ("OPTIM_TORCH", *llamafactory_cli.ALLOC_CONF_VARIABLES):
-        monkeypatch.setenv(key, "")  # recorded, so what main() sets is undone after the test
-        monkeypatch.delenv(key)
-    for key, value in [("OPTIM_TORCH", optim_torch), *user.items()]:
-        if value is not None:
-            monkeypatch.setenv(key, value)
-    # torch read the variables when it loaded, so the setting must reach the allocator itself
+        monkeypatch.setenv(key, given.get(key, ""))  # recorded, so what main() sets is undone after the test
+        if key not in given:
+            monkeypatch.delenv(key)
+    # CUDA is initialised before train runs and reads the variable no more, so the setting must reach the allocator
     handed_to_allocator = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", handed_to_allocator.append, raising=False)
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", handed_to_allocator.append)
     trained = []
     monkeypatch.setattr(llamafactory_cli, "distributed", lambda: False)
     monkeypatch.setattr(llamafactory_cli, "train", lambda argv: trained.append(
         (argv, {key: os.environ.get(key) for key in llamafactory_cli.ALLOC_CONF_VARIABLES})))
     llamafactory_cli.main(["train", "r.yaml", "max_steps=1"])
-    environment = {"PYTORCH_CUDA_ALLOC_CONF": expected, "PYTORCH_ALLOC_CONF": None, **user}
+    environment = {key: given.get(key) for key in llamafactory_cli.ALLOC_CONF_VARIABLES}
+    if expected:
+        environment["PYTORCH_CUDA_ALLOC_CONF"] = expected
     assert trained == [(["r.yaml", "max_steps=1"], environment)]
     assert handed_to_allocator == ([expected] if expected else [])
