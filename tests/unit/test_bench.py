@@ -3,6 +3,7 @@ table, schema, variant parsing and the trainer configs built from our perf recip
 
 import gzip
 import json
+import sys
 
 import pytest
 import torch
@@ -323,3 +324,36 @@ def test_bench_rows_hold_every_variant_in_one_epoch():
     assert variants.rows_needed(["seed"], args) == 128
     with pytest.raises(ValueError, match="unknown variant"):
         variants.rows_needed(["lf_fast"], args)
+
+
+@pytest.mark.parametrize("timeout", [30, 2])
+def test_a_variant_leaves_no_process_behind(timeout, tmp_path, monkeypatch):
+    """What the worker started (the trainers' persistent data-loader workers) is stopped with it, also when the
+    worker times out: left running, they compete with the next variant's start for host cores."""
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    pid_file = tmp_path / "child.pid"
+    fake_python = tmp_path / "python"
+    # argv: -m tools.bench worker SPEC; a child that outlives the worker, then the record (or a hang)
+    fake_python.write_text(f"""#!/bin/sh
+sleep 300 &
+echo $! > {pid_file}
+[ "$QVR_TEST_HANG" = 1 ] && sleep 300
+exec {sys.executable} -c 'import json, sys; json.dump({{"samples_per_s": 1.0}}, open(json.load(open(sys.argv[1]))["record"], "w"))' "$4"
+""")
+    fake_python.chmod(0o755)
+    monkeypatch.setenv("QVR_TEST_HANG", "1" if timeout == 2 else "0")
+    args = SimpleNamespace(model="qwen2_vl_2b", cpu=True, profile=0, out=str(tmp_path), warmup=1, steps=1,
+                           lf_python=str(fake_python), lf_path=None, timeout=timeout)
+    with open(tmp_path / "log", "w") as log:
+        record = orchestrator.run_variant("seed", args, tmp_path / "ckpt", tmp_path / "data", tmp_path, log)
+    assert record.get("error") == (f"timeout after {timeout}s" if timeout == 2 else None), record
+    stat = Path(f"/proc/{pid_file.read_text().strip()}/stat")
+    for _ in range(50):  # SIGKILL is delivered asynchronously; a killed orphan is gone or a zombie ("Z")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"{stat.parent.name}, started by the worker, is still running")

@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,15 @@ def trainer_env(pythonpath: str | None) -> dict:
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     return env
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    """Kill every process left in the session `proc` leads, then reap `proc`."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the session has no process left
+        pass
+    proc.wait()
 
 
 def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -> dict:
@@ -114,14 +124,19 @@ def run_variant(spec_name: str, args, ckpt: Path, data: Path, work: Path, log) -
     env["TMPDIR"] = tmp = tempfile.mkdtemp(prefix="qvr-bench-")
     env.setdefault("TORCHINDUCTOR_CACHE_DIR",
                    os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
+    # In a session of its own, so that what it leaves behind (the trainers' persistent data-loader workers, which
+    # os._exit does not stop, or a timed-out worker's whole tree) is stopped with it: left running, they take host
+    # cores from the next variant's start and fail in their exit handlers once its folder is gone.
+    proc = subprocess.Popen([python, "-m", "tools.bench", "worker", str(spec_path)], cwd=REPO_ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc = subprocess.run([python, "-m", "tools.bench", "worker", str(spec_path)], cwd=REPO_ROOT,
-                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
-        failed = proc.returncode != 0 or not Path(spec["record"]).exists()
-        error = f"exit {proc.returncode}" if failed else None
+        returncode = proc.wait(timeout=args.timeout)
+        failed = returncode != 0 or not Path(spec["record"]).exists()
+        error = f"exit {returncode}" if failed else None
     except subprocess.TimeoutExpired:
         failed, error = True, f"timeout after {args.timeout}s"
     finally:
+        stop_session(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     record["wall_s"] = round(time.time() - start, 1)
     if failed:
