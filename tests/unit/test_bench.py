@@ -357,3 +357,32 @@ exec {sys.executable} -c 'import json, sys; json.dump({{"samples_per_s": 1.0}}, 
         time.sleep(0.1)
     else:
         pytest.fail(f"{stat.parent.name}, started by the worker, is still running")
+
+
+def test_rounds_table_gives_each_variant_per_round_median_and_spread():
+    rows = [dict(name="a", round=1, samples_per_s=10.0), dict(name="b", round=1, samples_per_s=8.0),
+            dict(name="a", round=2, samples_per_s=12.0), dict(name="b", round=2, samples_per_s=None, error="exit 1"),
+            dict(name="a", round=3, samples_per_s=11.0), dict(name="b", round=3, samples_per_s=9.0),
+            dict(name="seed", samples_per_s=1.0)]  # an appended record of a run without rounds
+    assert records.format_rounds(rows).splitlines() == [
+        "| variant | round 1 | round 2 | round 3 | median samples/s | spread |",
+        "|---|---|---|---|---|---|",
+        "| a | 10.00 | 12.00 | 11.00 | 11.00 | 18.2% |",
+        "| b | 8.00 | - | 9.00 | 8.50 | 11.8% |"]
+
+
+def test_repeat_interleaves_the_variants(tmp_path, monkeypatch):
+    order = []
+    monkeypatch.setattr(orchestrator, "prepare", lambda args, work, rows: (tmp_path / "ckpt", tmp_path / "data"))
+    monkeypatch.setattr(orchestrator, "run_variant", lambda spec, *a: order.append(spec) or dict(
+        model="qwen2_vl_2b", trainer="llamafactory", variant="ours", name=spec, samples_per_s=float(len(order)),
+        tokens_per_s=1.0, peak_gib=1.0, mfu=0.1, tokens_per_sample=1.0, padding_share=0.0, steps=1, wall_s=0,
+        n_trainable=1, n_trainable_with_grad=1))
+    orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--work", str(tmp_path), "--cpu",
+                       "--repeat", "2", "--variants", "lf_ours", "swift_ours"])
+    assert order == ["lf_ours", "swift_ours", "lf_ours", "swift_ours"]
+    saved = json.loads((tmp_path / "bench_qwen2_vl_2b.json").read_text())
+    assert [r["round"] for r in saved] == [1, 1, 2, 2]
+    assert "| lf_ours | 1.00 | 3.00 | 2.00 | 100.0% |" in (tmp_path / "bench_qwen2_vl_2b.md").read_text()
+    with pytest.raises(SystemExit):
+        orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--repeat", "0"])

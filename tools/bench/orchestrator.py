@@ -33,13 +33,15 @@ non-embedding weights, N_vis the vision tower (encoder + merger); how each part 
 model's trainable parameters.
 
 A second `run` with `--append` into the same --out adds its variants to that job's records (ratios over all),
-so long runs of some variants (`--steps 200`) and short runs of others share one table.
+so long runs of some variants (`--steps 200`) and short runs of others share one table. `--repeat N` runs the
+variants N times in turn (A B A B ...), for effects smaller than what one host varies over a job.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import json
 import os
 import re
@@ -54,7 +56,7 @@ from pathlib import Path
 
 import yaml
 
-from tools.bench.records import add_ratios, check_record, format_table
+from tools.bench.records import add_ratios, check_record, format_rounds, format_table
 from tools.bench.variants import (BENCH_MODELS, REPO_ROOT, VARIANTS, data_label, parse_variant, pop_worker_env,
                                   rows_needed, settings_text, trainer_config)
 from tools.bench.worker import worker
@@ -185,8 +187,10 @@ def run(args) -> list[dict]:
         t0 = time.time()
         ckpt, data = prepare(args, work, rows)
         print(f"checkpoint + {rows} rows of data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
-        for spec in variants:
+        for round_, spec in itertools.product(range(1, args.repeat + 1), variants):  # A B A B ...
             record = dict(run_variant(spec, args, ckpt, data, work, log), data=data_label(args.model, args.data))
+            if args.repeat > 1:
+                record["round"] = round_
             records.append(record)
             add_ratios(records)
             records_path.write_text(json.dumps(records, indent=1))
@@ -196,6 +200,8 @@ def run(args) -> list[dict]:
                   f"grads {record['n_trainable_with_grad']}/{record['n_trainable']}") +
                   f" ({record['wall_s']}s)", flush=True)
     table = format_table(records)
+    if args.repeat > 1:
+        table += "\n\n" + format_rounds(records)
     (out / f"bench_{args.model}.md").write_text(table + "\n")
     print(table)
     return records
@@ -235,6 +241,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20, help="measured micro-steps (>= 20 for reported figures)")
     p.add_argument("--warmup", type=int, default=5, help="warm-up micro-steps before the window")
     p.add_argument("--timeout", type=int, default=150, help="seconds allowed per variant")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the variants N times in turn (A B A B ...): an effect under the hosts' ~15%% noise is "
+                        "read from interleaved rounds; each record gets its round, and a table of each variant's "
+                        "samples/s per round, median and spread follows the main one (default 1)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="trace N micro-steps after the measured window with torch.profiler: OUT/trace_<variant>"
                         ".json.gz and .txt (GPU idle gaps, tools.gpu_gaps; host operator table)")
@@ -254,6 +264,8 @@ def main(argv=None) -> None:
                                  "so docs/performance.json itself can be one of the record files")
     args = parser.parse_args(argv)
     if args.command == "run":
+        if args.repeat < 1:
+            p.error(f"--repeat must be at least 1, got {args.repeat}")
         run(args)
     elif args.command == "worker":
         worker(Path(args.spec))

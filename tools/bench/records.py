@@ -109,6 +109,23 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_rounds(records: list[dict]) -> str:
+    """Markdown table of interleaved rounds (`run --repeat`): each variant's samples/s in every round, its median
+    and its spread ((max - min) / median) over the rounds it completed."""
+    rounds = sorted({r["round"] for r in records if "round" in r})
+    names = list(dict.fromkeys(r["name"] for r in records if "round" in r))
+    lines = ["| variant | " + " | ".join(f"round {i}" for i in rounds) + " | median samples/s | spread |",
+             "|---|" + "---|" * (len(rounds) + 2)]
+    for name in names:
+        rate = {r["round"]: r.get("samples_per_s") for r in records if r.get("name") == name and "round" in r}
+        done = sorted(v for v in rate.values() if v)
+        median = (done[(len(done) - 1) // 2] + done[len(done) // 2]) / 2 if done else None
+        spread = (done[-1] - done[0]) / median if median else None
+        lines.append(f"| {name} | " + " | ".join(_fmt(rate.get(i), '.2f') for i in rounds) +
+                     f" | {_fmt(median, '.2f')} | {_fmt(spread * 100 if spread is not None else None, '.1f')}% |")
+    return "\n".join(lines)
+
+
 def check_record(record: dict) -> None:
     """Raise ValueError unless `record` follows the docs/performance.json schema."""
     missing = [k for k in RECORD_KEYS if k not in record]
