@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 GIB = 1024 ** 3
 RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date",
                "data")
@@ -119,7 +121,7 @@ def format_rounds(records: list[dict]) -> str:
     for name in names:
         rate = {r["round"]: r.get("samples_per_s") for r in records if r.get("name") == name and "round" in r}
         done = sorted(v for v in rate.values() if v)
-        median = (done[(len(done) - 1) // 2] + done[len(done) // 2]) / 2 if done else None
+        median = statistics.median(done) if done else None
         spread = (done[-1] - done[0]) / median if median else None
         lines.append(f"| {name} | " + " | ".join(_fmt(rate.get(i), '.2f') for i in rounds) +
                      f" | {_fmt(median, '.2f')} | {_fmt(spread * 100 if spread is not None else None, '.1f')}% |")
