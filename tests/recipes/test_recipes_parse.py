@@ -189,8 +189,10 @@ SWIFT_PERF_VARIABLE_IMAGES = [r for r in RECIPES if r.task == "perf" and r.train
 def test_swift_perf_recipes_grow_segments_for_variable_image_sizes(recipe):
     """Over variable image sizes the default caching allocator reserves far more than the live peak (88.2 GiB for
     54.9 on COCO-shaped data); the recipe sets the allocator qvr-llamafactory sets for LLaMA-Factory's."""
+    from custom_modules.integrations.llamafactory_cli import EXPANDABLE_SEGMENTS
+
     env = recipe.config.get("ENV") or {}
-    assert env.get("PYTORCH_CUDA_ALLOC_CONF") == "expandable_segments:True", recipe.rel
+    assert env.get("PYTORCH_CUDA_ALLOC_CONF") == EXPANDABLE_SEGMENTS, recipe.rel
 
 
 def _get(trainer: str, task: str, name: str):

@@ -384,5 +384,10 @@ def test_repeat_interleaves_the_variants(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "bench_qwen2_vl_2b.json").read_text())
     assert [r["round"] for r in saved] == [1, 1, 2, 2]
     assert "| lf_ours | 1.00 | 3.00 | 2.00 | 100.0% |" in (tmp_path / "bench_qwen2_vl_2b.md").read_text()
+    orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--work", str(tmp_path), "--cpu",
+                       "--append", "--repeat", "2", "--variants", "lf_ours"])
+    saved = json.loads((tmp_path / "bench_qwen2_vl_2b.json").read_text())
+    assert [r["round"] for r in saved] == [1, 1, 2, 2, 3, 4]  # appended rounds follow, none is overwritten
+    assert "| lf_ours | 1.00 | 3.00 | 5.00 | 6.00 | 4.00 | 125.0% |" in (tmp_path / "bench_qwen2_vl_2b.md").read_text()
     with pytest.raises(SystemExit):
         orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--repeat", "0"])

@@ -187,7 +187,8 @@ def run(args) -> list[dict]:
         t0 = time.time()
         ckpt, data = prepare(args, work, rows)
         print(f"checkpoint + {rows} rows of data ready in {time.time() - t0:.0f}s: {ckpt}", flush=True)
-        for round_, spec in itertools.product(range(1, args.repeat + 1), variants):  # A B A B ...
+        done = max((r.get("round", 0) for r in records), default=0)  # an appended run's rounds come after these
+        for round_, spec in itertools.product(range(done + 1, done + args.repeat + 1), variants):  # A B A B ...
             record = dict(run_variant(spec, args, ckpt, data, work, log), data=data_label(args.model, args.data))
             if args.repeat > 1:
                 record["round"] = round_
