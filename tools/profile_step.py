@@ -15,6 +15,7 @@ time and a trainer's is the trainer's own overhead. Levers (cumulative, in the o
     vision_positions custom_modules.speedups, Qwen3-VL's vision position tables from a cache per image size
     vision_mlp       custom_modules.speedups, the vision MLP over weights padded to a multiple of 128
     lora_input       custom_modules.speedups, no fp32 copy of LoRA inputs under autocast
+    lora_addmm       custom_modules.speedups, LoRA's scaled update added in the lora_B matmul (in-place addmm)
     deepstack        custom_modules.speedups, Qwen3-VL's deepstack additions without a host-GPU sync
     lm_head_loss     custom_modules.speedups, Liger's LM head + cross-entropy over the labelled rows, in one chunk
     compile_vision   custom_modules.speedups, torch.compile of each vision block
@@ -36,8 +37,8 @@ from tools.bench.worker import SEED_LORA, encode_batch
 from tools.mfu import mfu, step_flops
 from tools.model_configs import FAMILY_OF_MODEL
 
-LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "deepstack",
-          "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
+LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "lora_addmm",
+          "deepstack", "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
 
 
 def build(model_id: str, device: str, tiny: bool):

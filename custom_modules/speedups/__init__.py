@@ -5,6 +5,8 @@
     vision_positions   Qwen3-VL's vision position tables from a cache per image size (no per-image host loops)
     vision_mlp         Qwen2.5-VL's vision MLP (width 3420) run over weights padded to a multiple of 128
     lora_input         no fp32 copy of LoRA inputs under bf16 autocast
+    lora_addmm         LoRA's scaled update added to the base output in the lora_B matmul (one in-place addmm), not
+                       in two more passes over the layer's output and one over its gradient
     frozen_vision      no autograd graph through a frozen vision tower (transformers 5 marks its patch embedding's
                        output as requiring a gradient whenever input gradients are enabled for checkpointing)
     deepstack          Qwen3-VL's deepstack additions by masked_scatter instead of boolean indexing (no host sync)
@@ -46,6 +48,7 @@ class SpeedupSettings:
     vision_positions: bool = True
     vision_mlp: bool = True
     lora_input: bool = True
+    lora_addmm: bool = True
     frozen_vision: bool = True
     deepstack: bool = True
     lm_head_loss: bool = True
@@ -80,6 +83,7 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     from custom_modules.speedups.deepstack import use_scattered_deepstack
     from custom_modules.speedups.frozen_vision import drop_frozen_vision_graph
     from custom_modules.speedups.lm_head_loss import use_labelled_rows
+    from custom_modules.speedups.lora_addmm import use_addmm_lora
     from custom_modules.speedups.lora_input import keep_lora_input_dtype
     from custom_modules.speedups.parameter_count import count_parameters_once
     from custom_modules.speedups.parts import decoder_layers, vision_blocks
@@ -96,6 +100,8 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["vision_mlp"] = align_vision_mlps(model)
     if settings["lora_input"] and autocast:
         changed["lora_input"] = keep_lora_input_dtype(model)
+    if settings["lora_addmm"]:
+        changed["lora_addmm"] = use_addmm_lora(model)
     if settings["frozen_vision"]:
         changed["frozen_vision"] = drop_frozen_vision_graph(model)
     if settings["deepstack"]:

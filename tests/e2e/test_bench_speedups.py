@@ -47,6 +47,7 @@ def test_bench_runs_speedup_recipes_through_both_trainers(tmp_path):
     for changed in map(ast.literal_eval, applied):
         assert changed["vision_attention"] == 1 and changed["vision_mlp"] == 2 and "compile_vision" not in changed
         assert changed["parameter_count"] == 1
+        assert changed["lora_addmm"] == 7 * 2  # q, k, v, o, gate, up, down of the tiny LM's two layers
     # the workers leave with os._exit; the temporary folder they wrote in (swift's launcher recipe) is gone
     assert sorted(Path(tempfile.gettempdir()).glob("qvr*")) == temp_before
     # --profile 1: one traced micro-step after the measured window, inside each trainer's loop

@@ -219,3 +219,73 @@ def test_skip_cudnn_attention_switches_off_only_cudnn_sdpa_for_the_process():
             "skip_cudnn_attention": 0}
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before["cudnn"])
+
+
+def lora_model(tiny_model_dir, dtype, dropout):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen3_vl"), dtype=dtype)
+    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, init_lora_weights=False,
+                                           target_modules=targets))
+
+
+def seeded_loss_and_grads(model, ids, autocast):
+    torch.manual_seed(1)  # the same dropout masks, if drawn in the same order from the same stream
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def largest_relative_error(grads, expected):
+    return max(float((grads[n] - expected[n]).norm() / expected[n].norm()) for n in expected)
+
+
+# bf16: peft rounds the product, the scaled product and the sum in turn, the addmm rounds once
+@pytest.mark.parametrize("dtype, autocast, tolerance", [(torch.float32, False, 1e-5), (torch.bfloat16, True, 0.1)])
+def test_lora_addmm_gives_peft_loss_and_gradients(tiny_model_dir, dtype, autocast, tolerance):
+    from custom_modules.speedups.lora_addmm import use_addmm_lora
+
+    model = lora_model(tiny_model_dir, dtype, dropout=0.3)
+    model.train()
+    ids = torch.randint(0, 1000, (2, 12))
+    expected_loss, expected_grads = seeded_loss_and_grads(model, ids, autocast)
+    n_layers = model.base_model.model.config.get_text_config().num_hidden_layers
+    assert use_addmm_lora(model) == 7 * n_layers
+    assert use_addmm_lora(model) == 0  # already switched
+    loss, grads = seeded_loss_and_grads(model, ids, autocast)
+
+    torch.testing.assert_close(loss, expected_loss, rtol=tolerance / 10, atol=0)
+    assert grads.keys() == expected_grads.keys() and len(grads) == 14 * n_layers
+    assert {g.dtype for g in grads.values()} == {torch.float32}  # fp32 LoRA weights keep fp32 gradients
+    assert largest_relative_error(grads, expected_grads) < tolerance
+    # other dropout masks move the gradients far more: the comparison above sees a change of random stream
+    torch.manual_seed(2)
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(input_ids=ids, labels=ids).loss.backward()
+    other = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert largest_relative_error(other, expected_grads) > 5 * tolerance
+
+
+def test_lora_addmm_leaves_disabled_and_merged_adapters_to_peft(tiny_model_dir):
+    from custom_modules.speedups.lora_addmm import use_addmm_lora
+
+    model = lora_model(tiny_model_dir, torch.float32, dropout=0.0)
+    model.eval()
+    ids = torch.randint(0, 1000, (1, 9))
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    assert not torch.allclose(tuned, base)  # the random adapters change the output
+    use_addmm_lora(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, tuned, rtol=1e-5, atol=1e-5)
+        with model.disable_adapter():
+            torch.testing.assert_close(model(input_ids=ids).logits, base, rtol=0, atol=0)
+        model.merge_adapter()
+        torch.testing.assert_close(model(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
