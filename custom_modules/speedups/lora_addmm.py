@@ -10,10 +10,9 @@ stream); the update is rounded once (in the matmul's fp32 accumulator) where pef
 product and the sum to bf16 in turn.
 
 Only plain layers are changed: peft's `lora.Linear` (or a subclass with its forward, as ms-swift's) over an
-`nn.Linear`, vanilla LoRA (no DoRA or other variant, no
-LoRA bias), weights not partitioned by DeepSpeed ZeRO-3 (which gathers them only through module calls). At call
-time anything else (adapters disabled or merged, per-sample adapter names, extra arguments, dtypes that only peft's
-promotion reconciles) takes peft's own forward.
+`nn.Linear`, vanilla LoRA (no DoRA or other variant, no LoRA bias), weights not partitioned by DeepSpeed ZeRO-3
+(which gathers them only through module calls). At call time anything else (adapters disabled or merged, per-sample
+adapter names, extra arguments, dtypes that only peft's promotion reconciles) takes peft's own forward.
 """
 from __future__ import annotations
 
