@@ -7,7 +7,9 @@ resolve. Recipes reference the result with `dataset_dir: <out>` and `dataset: <n
 
 Exit status: 0 converted (skipped records are counted per reason on stderr and listed in manifest.json);
 1 a split ended with no usable sample, or --strict and a record was skipped; 2 an input file or folder
-is unusable (the message names it), or the options are wrong.
+is unusable (the message names it), the options are wrong, or the output cannot be written (the message
+names the file). Only a run that exits 0 changes --out: the whole folder at once, in one rename; one run
+at a time writes into one --out (a second one waits for it).
 """
 from __future__ import annotations
 
@@ -130,18 +132,19 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
 
 
 def _report(entries: dict, args: argparse.Namespace, name: str) -> int:
-    """Counts and skip reasons per split on stderr; 1 when a split (or the whole input) gave no sample."""
+    """Counts and skip reasons per split on stderr; 1 when a split (or the whole input) gave no sample, and
+    then nothing was written (pipeline.run commits only a run where every split has a sample)."""
     manifest = args.out / "manifest.json"
+    unchanged = f"nothing written, {args.out} is as it was"
     if not entries:
         wanted = f" of split {args.split!r}" if args.split else ""
         hint = (" (rows without a split field are train; --split-of-file puts a whole file in one split)"
                 if "split_of_file" in vars(args) and args.split else "")
-        print(f"error: {args.input}: no record{wanted} in the input{hint}; nothing written", file=sys.stderr)
+        print(f"error: {args.input}: no record{wanted} in the input{hint}; {unchanged}", file=sys.stderr)
         return 1
-    empty = []
+    empty = pipeline.empty_splits(entries)
     for key, entry in entries.items():
-        if entry["count"] == 0:
-            empty.append(key)
+        if key in empty:
             print(f"error: {key}: no usable sample, all {entry['skipped_count']} record(s) of {args.input} "
                   "were skipped; top reasons:", file=sys.stderr)
         else:
@@ -149,8 +152,10 @@ def _report(entries: dict, args: argparse.Namespace, name: str) -> int:
                   + (f", {len(entry['notes'])} noted" if entry["notes"] else ""), file=sys.stderr)
         for line in pipeline.skip_summary(entry):
             print(line, file=sys.stderr)
-        if entry["skipped_count"]:
+        if entry["skipped_count"] and not empty:
             print(f"  full list: {manifest}, datasets.{key}.skipped", file=sys.stderr)
+    if empty:
+        print(f"error: {', '.join(empty)}: no usable sample; {unchanged}", file=sys.stderr)
     return 1 if empty else 0
 
 

@@ -9,7 +9,7 @@ from converters.images import image_size
 from converters.registry import Source, registered
 from converters.schema import SkipRecord
 from converters.targets import TARGETS
-from qwenvl_recipes.io import read_json
+from qwenvl_recipes.io import name_problem, read_json, sha256_file
 
 
 def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -60,6 +60,9 @@ def check_dir(out: Path) -> list[str]:
     files: dict[str, dict] = {}  # file name -> manifest entry (or {})
     for key, entry in info.items():
         name = entry.get("file_name", "")
+        if name_problem(name) is not None:
+            problems.append(f"dataset_info.json: entry {key!r} names {name!r}, not a file of this folder")
+            continue
         if not (out / name).is_file():
             problems.append(f"dataset_info.json: entry {key!r} points at missing file {name!r}")
         elif entry.get("formatting") != "sharegpt" or "messages" not in entry.get("columns", {}):
@@ -70,10 +73,16 @@ def check_dir(out: Path) -> list[str]:
             problems.append(f"manifest.json: {key!r} was written by converter {entry['converter']!r}, which no "
                             f"module of converters/sources registers (known: {sorted(sources)})")
         for name in entry.get("files", {}).values():
-            if not (out / name).is_file():
+            if name_problem(name) is not None:
+                problems.append(f"manifest.json: {key!r} lists {name!r}, not a file of this folder")
+            elif not (out / name).is_file():
                 problems.append(f"manifest.json: {key!r} lists missing file {name!r}")
             else:
                 files[name] = entry
+                recorded = entry.get("sha256", {}).get(name)
+                if recorded is not None and sha256_file(out / name) != recorded:
+                    problems.append(f"{name}: not the file manifest.json records for {key!r} (its sha256 differs): "
+                                    "it changed after the conversion; convert again")
     resize_by_suffix = {suffix: path for suffix, path in TARGETS.values()}
     sizes: dict[str, tuple[int, int]] = {}
     for name, entry in sorted(files.items()):

@@ -1,7 +1,9 @@
 """Images on disk for the converters: sizes from the headers, paths resolved against the data root (and kept
-inside it), folder listings read once, content-addressed and resized copies."""
+inside it, symlinks followed), folder listings read once, content-addressed and resized copies written into
+the output being staged."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -54,10 +56,11 @@ def resolve_image(images_dir: Path | str | None, name: str, field: str = "image"
 
     Absolute paths because the trainers disagree on relative ones: LLaMA-Factory joins them to
     media_dir (default: dataset_dir), ms-swift to the working directory (or ROOT_IMAGE_DIR).
-    A path that leaves `images_dir` (the data root: `../..`, or an absolute path elsewhere when the root
-    was given) is skipped unless allowed (allow_outside_root): a list file must not make the output point
-    anywhere on the disk by accident.
-    String operations only: this runs once per record on inputs of 400k+ records.
+    A path that leaves `images_dir` (the data root: `../..`, an absolute path elsewhere when the root
+    was given, or a symlink in the root that points elsewhere) is skipped unless allowed
+    (allow_outside_root): a list file must not make the output point anywhere on the disk by accident.
+    The path is returned as named (symlinks kept); only the check follows them.
+    String operations and cached folder listings only: this runs once per record on inputs of 400k+ records.
     """
     if not isinstance(name, str) or not name:
         raise SkipRecord(f"image path must be a non-empty string, got {name!r}", field)
@@ -65,22 +68,53 @@ def resolve_image(images_dir: Path | str | None, name: str, field: str = "image"
         return os.path.abspath(name)
     root = os.path.abspath(images_dir)
     path = os.path.abspath(os.path.join(root, name))
-    if not _OUTSIDE_ROOT["allowed"] and not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
+    if not _OUTSIDE_ROOT["allowed"] and not _inside(path, root):
         raise SkipRecord(f"path {name!r} resolves to {path}, outside the data root {root} "
                          "(pass --allow-outside-root to accept it)", field)
+    inside_root(root, path, field)
     return path
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def inside_root(root: str, path: str, field: str) -> None:
+    """Skip `path` (under `root` as written) when a symlink on the way takes it out of the root, as `../` would."""
+    if _OUTSIDE_ROOT["allowed"]:
+        return
+    real, real_root = _real_path(path), _real_folder(root)
+    if not _inside(real, real_root):
+        raise SkipRecord(f"path {path} leads through a symlink to {real}, outside the data root {real_root} "
+                         "(pass --allow-outside-root to accept it)", field)
+
+
 @functools.lru_cache(maxsize=256)
-def _files_in(directory: str) -> frozenset[str] | None:
-    """Names of the files in a directory, listed once: one readdir instead of a stat per image (a stat
-    costs ~20 us on network/overlay filesystems, 80k of them dominate a COCO conversion). None when the
-    directory does not exist."""
+def _real_folder(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _real_path(path: str) -> str:
+    """os.path.realpath(path), with the folder's resolved once and the file itself only when it is a symlink."""
+    directory, name = os.path.split(path)
+    listing = _listing(directory)
+    if listing is not None and name in listing[1]:
+        return os.path.realpath(path)
+    return os.path.join(_real_folder(directory), name)
+
+
+@functools.lru_cache(maxsize=256)
+def _listing(directory: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(names of the files, names of the symlinks) in a directory, listed once: one readdir instead of a stat
+    per image (a stat costs ~20 us on network/overlay filesystems, 80k of them dominate a COCO conversion).
+    None when the directory does not exist."""
     try:
         with os.scandir(directory) as entries:
-            return frozenset(entry.name for entry in entries if _is_file_entry(entry))
+            entries = list(entries)
     except OSError:  # missing, not a directory, unreadable, a symlink loop: no image is found in it
         return None
+    return (frozenset(entry.name for entry in entries if _is_file_entry(entry)),
+            frozenset(entry.name for entry in entries if entry.is_symlink()))
 
 
 def _is_file_entry(entry: os.DirEntry) -> bool:
@@ -91,14 +125,15 @@ def _is_file_entry(entry: os.DirEntry) -> bool:
 
 
 def reset_listings() -> None:
-    """Forget directory listings; called at the start of every conversion."""
-    _files_in.cache_clear()
+    """Forget directory listings and resolved folders; called at the start of every conversion."""
+    _listing.cache_clear()
+    _real_folder.cache_clear()
 
 
 def is_file(path: str) -> bool:
     directory, name = os.path.split(path)
-    names = _files_in(directory)
-    return names is not None and name in names
+    listing = _listing(directory)
+    return listing is not None and name in listing[0]
 
 
 def existing_image(images_dir: Path | str | None, name: str, field: str = "image") -> str:
@@ -118,8 +153,10 @@ def find_coco_image(images_dir: Path | str | None, name: str, field: str = "imag
         raise SkipRecord(f"image path must be a non-empty string, got {name!r}", field)
     folder = _COCO_FOLDER.match(os.path.basename(name)) if images_dir is not None else None
     if folder is not None:
-        path = os.path.join(os.path.abspath(images_dir), folder.group(1), os.path.basename(name))
+        root = os.path.abspath(images_dir)
+        path = os.path.join(root, folder.group(1), os.path.basename(name))
         if is_file(path):
+            inside_root(root, path, field)
             return path
     return existing_image(images_dir, name, field)
 
@@ -162,6 +199,30 @@ class ImageFolderProbe:
             "folder holding them or holding their train2014/, val2014/ folder)")
 
 
+# While a conversion runs, the files it makes under its output folder go into the staging folder that takes
+# the output's place when the run commits (qwenvl_recipes.io.FolderUpdate).
+_STAGED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def writing_into(out: Path, staging: Path):
+    """Files store_image_bytes and resized_copy make under `out` are written into `staging` meanwhile; the rows
+    name them by their place in `out`, where they are once the run commits."""
+    _STAGED.update(out=os.path.abspath(out), staging=str(staging))
+    try:
+        yield
+    finally:
+        _STAGED.clear()
+
+
+def _staged(path: str) -> Path:
+    """Where a file of the output named `path` is written (and looked for) now."""
+    out = _STAGED.get("out")
+    if out is not None and _inside(path, out):
+        return Path(_STAGED["staging"] + path[len(out):])
+    return Path(path)
+
+
 def store_image_bytes(data: bytes, images_out: Path, field: str = "image") -> tuple[str, tuple[int, int]]:
     """Write embedded image bytes once, named by content hash; return (absolute path, (w, h))."""
     try:
@@ -170,11 +231,12 @@ def store_image_bytes(data: bytes, images_out: Path, field: str = "image") -> tu
     except (UnidentifiedImageError, OSError) as error:
         raise SkipRecord(f"unreadable embedded image: {error}", field) from None
     ext = {"jpeg": "jpg"}.get(fmt, fmt)
-    path = images_out / f"{hashlib.sha256(data).hexdigest()}.{ext}"
-    if not path.exists():
-        with atomic_open(path, "wb") as f:
+    path = os.path.abspath(images_out / f"{hashlib.sha256(data).hexdigest()}.{ext}")
+    written = _staged(path)
+    if not written.exists():
+        with atomic_open(written, "wb") as f:
             f.write(data)
-    return os.path.abspath(path), size
+    return path, size
 
 
 def resized_copy(source: str, size: tuple[int, int], images_out: Path, images_root: Path | None) -> str:
@@ -184,8 +246,9 @@ def resized_copy(source: str, size: tuple[int, int], images_out: Path, images_ro
     if relative.startswith(".."):
         relative = hashlib.sha256(source.encode()).hexdigest()[:16] + "_" + os.path.basename(source)
     stem, ext = os.path.splitext(relative)
-    target = images_out / f"{stem}_{size[0]}x{size[1]}{ext or '.png'}"
-    if not target.exists():
+    target = os.path.abspath(images_out / f"{stem}_{size[0]}x{size[1]}{ext or '.png'}")
+    written = _staged(target)
+    if not written.exists():
         try:
             with Image.open(source) as image:
                 resized = image.convert("RGB").resize(size, Image.BICUBIC)
@@ -193,6 +256,6 @@ def resized_copy(source: str, size: tuple[int, int], images_out: Path, images_ro
             raise SkipRecord(f"unreadable image {source}: {error}", "image") from None
         buffer = io.BytesIO()
         resized.save(buffer, format="PNG" if ext.lower() == ".png" else "JPEG", quality=95)
-        with atomic_open(target, "wb") as f:
+        with atomic_open(written, "wb") as f:
             f.write(buffer.getvalue())
-    return os.path.abspath(target)
+    return target

@@ -4,11 +4,16 @@ Readers yield (split, item) pairs where item is either a record (a dict with an 
 found while reading. `convert(record, resize_path)` is the source's pure record -> Sample function.
 Nothing is held per record except the set of ids seen (for duplicate detection), so memory stays
 bounded by that set, whatever the input size.
+
+The output folder is committed whole: everything a run writes (data files of every target, images, the
+merged dataset_info.json and manifest.json) goes into a staging copy of the folder, which takes the
+folder's place in one step only when every split has a sample (qwenvl_recipes.io.FolderUpdate).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import sys
 import threading
@@ -20,10 +25,11 @@ from typing import Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from converters import __version__
-from converters.images import reset_listings
+from converters.images import reset_listings, writing_into
 from converters.schema import Sample, Skip, SkipRecord
+from converters.sources.tables import DEFAULT_SPLIT
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
-from qwenvl_recipes.io import read_json, sha256_file, write_text_atomic
+from qwenvl_recipes.io import FolderUpdate, InputError, name_problem, read_json, sha256_file, write_text_atomic
 
 TEST_SPLITS = ("test", "testA", "testB")
 MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
@@ -78,12 +84,44 @@ def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, obje
         convert: Callable[[dict, str], Sample], out: Path, targets: tuple[str, ...],
         inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool = False,
         workers: int = 1) -> dict:
-    """Convert everything, write outputs atomically, return the manifest entries of this run (`task`: the
-    samples' task name, `converter`: the subcommand of the registered source that read them; converters.registry).
+    """Convert everything, commit the output folder whole when usable (empty_splits), return the manifest
+    entries of this run (`task`: the samples' task name, `converter`: the subcommand of the registered source
+    that read them; converters.registry).
 
     workers > 1 renders records in that many forked processes (order kept: the output is identical).
     """
-    out.mkdir(parents=True, exist_ok=True)
+    problem = name_problem(name)
+    if problem is not None:
+        raise InputError(f"--name {name!r} {problem}: it names the output files")
+    _refuse_inputs_inside(out, inputs)
+    with FolderUpdate(out) as update, writing_into(out, update.staging):
+        index = _read_index_files(out)
+        entries = _convert(name, task, converter, items, convert, update.staging, targets, inputs, options,
+                           trainer_dependent, strict, workers)
+        if entries and not empty_splits(entries):
+            _merge_index_files(update.staging, index, entries, targets)
+            update.commit()
+    return entries
+
+
+def empty_splits(entries: dict) -> list[str]:
+    """The entries of a run without any sample: such a run commits nothing (the output stays as it was)."""
+    return [key for key, entry in entries.items() if entry["count"] == 0]
+
+
+def _refuse_inputs_inside(out: Path, inputs: list[Path]) -> None:
+    """An input inside --out would be replaced or mixed with the output."""
+    real_out = os.path.realpath(out)
+    for path in inputs:
+        real = os.path.realpath(path)
+        if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+            raise InputError(f"--out {out}: holds the input {path}; write the output to another folder")
+
+
+def _convert(name: str, task: str, converter: str, items: Iterable[tuple[str, object]],
+             convert: Callable[[dict, str], Sample], staging: Path, targets: tuple[str, ...],
+             inputs: list[Path], options: dict, trainer_dependent: bool, strict: bool, workers: int) -> dict:
+    """Write every split's data files into `staging`; return the manifest entries."""
     reset_listings()
     splits: dict[str, _Split] = {}
     render = (convert, tuple(TARGETS[t][1] for t in targets) if trainer_dependent else None)
@@ -91,12 +129,25 @@ def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, obje
     # Backpressure: the pool's feeder thread may run at most MAX_IN_FLIGHT records ahead of the writer.
     in_flight, stopped = threading.BoundedSemaphore(MAX_IN_FLIGHT), threading.Event()
 
+    def split_state(split: str) -> _Split:
+        state = splits.get(split)
+        if state is None:
+            state = splits[split] = _Split(staging, name, split, targets)
+        return state
+
     def to_render() -> Iterator[dict]:
-        """Reader items -> records to render; reader skips and duplicate ids are recorded here."""
+        """Reader items -> records to render; reader skips, bad splits and duplicate ids are recorded here."""
         for position, (split, item) in enumerate(tqdm(items, desc=name, unit="rec", disable=None, mininterval=1.0)):
             state = splits.get(split)
             if state is None:
-                state = splits[split] = _Split(out, name, split, targets)
+                problem = name_problem(split)
+                if problem is not None:  # the split names files: one from the data may not be a path
+                    if not isinstance(item, Skip):
+                        item = Skip(str(item["id"]), f"split {split!r} {problem}: it names the output files",
+                                    item.get("source", ""), "split")
+                    split_state(DEFAULT_SPLIT).skipped.append((position, item))
+                    continue
+                state = split_state(split)
             if isinstance(item, Skip):
                 state.skipped.append((position, item))
                 continue
@@ -157,11 +208,11 @@ def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, obje
     for split, state in sorted(splits.items()):
         entries[f"{name}_{split}"] = {
             "task": task, "converter": converter, "split": split, "files": state.files, "count": state.count,
+            "sha256": {file: sha256_file(staging / file) for file in state.files.values()},
             "skipped_count": len(state.skipped), "skipped": [asdict(s) for _, s in state.skipped],
             "notes": state.notes,
             "inputs": input_sums, "options": options, "converter_version": __version__,
         }
-    _merge_index_files(out, entries, targets)
     return entries
 
 
@@ -196,10 +247,16 @@ def skip_summary(entry: dict, top: int = TOP_REASONS) -> list[str]:
     return lines
 
 
-def _merge_index_files(out: Path, entries: dict, targets: tuple[str, ...]) -> None:
-    """Update dataset_info.json and manifest.json, keeping entries of other datasets/splits in `out`."""
-    info = _load_json(out / "dataset_info.json")
-    manifest = _load_json(out / "manifest.json")
+def _read_index_files(out: Path) -> tuple[dict, dict]:
+    """dataset_info.json and manifest.json as the output folder holds them ({} when there is none yet); read
+    before converting, so that a broken one stops the run before its work, naming the file."""
+    return _load_json(out / "dataset_info.json"), _load_json(out / "manifest.json")
+
+
+def _merge_index_files(staging: Path, index: tuple[dict, dict], entries: dict, targets: tuple[str, ...]) -> None:
+    """Write dataset_info.json and manifest.json into `staging`: `index` (the folder's, read under its lock, so
+    no other run's entries are lost) with this run's entries over it, other datasets/splits kept."""
+    info, manifest = index
     manifest.setdefault("datasets", {})
     for key, entry in entries.items():
         if "llamafactory" in targets:
@@ -208,5 +265,5 @@ def _merge_index_files(out: Path, entries: dict, targets: tuple[str, ...]) -> No
             info.pop(key, None)
         manifest["datasets"][key] = entry
     manifest["converter_version"] = __version__
-    write_text_atomic(out / "dataset_info.json", _dump_json(info))
-    write_text_atomic(out / "manifest.json", _dump_json(manifest))
+    write_text_atomic(staging / "dataset_info.json", _dump_json(info))
+    write_text_atomic(staging / "manifest.json", _dump_json(manifest))

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from converters.schema import Sample
-from qwenvl_recipes.io import atomic_open
+from qwenvl_recipes.io import atomic_open, named
 
 # target -> (file suffix, resize path the trainer feeds the model through; see converters.geometry)
 TARGETS = {"llamafactory": (".json", "llamafactory"), "swift": (".jsonl", "swift")}
@@ -44,6 +44,7 @@ class RowWriter:
     """Streams encoded rows into one output file, atomically: a JSON list (.json) or JSON lines (.jsonl)."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.as_list = path.suffix == ".json"
         self._context = atomic_open(path)
         self._file = self._context.__enter__()
@@ -52,14 +53,20 @@ class RowWriter:
         self.count = 0
 
     def write(self, line: str) -> None:
-        self._file.write(self._separator + line + self._end)
+        try:
+            self._file.write(self._separator + line + self._end)
+        except OSError as error:  # disk full: say which file
+            raise named(error, self.path)
         if self.as_list:
             self._separator = ",\n"
         self.count += 1
 
     def commit(self) -> None:
         if self.as_list:
-            self._file.write("[]\n" if self.count == 0 else "\n]\n")
+            try:
+                self._file.write("[]\n" if self.count == 0 else "\n]\n")
+            except OSError as error:
+                raise named(error, self.path)
         self._context.__exit__(None, None, None)
 
     def abort(self) -> None:

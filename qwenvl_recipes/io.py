@@ -3,12 +3,16 @@ reading whose every failure is one InputError line naming the file (and line).""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +26,17 @@ class InputError(ValueError):
 # ---- writing: temp file next to the target + os.replace, so a reader never sees half a file ------------
 
 
+def named(error: OSError, path: str | os.PathLike) -> OSError:
+    """`error` naming `path` when it names no file: a failed write (disk full, quota) says only its cause."""
+    if error.filename is None:
+        error.filename = str(path)
+    return error
+
+
+# mkstemp's names for atomic_open's temp files: what a killed writer leaves behind
+TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w"):
     """Write to a temp file next to `path` and os.replace it in place only when the block succeeds."""
@@ -33,9 +48,11 @@ def atomic_open(path: Path, mode: str = "w"):
             yield f
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            named(error, path)
         raise
 
 
@@ -66,19 +83,188 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
                                     for r in rows))
 
 
+# ---- names that become paths ------------------------------------------------------------------------------
+
+# A name that becomes one component of a path: no separator, not "." or "..", not hidden, not an option.
+PLAIN_NAME = re.compile(r"\w[\w.+-]*")
+MAX_NAME_BYTES = 100
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` (a dataset name, a split from the data) cannot be one component of a file name; None when it
+    can. Such names are joined to an output folder, so a '../x' or 'a/b' would write elsewhere."""
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not PLAIN_NAME.fullmatch(name):
+        return "is not a plain name (letters, digits, _ . + -, starting with a letter, digit or _)"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+# ---- folders replaced in one step ------------------------------------------------------------------------
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); OSError where unsupported."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(a))
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link (no data copied); a copy where the filesystem or fs.protected_hardlinks refuses links."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _temp_files(directory: str, names: list[str]) -> set[str]:
+    return {name for name in names if TEMP_FILE.fullmatch(name)}
+
+
+def _lock(path: Path, shown: Path) -> int:
+    """An exclusive flock on `path` (created); a second writer of the same folder waits, told so once.
+    The holder removes the file before it lets go, so a lock taken on a removed file is taken again."""
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    print(f"{shown}: another process (pid {holder}) is writing it; waiting until it is done "
+                          f"(lock file {path})", file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.stat(path), os.fstat(fd)):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+class FolderUpdate:
+    """Replace the folder `target` in one step, or leave it as it was.
+
+    Entering takes the folder's lock (`.<name>.lock` beside it: one writer at a time, the next one waits),
+    finishes what a killed writer left beside it, and makes `staging`, a sibling folder holding the target's
+    current files as hard links (keep=True; no data is copied) or nothing. The caller writes its files into
+    staging; commit() then swaps staging and target in one rename (Linux renameat2 RENAME_EXCHANGE, so a
+    reader sees the old folder or the new one, never a mix) and removes the old one. Where the exchange is
+    not supported (other systems, some network filesystems) two renames do it, and a writer killed between
+    them leaves the previous folder beside the target, which the next writer puts back. Leaving without
+    commit() removes staging: the target is untouched. An OSError naming a file in staging is told by the
+    file's place in the target (what the user knows)."""
+
+    def __init__(self, target: str | os.PathLike, keep: bool = True):
+        self.shown = Path(target)
+        self.target = Path(os.path.realpath(target))  # a symlinked folder is updated where it lives
+        self.keep = keep
+        self.committed = False
+        self.staging: Path | None = None
+        self._lock_path = self.target.parent / f".{self.target.name}.lock"
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> "FolderUpdate":
+        if self.target.exists() and not self.target.is_dir():
+            raise InputError(f"{self.shown}: not a folder")
+        here = os.path.realpath(os.getcwd())
+        if here == str(self.target) or here.startswith(str(self.target) + os.sep):
+            raise InputError(f"{self.shown}: is the current folder or holds it; the folder is replaced as a whole, "
+                             "which would leave this shell in a removed folder: run from outside it")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self._lock_path, self.shown)
+        try:
+            self._finish_interrupted()
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=self.target.parent))
+            if self.keep and self.target.is_dir():
+                shutil.copytree(self.target, self.staging, symlinks=True, ignore=_temp_files,
+                                copy_function=_link_or_copy, dirs_exist_ok=True)
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.staging, 0o777 & ~umask)  # what mkdir makes (mkdtemp's is private)
+        except BaseException as error:
+            self.__exit__(type(error), error, None)
+            raise
+        return self
+
+    def _leftovers(self) -> list[Path]:
+        """What killed writers of this target left beside it: staging folders, previous folders."""
+        pattern = re.compile(rf"\.{re.escape(self.target.name)}\.(staging|old)-[a-z0-9_]{{8}}")
+        return sorted(self.target.parent / name for name in os.listdir(self.target.parent) if pattern.fullmatch(name))
+
+    def _finish_interrupted(self) -> None:
+        leftovers = self._leftovers()
+        previous = [path for path in leftovers if ".old-" in path.name]
+        if previous and not self.target.exists():  # cut between the two renames: the previous folder goes back
+            os.rename(previous[0], self.target)
+            leftovers.remove(previous[0])
+        for path in leftovers:
+            shutil.rmtree(path)
+
+    def commit(self) -> None:
+        """Put staging in the target's place (the caller has written everything into it)."""
+        replaced = None
+        if not self.target.exists():
+            os.rename(self.staging, self.target)
+        else:
+            try:
+                _exchange(self.staging, self.target)
+                replaced = self.staging
+            except OSError as error:
+                if error.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                replaced = self.staging.with_name(self.staging.name.replace(".staging-", ".old-", 1))
+                os.rename(self.target, replaced)
+                os.rename(self.staging, self.target)
+        self.committed = True
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)  # a leftover is removed by the next writer
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if self.staging is not None and not self.committed:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            if self._lock_fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._lock_path)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        if isinstance(error, OSError) and self.staging is not None:
+            self._name_in_target(error)
+        return False
+
+    def _name_in_target(self, error: OSError) -> None:
+        staging = str(self.staging)
+        for attribute in ("filename", "filename2"):
+            name = getattr(error, attribute)
+            if isinstance(name, str) and (name == staging or name.startswith(staging + os.sep)):
+                setattr(error, attribute, str(self.shown) + name[len(staging):])
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | os.PathLike):
-    """Yield an empty staging folder beside `target`; on success it replaces `target`, on error it is removed."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    """Yield an empty staging folder beside `target`; on success it replaces `target` in one step
+    (FolderUpdate), on error it is removed and `target` stays as it was."""
+    with FolderUpdate(target, keep=False) as update:
+        yield update.staging
+        update.commit()
 
 
 def sha256_file(path: Path) -> str:

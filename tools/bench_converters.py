@@ -3,8 +3,9 @@
     python -m tools.bench_converters [--captions 400000] [--target both] [--keep DIR]
 
 Writes captions_train2014.json with captions/5 images (width/height in the json, as COCO has) and one
-640x480 JPEG hard-linked under every image name (the converter reads each image's header, which proves
-it is an image of the size the json states; no pixels are decoded), then times
+640x480 JPEG hard-linked under every image name (a new one every 60000 names: ext4 allows 65000 links to a
+file; the converter reads each image's header, which proves it is an image of the size the json states; no
+pixels are decoded), then times
 `python -m converters coco-caption` in-process and prints records/s (captions converted per second,
 by wall clock and per CPU-second of this process).
 """
@@ -22,15 +23,17 @@ from PIL import Image
 from converters.__main__ import main as converters_main
 
 CAPTIONS_PER_IMAGE = 5
+LINKS_PER_TEMPLATE = 60_000  # ext4 allows 65000 hard links to one file
 
 
 def make_captions_json(root: Path, captions: int) -> Path:
     images_dir = root / "train2014"
     images_dir.mkdir(parents=True, exist_ok=True)
-    template = root / "template.jpg"
-    Image.new("RGB", (640, 480), (120, 90, 60)).save(template, quality=50)
     images, annotations = [], []
     for image_id in range(1, captions // CAPTIONS_PER_IMAGE + 1):
+        template = root / f"template{image_id // LINKS_PER_TEMPLATE}.jpg"
+        if not template.exists():
+            Image.new("RGB", (640, 480), (120, 90, 60)).save(template, quality=50)
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
         if not (images_dir / file_name).exists():
             os.link(template, images_dir / file_name)

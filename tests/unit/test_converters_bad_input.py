@@ -92,6 +92,11 @@ def parquet_file(root: Path, rows: list[dict]) -> Path:
     return path
 
 
+def all_paths(root: Path) -> set[str]:
+    """Every file and folder under `root`, symlinks not followed."""
+    return {os.path.join(folder, name) for folder, folders, files in os.walk(root) for name in folders + files}
+
+
 # ---- record-level: a named skip, the rest converted -------------------------------------------------
 
 
@@ -213,7 +218,57 @@ def case_coco_annotation_not_an_object(root):
             ("captions_train2014.json annotations[1]", "annotations[1]", "annotations[]", "annotation is a str"))
 
 
-RECORD_CASES = [case_ref_ann_id_is_a_list, case_coco_annotation_not_an_object, case_bool_distance,
+def case_split_from_a_list_is_a_path(root):
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/ok.png", "label": 0, "split": "../../escaped"})
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "split", "'../../escaped' is not a plain name")
+
+
+def case_ref_split_is_a_path(root):
+    refer, n = refer_dir(root, {"split": "../escaped"})
+    return ["refcoco", "--input", str(refer)], n, ("refs(umd).p[1]", "1_0", "split", "'../escaped' is not a plain name")
+
+
+def case_parquet_split_is_a_path(root):
+    image = {"bytes": png_bytes(), "path": None}
+    path = parquet_file(root, [{"question_id": 1, "image": image, "bbox": [1, 1, 5, 5], "answer": ["a box"],
+                                "split": "train"},
+                               {"question_id": 2, "image": image, "bbox": [1, 1, 5, 5], "answer": ["a box"],
+                                "split": "/tmp/escaped"}])
+    return (["refcoco", "--input", str(path), "--bbox-format", "xywh"], 2,
+            ("train-00000.parquet[1]", "2_0", "split", "'/tmp/escaped' is not a plain name"))
+
+
+def case_symlink_out_of_the_root(root):
+    outside = png(root.parent / f"{root.name}_outside" / "x.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/link.png", "label": 0})
+    os.symlink(outside, root / "images" / "link.png")
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "outside the data root")
+
+
+def case_symlinked_folder_out_of_the_root(root):
+    png(root.parent / f"{root.name}_outside" / "x.png")
+    path, n = forgery_list(root, {"id": "bad", "image_path": "images/linked/x.png", "label": 0})
+    os.symlink(root.parent / f"{root.name}_outside", root / "images" / "linked")
+    return ["forgery", "--input", str(path)], n, ("list.json[1]", "bad", "image_path", "outside the data root")
+
+
+def case_coco_split_folder_linked_out_of_the_root(root):
+    png(root / "train2014" / "COCO_train2014_000000000001.jpg")
+    png(root.parent / f"{root.name}_outside" / "COCO_val2014_000000000002.jpg")
+    os.symlink(root.parent / f"{root.name}_outside", root / "val2014")
+    (root / "captions_train2014.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 16, "height": 12},
+                   {"id": 2, "file_name": "COCO_val2014_000000000002.jpg", "width": 16, "height": 12}],
+        "annotations": [{"id": 5, "image_id": 1, "caption": "A red image."},
+                        {"id": 6, "image_id": 2, "caption": "Another red image."}]}))
+    return (["coco-caption", "--input", str(root / "captions_train2014.json")], 2,
+            ("captions_train2014.json", "2_6", "image", "outside the data root"))
+
+
+RECORD_CASES = [case_split_from_a_list_is_a_path, case_ref_split_is_a_path, case_parquet_split_is_a_path,
+                case_symlink_out_of_the_root, case_symlinked_folder_out_of_the_root,
+                case_coco_split_folder_linked_out_of_the_root, case_ref_ann_id_is_a_list,
+                case_coco_annotation_not_an_object, case_bool_distance,
                 case_absurd_distance, case_jsonl_line_is_a_list, case_jsonl_line_not_json,
                 case_nan_z, case_text_file_named_jpg, case_path_outside_root,
                 case_absolute_path_outside_given_root, case_symlink_loop_in_image_folder,
@@ -226,7 +281,10 @@ def test_a_bad_record_is_a_named_skip(case, tmp_path, capsys):
     root = tmp_path / "in"
     root.mkdir()
     argv, records, (source, record_id, field, reason) = case(root)
+    before = all_paths(tmp_path)
     code, err, datasets = run([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert [p for p in all_paths(tmp_path) - before if not p.startswith(str(tmp_path / "out") + os.sep)] == \
+        [str(tmp_path / "out")]  # nothing written outside --out
     assert code == 0, err
     skip = only_skip(datasets)
     assert (skip["source"], skip["id"], skip["field"]) == (source, record_id, field)
@@ -349,23 +407,29 @@ def test_check_names_a_truncated_manifest(tmp_path, capsys):
 # ---- runs that convert nothing: non-zero, and why ----------------------------------------------------
 
 
-def test_a_split_without_any_sample_fails_with_its_top_reasons(tmp_path, capsys):
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_split_without_any_sample_fails_with_its_top_reasons_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "in"
+    out = tmp_path / "out"
+    good, _ = forgery_list(root, {"image_path": "images/ok.png", "label": 1})
+    assert run(["forgery", "--input", str(good), "--out", str(out)], capsys)[0] == 0
+    before = folder_bytes(out)
     rows = [{"image_path": f"images/gone{i}.png", "label": 0, "split": "val"} for i in range(3)]
     rows += [{"image_path": "images/ok.png", "label": 2, "split": "val"},
              {"image_path": "images/ok.png", "label": 0, "mask_path": "12x16"}]
-    png(root / "images" / "ok.png")
     (root / "list.json").write_text(json.dumps(rows))
-    out = tmp_path / "out"
-    code, err, datasets = run(["forgery", "--input", str(root / "list.json"), "--out", str(out)], capsys)
+    code, err, _ = run(["forgery", "--input", str(root / "list.json"), "--out", str(out)], capsys)
     assert code == 1
-    assert counts(datasets) == (1, 4)
     assert "error: forgery_val: no usable sample, all 4 record(s)" in err
     image = (root / "images" / "gone0.png").resolve()
     assert "  3 x field image_path: missing image …" in err
     assert f"e.g. list.json[0] record images/gone0.png: missing image {image}" in err
     assert "  1 x field label: label must be … (real) or … (fake), got …" in err
-    assert f"full list: {out / 'manifest.json'}, datasets.forgery_val.skipped" in err
+    assert f"error: forgery_val: no usable sample; nothing written, {out} is as it was" in err
+    assert folder_bytes(out) == before  # forgery_train of the earlier run too, though this run had one sample
 
 
 def test_split_asked_for_is_not_in_a_list_file(tmp_path, capsys):
