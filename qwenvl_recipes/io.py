@@ -182,6 +182,9 @@ class FolderUpdate:
     def __enter__(self) -> "FolderUpdate":
         if self.target.exists() and not self.target.is_dir():
             raise InputError(f"{self.shown}: not a folder")
+        if os.path.ismount(self.target):
+            raise InputError(f"{self.shown}: is a mount point, which cannot be replaced by a rename; use a folder "
+                             "inside it")
         here = os.path.realpath(os.getcwd())
         if here == str(self.target) or here.startswith(str(self.target) + os.sep):
             raise InputError(f"{self.shown}: is the current folder or holds it; the folder is replaced as a whole, "

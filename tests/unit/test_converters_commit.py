@@ -195,7 +195,9 @@ def test_two_runs_into_one_out_wait_for_each_other(tmp_path):
 
     a = child(["forgery", "--input", str(first), "--out", str(out), "--name", "first"],
               [(converters.pipeline, "write_text_atomic", hold_until_b_waits_or_ends)])
+    deadline = time.monotonic() + 60
     while not a_inside.exists():
+        assert time.monotonic() < deadline and os.waitpid(a, os.WNOHANG) == (0, 0), "A ended before its commit"
         time.sleep(0.02)
     b_status = in_child(["forgery", "--input", str(second), "--out", str(out), "--name", "second"], [], b_err)
     b_done.touch()
@@ -301,3 +303,15 @@ def test_out_holding_the_current_folder_is_refused(where, tmp_path, capsys, monk
                                        "as a whole, which would leave this shell in a removed folder: run from "
                                        "outside it\n")
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["sub"]
+
+
+def test_out_that_is_a_mount_point_is_refused(tmp_path, capsys, monkeypatch):
+    source = forgery_list(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: str(path) == str(out) or real_ismount(path))
+    assert main(["forgery", "--input", str(source), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {out}: is a mount point, which cannot be replaced by a rename; "
+                                       "use a folder inside it\n")
+    assert not list(out.iterdir()) and not beside(out)
