@@ -106,6 +106,7 @@ def no_exchange(original):
 
 # (where, patches): the run is killed at each step of writing and committing its output
 COMMIT_POINTS = {
+    "staging being filled with the folder's files": [(qwenvl_recipes.io, "_link_or_copy", kill_on(3))],
     "second row of a data file": [(converters.targets.RowWriter, "write", kill_on(2))],
     "one data file complete, the other not": [(converters.targets.RowWriter, "commit", kill_on(2))],
     "data files complete, dataset_info.json not": [(converters.pipeline, "write_text_atomic", kill_on(1))],
