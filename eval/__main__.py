@@ -17,7 +17,7 @@ def _run(args) -> None:
     from eval.run import run_eval
     metrics = run_eval(args.task, args.model, args.data, args.out, adapter=args.adapter, split=args.split,
                        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       backend=args.backend, device=args.device, dtype=args.dtype, min_pixels=args.min_pixels,
+                       device=args.device, dtype=args.dtype, min_pixels=args.min_pixels,
                        max_pixels=args.max_pixels, resize_path=args.resize_path,
                        java_metrics=not args.no_java_metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "run"}, indent=2))
@@ -73,8 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, default=None, help="first N samples only (default: all)")
     run.add_argument("--batch-size", type=int, default=4, help="samples generated together")
     run.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
-    run.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
-                     help="vllm: text only (forgery then scores from the answer words)")
     run.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     run.add_argument("--dtype", default=None, help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
     add_pixel_limits(run, "override the manifest's (must match training; default: the manifest's)")

@@ -1,8 +1,7 @@
 """Batched generation with transformers (left padding, the family's chat template, peft adapters from
-LLaMA-Factory or ms-swift), and an optional vLLM backend."""
+LLaMA-Factory or ms-swift)."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,47 +139,6 @@ class TransformersGenerator:
             text = self.processor.tokenizer.decode(ids[:cut], skip_special_tokens=False)
             generations.append(Generation(text=text, score=score))
         return generations
-
-
-class VllmGenerator:
-    """vLLM backend (only when vllm is installed). Text only: forgery scores then come from the answer words."""
-
-    def __init__(self, model: str, adapter: str | None, *, convention: BoxConvention, max_images: int):
-        from transformers import AutoConfig, AutoProcessor
-        from vllm import LLM
-        from vllm.lora.request import LoRARequest
-
-        self.family = FAMILY_BY_MODEL_TYPE.get(AutoConfig.from_pretrained(model).model_type)
-        if self.family is None:
-            raise ValueError(f"--model {model}: not a Qwen-VL family ({', '.join(FAMILY_BY_MODEL_TYPE)})")
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.adapter = resolve_adapter(adapter) if adapter else None
-        lora = {}
-        if self.adapter:
-            rank = json.loads((self.adapter / "adapter_config.json").read_text())["r"]
-            lora = {"enable_lora": True, "max_lora_rank": max(8, rank)}
-        self.convention = convention
-        # Images arrive resized by load_resized; wide limits let vLLM's processor keep them as they are.
-        self.llm = LLM(model=model, limit_mm_per_prompt={"image": max(1, max_images)},
-                       mm_processor_kwargs={"min_pixels": 1, "max_pixels": 4 * convention.max_pixels}, **lora)
-        self.lora_request = LoRARequest("adapter", 1, str(self.adapter)) if self.adapter else None
-
-    def generate(self, batch: list[EvalSample], max_new_tokens: int,
-                 score_words: tuple[str, str] | None = None) -> list[Generation]:
-        from vllm import SamplingParams
-
-        prompts = []
-        for s in batch:
-            text = self.processor.apply_chat_template(chat_messages(s.prompt), tokenize=False,
-                                                      add_generation_prompt=True)
-            prompt = {"prompt": text}
-            if s.images:
-                prompt["multi_modal_data"] = {"image": [load_resized(p, self.convention) for p in s.images]}
-            prompts.append(prompt)
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, skip_special_tokens=False)
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
-        return [Generation(text=o.outputs[0].text) for o in outputs]
-
 
 
 class ForgeryHeadScorer:

@@ -17,9 +17,6 @@ from eval.data import choose_data_file, load_samples, read_manifest_entry, train
 from qwenvl_recipes.io import read_json, write_json_atomic, write_text_atomic
 from eval.score import ScoreSettings, normalize_records, score_records, write_scores
 
-BACKEND_NAMES = ("transformers", "vllm")
-
-
 def forgery_head(adapter_dir: Path) -> Path | None:
     """The forgery head weights of a custom_modules.forgery checkpoint dir, if it is one."""
     from custom_modules.forgery.checkpoint import HEAD_FILE  # imports torch: only for forgery runs
@@ -105,7 +102,7 @@ def with_model_processor(settings: ScoreSettings, task: str, model: str | Path, 
 
 def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapter: str | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 4, max_new_tokens: int = 128,
-             backend: str = "transformers", device: str | None = None, dtype: str | None = None,
+             device: str | None = None, dtype: str | None = None,
              min_pixels: int | None = None, max_pixels: int | None = None, resize_path: str | None = None,
              java_metrics: bool = True) -> dict:
     """Generate, write <out>/predictions.jsonl (resuming), score; returns the metrics.json content.
@@ -113,14 +110,9 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     min_pixels / max_pixels / resize_path override the converter manifest (they must match training)."""
     if task not in TASK_NAMES:
         raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
     out = Path(out)
     head = forgery_head(Path(adapter)) if task == "forgery" and adapter else None
     if head is not None:
-        if backend != "transformers":
-            raise ValueError(f"--adapter {adapter} holds a forgery head ({head.name}), which only the transformers "
-                             "backend runs")
         # The forgery loop feeds images through the processor alone: both split files serve.
         resolved, data_file = head.parent, choose_data_file(Path(data), split)
     else:
@@ -142,10 +134,6 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
         from eval.infer import ForgeryHeadScorer
         generator = ForgeryHeadScorer(model, head.parent, words=(settings.real_word, settings.fake_word),
                                       device=device)
-    elif backend == "vllm":
-        from eval.infer import VllmGenerator
-        generator = VllmGenerator(model, adapter, convention=convention,
-                                  max_images=max((len(s.images) for s in samples), default=1))
     else:
         from eval.infer import TransformersGenerator
         generator = TransformersGenerator(model, adapter, convention=convention, device=device, dtype=dtype)
@@ -156,13 +144,12 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     _check_same_run(out, {"task": task, "model": str(model), "adapter": str(generator.adapter or ""),
                           "data_file": str(data_file.resolve()), "model_family": generator.family,
                           "data_family": settings.family, "box_convention": convention.describe(),
-                          "max_new_tokens": max_new_tokens, "backend": backend,
+                          "max_new_tokens": max_new_tokens,
                           **({"forgery_head": str(head)} if head else {})})
     predictions = out / "predictions.jsonl"
     done_ids = {row["id"] for row in read_done(predictions)}
     todo = [s for s in samples if s.id not in done_ids]
-    words = (settings.real_word, settings.fake_word)
-    score_words = words if task == "forgery" and backend == "transformers" else None
+    score_words = (settings.real_word, settings.fake_word) if task == "forgery" else None
     with open(predictions, "a", encoding="utf-8") as f, \
             tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {task}", unit="sample") as bar:
         for start in range(0, len(todo), batch_size):

@@ -8,9 +8,9 @@ from converters.__main__ import main as convert
 from converters.options import read_processor_pixels
 from eval.__main__ import main
 from eval.data import adapter_trainer, choose_data_file, load_samples, read_manifest_entry
-from eval.run import data_settings, run_eval, with_model_processor
+from eval.run import data_settings, with_model_processor
 from qwenvl_recipes.io import InputError
-from tools.synthetic_data import make_focus_pairs, make_forgery, make_refcoco
+from tools.synthetic_data import make_focus_pairs, make_refcoco
 
 
 def _adapter(path):
@@ -63,17 +63,6 @@ def test_cli_refuses_before_loading_a_model(grounding, tmp_path, capsys):
                  "--data", str(grounding), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot tell which trainer wrote --adapter") and "Traceback" not in err
-
-
-def test_forgery_head_checkpoint_needs_the_transformers_backend(tmp_path):
-    data = tmp_path / "data"
-    assert convert(["forgery", "--input", str(make_forgery(tmp_path / "src", n=8)), "--out", str(data)]) == 0
-    checkpoint = _adapter(tmp_path / "forgery_ckpt")
-    (checkpoint / "forgery_head.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="holds a forgery head .forgery_head.safetensors., which only the "
-                                         "transformers backend runs"):
-        run_eval("forgery", str(tmp_path / "no-model"), data, tmp_path / "run", adapter=str(checkpoint),
-                 backend="vllm")
 
 
 def _score(tmp_path, task, family, rows):
