@@ -2,6 +2,7 @@
 disagreements) with PNG plots (metric bars; for grounding, images with true and predicted boxes)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from PIL import Image, ImageDraw
 
-from qwenvl_recipes.io import read_json, read_jsonl, write_text_atomic
+from qwenvl_recipes.io import InputError, read_json, read_jsonl, write_text_atomic
 from eval.score import HEADLINE
 
 COLORS = {"reference": (0, 170, 0), "a": (220, 40, 40), "b": (40, 90, 230)}
@@ -18,13 +19,50 @@ COLORS = {"reference": (0, 170, 0), "a": (220, 40, 40), "b": (40, 90, 230)}
 LOWER_IS_BETTER = {"parse_fail_rate", "distance_mae"}
 
 
+# The fields of a samples.jsonl line this report reads, per task (besides id, correct, failure).
+SAMPLE_FIELDS = {"caption": ("cider",), "grounding": ("iou", "pred_box", "ref_box", "image_size"),
+                 "microscopy": (), "forgery": ()}
+
+
 def load_run(path: Path) -> dict:
+    """A run dir of `eval run` / `eval score`: metrics.json and samples.jsonl, checked for what the report reads
+    (errors name the file, line and field)."""
     path = Path(path)
     for name in ("metrics.json", "samples.jsonl"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: no {name} (made by `eval run` or `eval score`)")
-    return {"dir": path, "metrics": read_json(path / "metrics.json"),
-            "samples": {s["id"]: s for s in read_jsonl(path / "samples.jsonl")}}
+    metrics = read_json(path / "metrics.json", dict, "eval metrics")
+    task = metrics.get("task")
+    if task not in HEADLINE:
+        raise InputError(f"{path / 'metrics.json'}: 'task' must be one of {', '.join(HEADLINE)}, got {task!r}")
+    if not (isinstance(metrics.get("n"), int) and metrics["n"] > 0):
+        raise InputError(f"{path / 'metrics.json'}: 'n' must be the number of samples scored, got {metrics.get('n')!r}")
+    if not isinstance(metrics.get("failure_kinds"), dict):
+        raise InputError(f"{path / 'metrics.json'}: 'failure_kinds' must be an object of counts, got "
+                         f"{metrics.get('failure_kinds')!r}")
+    samples = {}
+    for number, sample in enumerate(read_jsonl(path / "samples.jsonl"), 1):
+        for field in ("id", "correct", "failure", *SAMPLE_FIELDS[task]):
+            if field not in sample:
+                raise InputError(f"{path / 'samples.jsonl'}:{number}: missing field {field!r} (a {task} judgement "
+                                 "has it)")
+        if sample["id"] in samples:
+            raise InputError(f"{path / 'samples.jsonl'}:{number}: duplicate id {sample['id']!r}")
+        samples[sample["id"]] = sample
+    return {"dir": path, "metrics": metrics, "samples": samples}
+
+
+def sample_overlap_warning(a: dict, b: dict, names: tuple[str, str]) -> str | None:
+    """Why the metrics of two runs are not over the same samples, or None when they are."""
+    ids_a, ids_b = set(a["samples"]), set(b["samples"])
+    if ids_a == ids_b:
+        return None
+    shared = len(ids_a & ids_b)
+    if not shared:
+        return (f"{names[0]} and {names[1]} share no sample ({len(ids_a)} and {len(ids_b)} ids): their metrics are "
+                "over different data, so no difference is given")
+    return (f"{len(ids_a - ids_b)} samples of {names[0]} and {len(ids_b - ids_a)} of {names[1]} are in one run only "
+            f"({shared} shared): the metrics are over different samples")
 
 
 def _cell(text, width: int = 70) -> str:
@@ -116,10 +154,15 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, names
     a, b = load_run(Path(run_a)), load_run(Path(run_b))
     task = a["metrics"]["task"]
     if b["metrics"]["task"] != task:
-        raise ValueError(f"cannot compare a {task} run with a {b['metrics']['task']} run")
+        raise ValueError(f"cannot compare a {task} run with a {b['metrics']['task']} run ({a['dir']} and {b['dir']} "
+                         "score different tasks)")
     names = names or (a["dir"].name, b["dir"].name)
     if names[0] == names[1]:
         names = (f"A:{names[0]}", f"B:{names[1]}")
+    overlap = sample_overlap_warning(a, b, names)
+    if overlap:
+        print(f"warning: {overlap}", file=sys.stderr)
+    disjoint = not set(a["samples"]) & set(b["samples"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -138,15 +181,21 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out: str | Path, *, names
         lines += ["", (f"**Warning**: {names[1]} was scored under another convention: "
                        f"{_cell(b['metrics'].get('convention'), 10_000)}")]
 
+    if overlap:
+        lines += ["", f"**Warning**: {_cell(overlap, 10_000)}."]
+
     values = {k: (a["metrics"].get(k), b["metrics"].get(k)) for k in HEADLINE[task]
               if k in a["metrics"] or k in b["metrics"]}
-    lines += ["", "## Metrics", "", f"| metric | {names[0]} | {names[1]} | Δ ({names[1]} − {names[0]}) |",
-              "|---|---|---|---|"]
+    delta_header = "" if disjoint else f" Δ ({names[1]} − {names[0]}) |"
+    lines += ["", "## Metrics", "", f"| metric | {names[0]} | {names[1]} |{delta_header}",
+              "|---|---|---|" + ("" if disjoint else "---|")]
     for key, (va, vb) in values.items():
-        delta = vb - va if va is not None and vb is not None else None
-        better = "" if not delta else (" ↑" if (delta > 0) != (key in LOWER_IS_BETTER) else " ↓")
-        lines.append(f"| {key}{' (lower is better)' if key in LOWER_IS_BETTER else ''} | {_fmt(va)} | "
-                     f"{_fmt(vb)} | {_fmt(delta)}{better} |")
+        row = f"| {key}{' (lower is better)' if key in LOWER_IS_BETTER else ''} | {_fmt(va)} | {_fmt(vb)} |"
+        if not disjoint:
+            delta = vb - va if va is not None and vb is not None else None
+            better = "" if not delta else (" ↑" if (delta > 0) != (key in LOWER_IS_BETTER) else " ↓")
+            row += f" {_fmt(delta)}{better} |"
+        lines.append(row)
     plot_metrics(names, values, out / "metrics.png")
     lines += ["", "![metrics](metrics.png)"]
 

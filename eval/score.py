@@ -13,7 +13,7 @@ from pathlib import Path
 
 from converters.boxes import MODEL_FAMILIES, default_pixels
 from converters.registry import TASK_NAMES
-from qwenvl_recipes.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from qwenvl_recipes.io import InputError, os_error_cause, read_jsonl, write_json_atomic, write_jsonl_atomic
 from eval.metrics.caption import caption_failure, caption_scores
 from eval.metrics.forgery import forgery_metrics
 from eval.metrics.grounding import grounding_failure, grounding_metrics, iou
@@ -55,7 +55,7 @@ class ScoreSettings:
 
 
 def _where(record: dict) -> str:
-    return f"record {record['id']!r}"
+    return f"{record['where']} (id {record['id']!r})"
 
 
 def _score_caption(records: list[dict], settings: ScoreSettings):
@@ -125,13 +125,16 @@ def _score_forgery(records: list[dict], settings: ScoreSettings):
         raise ValueError("forgery predictions: give score on every line or on none")
     labels, scores, answers, samples = [], [], [], []
     for r in records:
+        ref = parse_real_fake(r["reference"], settings.real_word, settings.fake_word)
         if r.get("label") is not None:
             label = int(r["label"])
+            if ref.label is not None and ref.label != label:
+                raise ValueError(f"{_where(r)}: 'label' {label} ({('real', 'fake')[label]}) contradicts its reference "
+                                 f"{r['reference']!r}; one of them is wrong")
+        elif ref.label is None:
+            raise ValueError(f"{_where(r)}: reference {r['reference']!r} is neither "
+                             f"{settings.real_word!r} nor {settings.fake_word!r}")
         else:
-            ref = parse_real_fake(r["reference"], settings.real_word, settings.fake_word)
-            if ref.label is None:
-                raise ValueError(f"{_where(r)}: reference {r['reference']!r} is neither "
-                                 f"{settings.real_word!r} nor {settings.fake_word!r}")
             label = ref.label
         answer = parse_real_fake(r["prediction"], settings.real_word, settings.fake_word)
         if all(has_score):
@@ -176,21 +179,31 @@ def check_fields(row: dict, where: str) -> None:
         raise ValueError(f"{where}: 'score' must be P(fake), a number in [0, 1], got {score!r}")
 
 
+def _is_text_list(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
 def normalize_records(rows: list[dict], where: str) -> list[dict]:
-    """Check the predictions-file fields and give every line an id (its line number by default)."""
-    records, seen = [], set()
+    """Check the predictions-file fields and give every line an id (its line number by default) and its place
+    in the file (`where`, what errors name)."""
+    records, seen = [], {}
     for number, row in enumerate(rows, 1):
+        line = f"{where}, line {number}"
         for field in ("prediction", "reference"):
             if field not in row:
-                raise ValueError(f"{where}, line {number}: missing field {field!r}")
+                raise ValueError(f"{line}: missing field {field!r}")
         if not isinstance(row["prediction"], str):
-            raise ValueError(f"{where}, line {number}: 'prediction' must be a string")
-        check_fields(row, f"{where}, line {number}")
+            raise ValueError(f"{line}: 'prediction' must be a string")
+        if not (isinstance(row["reference"], str) or _is_text_list(row["reference"])):
+            raise ValueError(f"{line}: 'reference' must be the answer text (a list of texts for captions), got "
+                             f"{row['reference']!r}")
+        check_fields(row, line)
         record = dict(row)
         record["id"] = str(row.get("id", number))
         if record["id"] in seen:
-            raise ValueError(f"{where}, line {number}: duplicate id {record['id']!r}")
-        seen.add(record["id"])
+            raise ValueError(f"{line}: duplicate id {record['id']!r} (line {seen[record['id']]})")
+        seen[record["id"]] = number
+        record["where"] = line
         records.append(record)
     return records
 
@@ -199,6 +212,10 @@ def score_records(task: str, records: list[dict], settings: ScoreSettings) -> tu
     """(metrics.json content, per-sample judgements)."""
     if task not in SCORERS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
+    if task != "caption":
+        for record in records:
+            if not isinstance(record["reference"], str):
+                raise ValueError(f"{record['where']}: 'reference' must be one answer text for {task}, got a list")
     metrics, samples, convention = SCORERS[task](records, settings)
     for sample, record in zip(samples, records):  # what the report shows next to each judgement
         sample.update({k: record[k] for k in ("prediction", "reference", "images") if k in record})
@@ -208,13 +225,18 @@ def score_records(task: str, records: list[dict], settings: ScoreSettings) -> tu
 
 
 def write_scores(out: Path, metrics: dict, samples: list[dict]) -> None:
-    write_jsonl_atomic(Path(out) / "samples.jsonl", samples)
-    write_json_atomic(Path(out) / "metrics.json", metrics)
+    try:
+        write_jsonl_atomic(Path(out) / "samples.jsonl", samples)
+        write_json_atomic(Path(out) / "metrics.json", metrics)
+    except OSError as error:  # a full disk's error names no file
+        raise InputError(f"{out}: cannot write samples.jsonl / metrics.json ({os_error_cause(error)})") from error
 
 
 def score_predictions(task: str, family: str, predictions: Path, out: Path, **settings) -> dict:
     """`eval score`: metrics of any predictions file; writes <out>/metrics.json and samples.jsonl."""
     records = normalize_records(read_jsonl(predictions), str(predictions))
+    if not records:
+        raise InputError(f"{predictions}: no predictions in it")
     metrics, samples = score_records(task, records, ScoreSettings(family=family, **settings))
     write_scores(out, metrics, samples)
     return metrics

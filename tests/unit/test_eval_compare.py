@@ -1,9 +1,11 @@
 """`eval compare` on two scored runs: tables, failure kinds, disagreements, pictures."""
 import json
+import re
 
 import pytest
 from PIL import Image
 
+from eval.__main__ import main
 from eval.compare import compare_runs
 from eval.score import score_predictions
 
@@ -63,5 +65,45 @@ def test_caption_disagreements_sorted_by_cider_gap(tmp_path):
 def test_compare_refuses_different_tasks(tmp_path):
     a = _run(tmp_path, "a", "forgery", "qwen2_vl", [{"prediction": "real", "reference": "real"}])
     b = _run(tmp_path, "b", "caption", "qwen2_vl", [{"prediction": "x", "reference": "y"}])
-    with pytest.raises(ValueError, match="cannot compare a forgery run with a caption run"):
+    with pytest.raises(ValueError, match=rf"cannot compare a forgery run with a caption run \({a} and {b} score "
+                                         r"different tasks\)"):
         compare_runs(a, b, tmp_path / "r")
+
+
+def _forgery(tmp_path, name, ids):
+    return _run(tmp_path, name, "forgery", "qwen2_vl",
+                [{"id": i, "prediction": "fake", "reference": "fake" if n % 2 else "real"} for n, i in enumerate(ids)])
+
+
+def test_runs_over_different_samples_are_warned_and_disjoint_ones_get_no_difference(tmp_path, capsys):
+    a, disjoint = _forgery(tmp_path, "a", ["1", "2"]), _forgery(tmp_path, "b", ["3", "4"])
+    text = compare_runs(a, disjoint, tmp_path / "r1").read_text()
+    warning = "a and b share no sample (2 and 2 ids): their metrics are over different data, so no difference is given"
+    assert capsys.readouterr().err == f"warning: {warning}\n"
+    assert f"**Warning**: {warning}." in text
+    assert "| metric | a | b |\n|---|---|---|\n| auroc | 0.5000 | 0.5000 |" in text and "Δ" not in text
+
+    partial = _forgery(tmp_path, "c", ["2", "3"])
+    text = compare_runs(a, partial, tmp_path / "r2").read_text()
+    warning = "1 samples of a and 1 of c are in one run only (1 shared): the metrics are over different samples"
+    assert capsys.readouterr().err == f"warning: {warning}\n"
+    assert f"**Warning**: {warning}." in text and "| auroc | 0.5000 | 0.5000 | 0.0000 |" in text
+
+    compare_runs(a, _forgery(tmp_path, "d", ["1", "2"]), tmp_path / "r3")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("metrics.json", "[1]", r"a/metrics.json: expected eval metrics with a top-level dict, got list"),
+    ("metrics.json", '{"n": 1, "failure_kinds": {}}', r"a/metrics.json: 'task' must be one of caption, grounding, "
+                                                       r"microscopy, forgery, got None"),
+    ("samples.jsonl", '{"id": "1", "correct": true}\n', r"a/samples.jsonl:1: missing field 'failure'"),
+    ("samples.jsonl", '{"id": "1", "correct": true, "failure": null}\n{"id": "1", "correct": true, "failure": null}\n',
+     r"a/samples.jsonl:2: duplicate id '1'"),
+])
+def test_run_dirs_not_written_by_eval_are_named(tmp_path, capsys, file, content, message):
+    a = _forgery(tmp_path, "a", ["1"])
+    (a / file).write_text(content)
+    assert main(["compare", str(a), str(_forgery(tmp_path, "b", ["1"])), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: .*{message}.*\n", err), err
