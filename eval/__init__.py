@@ -6,8 +6,8 @@
 
 The same as functions (the demo calls these):
     eval.run.run_eval(task, model, data, out, *, adapter=None, split=None, limit=None, batch_size=4,
-                      max_new_tokens=128, device=None, dtype=None, min_pixels=None,
-                      max_pixels=None, resize_path=None, java_metrics=True) -> dict   (metrics.json content)
+                      max_new_tokens=128, device=None, dtype=None, min_pixels=None, max_pixels=None,
+                      resize_path=None, java_metrics=True, overwrite=False) -> dict   (metrics.json content)
     eval.score.score_predictions(task, family, predictions, out, **ScoreSettings fields) -> dict
     eval.compare.compare_runs(run_a, run_b, out, *, names=None, max_rows=20, max_images=4) -> Path (report.md)
 

@@ -11,6 +11,7 @@ from converters.boxes import MODEL_FAMILIES
 from converters.geometry import RESIZE_PATHS
 from converters.options import HelpFormatter
 from converters.registry import TASK_NAMES
+from eval.infer import DTYPES
 
 
 def _run(args) -> None:
@@ -19,7 +20,7 @@ def _run(args) -> None:
                        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                        device=args.device, dtype=args.dtype, min_pixels=args.min_pixels,
                        max_pixels=args.max_pixels, resize_path=args.resize_path,
-                       java_metrics=not args.no_java_metrics)
+                       java_metrics=not args.no_java_metrics, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in metrics.items() if k != "run"}, indent=2))
 
 
@@ -39,9 +40,19 @@ def _compare(args) -> None:
                        max_images=args.max_images))
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_pixel_limits(parser: argparse.ArgumentParser, help_text: str) -> None:
     for bound in ("min", "max"):
-        parser.add_argument(f"--{bound}-pixels", type=int, default=None, help=help_text)
+        parser.add_argument(f"--{bound}-pixels", type=positive_int, default=None, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub("run", help="generate answers for a converter split and score them",
                               description="Batched greedy generation (left padding, the model's chat template, "
                               "optional peft adapter), predictions appended to <out>/predictions.jsonl as they "
-                              "come (a rerun with the same --out resumes), then <out>/metrics.json and "
+                              "come (a rerun with the same inputs resumes; <out>/run.json holds their sha256, "
+                              "and changed inputs are refused by name), then <out>/metrics.json and "
                               "<out>/samples.jsonl. Model family, pixel limits and real/fake words come from "
                               "the converter's manifest.json. With a converter output dir as --data, the "
                               "split file is the one of the trainer that wrote --adapter (ms-swift: .jsonl, "
@@ -68,13 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "with its head (default: the base model alone)")
     run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json / .jsonl file)")
     run.add_argument("--split", default=None,
-                     help="val | test | train (default: val if present, else test, else train)")
-    run.add_argument("--out", required=True, help="run directory")
-    run.add_argument("--limit", type=int, default=None, help="first N samples only (default: all)")
-    run.add_argument("--batch-size", type=int, default=4, help="samples generated together")
-    run.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+                     help="val | test | train (default: val if present, else test; the training rows only when "
+                          "asked for with train)")
+    run.add_argument("--out", required=True, help="run directory (one run writes into it at a time)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="discard the predictions --out holds and evaluate again (without it, an --out holding "
+                          "another run's predictions, other settings or changed weights, data or model config, is "
+                          "refused naming what changed; the same run resumes)")
+    run.add_argument("--limit", type=positive_int, default=None, help="first N samples only (default: all)")
+    run.add_argument("--batch-size", type=positive_int, default=4, help="samples generated together")
+    run.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length limit")
     run.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    run.add_argument("--dtype", default=None, help="torch dtype name (default: bfloat16 on cuda, float32 on cpu)")
+    run.add_argument("--dtype", default=None, choices=DTYPES, help="default: bfloat16 on cuda, float32 on cpu")
     add_pixel_limits(run, "override the manifest's (must match training; default: the manifest's)")
     run.add_argument("--resize-path", choices=RESIZE_PATHS,
                      help="how images are resized before the model (default: the path of the trainer the "
@@ -122,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # InputError is a ValueError
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the library wrote
         return 2
     return 0
 

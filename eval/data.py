@@ -1,15 +1,16 @@
 """Read a converter output directory (sharegpt `<name>_<split>.json` + `manifest.json`) into eval samples."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from converters.targets import TARGETS
-from qwenvl_recipes.io import read_json, read_jsonl
+from qwenvl_recipes.io import InputError, read_json, read_jsonl
 
-SPLIT_PREFERENCE = ("val", "test", "train")
+HELD_OUT_SPLITS = ("val", "test")  # the default, in this order; train only when asked
 IMAGE_TOKEN = "<image>"
 
 
@@ -25,27 +26,64 @@ class EvalSample:
         """[width, height] of the first image as stored (boxes are in its pixels)."""
         if not self.images:
             return None
-        with Image.open(self.images[0]) as image:
+        with reading_image(self.images[0]), Image.open(self.images[0]) as image:
             return list(image.size)
+
+
+@contextlib.contextmanager
+def reading_image(path: str | Path):
+    """A failure to open or decode `path` (unknown format, truncated file, decompression bomb) as one
+    InputError naming the file."""
+    try:
+        yield
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # PIL's broken-PNG error is a SyntaxError
+        raise InputError(f"{path}: cannot read the image ({error})") from error
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The image fully decoded, in RGB."""
+    with reading_image(path), Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def find_split_file(data: Path, split: str | None, suffix: str = ".json") -> Path:
     """`data` may be the split file itself (.json sharegpt or .jsonl swift rows) or a converter output dir
-    holding `<name>_<split><suffix>`."""
+    holding `<name>_<split><suffix>`. Without `split`: val, else test; the training rows are scored only when
+    asked for (`split="train"`), never as a fallback."""
     data = Path(data)
     if data.is_file():
         return data
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data}: no such file or directory")
-    for candidate in ([split] if split else SPLIT_PREFERENCE):
+    for candidate in ([split] if split else HELD_OUT_SPLITS):
         files = sorted(data.glob(f"*_{candidate}{suffix}"))
         if len(files) > 1:
             raise ValueError(f"{data}: several {candidate} files ({', '.join(f.name for f in files)}); "
                              "pass one of them as --data")
         if files:
             return files[0]
-    wanted = split or "/".join(SPLIT_PREFERENCE)
+    present = sorted(f.name for f in data.glob(f"*_*{suffix}") if f.name != "dataset_info.json")
+    if not split and present and all(name.endswith(f"_train{suffix}") for name in present):
+        raise ValueError(f"{data}: no val or test split, only the training rows ({', '.join(present)}); "
+                         "pass --split train to score those")
+    if not split and present:
+        raise ValueError(f"{data}: no val or test split; it holds {', '.join(present)}: pass --split to choose one "
+                         "(the training rows are scored only with --split train)")
+    wanted = split or "/".join(HELD_OUT_SPLITS)
     raise FileNotFoundError(f"{data}: no <name>_{wanted}{suffix} split file")
+
+
+def check_split(data_file: Path, entry: dict, split: str | None) -> None:
+    """A split file given as --data is scored as the split its manifest entry names: the training rows only with
+    --split train, and --split never contradicts the file."""
+    written = entry.get("split")
+    if written is None or written == split:
+        return
+    if split is not None:
+        raise ValueError(f"--data {data_file} holds the {written} split (its manifest.json entry), not --split {split}")
+    if written == "train":
+        raise ValueError(f"--data {data_file} holds the training rows (its manifest.json entry); pass --split train "
+                         "to score them")
 
 
 # What each trainer leaves in its output folder (the adapter dir or a folder above it).
@@ -132,16 +170,24 @@ def _resolve_image(path: str, data_dir: Path, where: str) -> str:
     raise FileNotFoundError(f"{where}: image {path!r} not found (absolute, or relative to {data_dir})")
 
 
-def _to_sample(row: dict, index: int, data_file: Path, stem: str) -> EvalSample:
+def _to_sample(row, index: int, data_file: Path, stem: str) -> EvalSample:
     where = f"{data_file}, record {index}"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object (a sharegpt record), got {type(row).__name__}")
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: 'messages' must be a non-empty list")
-    if messages[-1].get("role") != "assistant":
+    for number, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise ValueError(f"{where}: messages[{number}] must be an object with a 'role' and a 'content' text")
+    if messages[-1]["role"] != "assistant":
         raise ValueError(f"{where}: the last message must be the assistant's answer")
     prompt = messages[:-1]
     images = row.get("images") or []
-    placeholders = sum(str(m.get("content", "")).count(IMAGE_TOKEN) for m in prompt)
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        raise ValueError(f"{where}: 'images' must be a list of paths")
+    placeholders = sum(m["content"].count(IMAGE_TOKEN) for m in prompt)
     if placeholders != len(images):
         raise ValueError(f"{where}: {placeholders} {IMAGE_TOKEN} placeholders but {len(images)} images")
     extra = {k: v for k, v in row.items() if k not in ("messages", "images", "id")}
@@ -164,10 +210,17 @@ def pool_captions(samples: list[EvalSample]) -> list[EvalSample]:
 
 
 def load_samples(data_file: Path, task: str) -> list[EvalSample]:
+    """The samples of a split file, each id once (an id is the key predictions are resumed and compared by)."""
     rows = read_jsonl(data_file) if data_file.suffix == ".jsonl" else read_json(data_file)
     if not isinstance(rows, list):
         raise ValueError(f"{data_file}: expected a JSON list of sharegpt records")
     samples = [_to_sample(row, i, data_file, data_file.stem) for i, row in enumerate(rows)]
     if task == "caption":
         samples = pool_captions(samples)
+    seen = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise ValueError(f"{data_file}: two records have the id {sample.id!r}; ids must be unique (predictions "
+                             "are resumed and compared by id)")
+        seen.add(sample.id)
     return samples

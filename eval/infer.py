@@ -2,19 +2,22 @@
 LLaMA-Factory or ms-swift)."""
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from eval.data import IMAGE_TOKEN, EvalSample
+from eval.data import IMAGE_TOKEN, EvalSample, load_image
 from eval.parse import BoxConvention
+from qwenvl_recipes.io import InputError
 
 FAMILY_BY_MODEL_TYPE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl"}
 
 
 SWIFT_RUN = re.compile(r"^v(\d+)-")  # ms-swift's run folders: <output_dir>/v<N>-<date>/
+PEFT_CONFIG = "adapter_config.json"
 
 
 def resolve_adapter(path: str | Path) -> Path:
@@ -24,16 +27,18 @@ def resolve_adapter(path: str | Path) -> Path:
     from transformers.trainer_utils import get_last_checkpoint  # transformers only when an adapter is given
 
     path = Path(path)
-    if (path / "adapter_config.json").is_file():
+    if not path.is_dir():
+        raise FileNotFoundError(f"--adapter {path}: no such directory")
+    if (path / PEFT_CONFIG).is_file():
         return path
-    runs = [p for p in path.iterdir() if p.is_dir() and SWIFT_RUN.match(p.name)] if path.is_dir() else []
+    runs = [p for p in path.iterdir() if p.is_dir() and SWIFT_RUN.match(p.name)]
     runs.sort(key=lambda p: int(SWIFT_RUN.match(p.name).group(1)), reverse=True)
     for folder in (*runs, path):
-        last = get_last_checkpoint(folder) if folder.is_dir() else None
-        if last and (Path(last) / "adapter_config.json").is_file():
+        last = get_last_checkpoint(folder)
+        if last and (Path(last) / PEFT_CONFIG).is_file():
             return Path(last)
-    raise FileNotFoundError(f"--adapter {path}: no adapter_config.json in it, nor in the last checkpoint-N/ of "
-                            "it or of its newest ms-swift run vN-*/")
+    raise FileNotFoundError(f"--adapter {path}: no {PEFT_CONFIG} in it, nor in the last checkpoint-N/ of it or of "
+                            "its newest ms-swift run vN-*/")
 
 
 def chat_messages(prompt: list[dict]) -> list[dict]:
@@ -53,8 +58,35 @@ def chat_messages(prompt: list[dict]) -> list[dict]:
 def load_resized(path: str, convention: BoxConvention) -> Image.Image:
     """The image at the size the trainer fed it (converters.geometry): boxes in resized pixels then
     mean the same thing in training, references and eval."""
-    with Image.open(path) as image:
-        return image.convert("RGB").resize(convention.resized(image.size), Image.Resampling.BICUBIC)
+    image = load_image(path)
+    return image.resize(convention.resized(image.size), Image.Resampling.BICUBIC)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """(device, torch dtype name): cuda when available, else cpu; bfloat16 on cuda, float32 on cpu."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return device, dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+
+
+@contextlib.contextmanager
+def loading(what: str):
+    """transformers' or peft's failure to find or read a model (a folder without weights, a hub id not in the
+    cache offline, an adapter whose weights do not fit the model) as one line naming `what` was loaded."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError) as error:
+        raise InputError(f"{what}: {' '.join(str(error).split())}") from error
 
 
 def passthrough_size(images: list[Image.Image]) -> dict:
@@ -78,23 +110,22 @@ class TransformersGenerator:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.startswith("cuda")
-                                                           else torch.float32)
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.processor.tokenizer.padding_side = "left"  # generation continues every row at the same column
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype).to(self.device)
+        self.device, dtype = resolve_device_dtype(device, dtype)
+        self.adapter = resolve_adapter(adapter) if adapter else None
+        with loading(f"--model {model}"):
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+        if self.adapter is not None:
+            from peft import PeftModel
+            with loading(f"--adapter {self.adapter} on --model {model}"):
+                self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
+        self.model.to(self.device).eval()
         model_type = self.model.config.model_type
         if model_type not in FAMILY_BY_MODEL_TYPE:
             raise ValueError(f"--model {model}: model_type {model_type!r} is not a Qwen-VL family "
                              f"({', '.join(FAMILY_BY_MODEL_TYPE)})")
         self.family = FAMILY_BY_MODEL_TYPE[model_type]
-        self.adapter = None
-        if adapter:
-            from peft import PeftModel
-            self.adapter = resolve_adapter(adapter)
-            self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
-        self.model.eval()
+        self.processor.tokenizer.padding_side = "left"  # generation continues every row at the same column
         self.convention = convention
         tokenizer = self.processor.tokenizer
         eos = self.model.generation_config.eos_token_id
@@ -148,20 +179,21 @@ class ForgeryHeadScorer:
     Images go through the processor as the forgery training loop fed them (no pre-resize)."""
 
     def __init__(self, model: str, checkpoint: Path, *, words: tuple[str, str], device: str | None = None):
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from custom_modules.forgery.checkpoint import load_checkpoint
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.processor = AutoProcessor.from_pretrained(model)
-        base = AutoModelForImageTextToText.from_pretrained(model).to(self.device)
+        self.device, _ = resolve_device_dtype(device, None)
+        with loading(f"--model {model}"):
+            self.processor = AutoProcessor.from_pretrained(model)
+            base = AutoModelForImageTextToText.from_pretrained(model).to(self.device)
         model_type = base.config.model_type
         if model_type not in FAMILY_BY_MODEL_TYPE:
             raise ValueError(f"--model {model}: model_type {model_type!r} is not a Qwen-VL family "
                              f"({', '.join(FAMILY_BY_MODEL_TYPE)})")
         self.family = FAMILY_BY_MODEL_TYPE[model_type]
-        self.model, self.modules = load_checkpoint(base, checkpoint, self.processor.tokenizer)
+        with loading(f"--adapter {checkpoint} on --model {model}"):
+            self.model, self.modules = load_checkpoint(base, checkpoint, self.processor.tokenizer)
         self.model.to(self.device)
         self.adapter = Path(checkpoint)
         self.real_word, self.fake_word = words

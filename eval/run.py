@@ -12,10 +12,16 @@ from converters.boxes import MODEL_FAMILIES
 from converters.geometry import PROCESSOR_PIXELS
 from converters.options import checkpoint_processor_pixels
 from converters.registry import TASK_NAMES
-from eval.infer import resolve_adapter
-from eval.data import choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
-from qwenvl_recipes.io import read_json, write_json_atomic, write_text_atomic
+from eval.data import check_split, choose_data_file, load_samples, read_manifest_entry, trainer_resize_path
+from eval.infer import resolve_adapter, resolve_device_dtype
 from eval.score import ScoreSettings, normalize_records, score_records, write_scores
+from qwenvl_recipes.io import (InputError, folder_lock, os_error_cause, read_input_text, read_json, sha256_file,
+                               write_json_atomic, write_text_atomic)
+
+RUN_OUTPUTS = ("predictions.jsonl", "metrics.json", "samples.jsonl")
+# Besides config.json, the processor configs: eval reads a local checkpoint's image limits from them.
+MODEL_CONFIGS = ("config.json", "preprocessor_config.json", "processor_config.json")
+
 
 def forgery_head(adapter_dir: Path) -> Path | None:
     """The forgery head weights of a custom_modules.forgery checkpoint dir, if it is one."""
@@ -25,30 +31,100 @@ def forgery_head(adapter_dir: Path) -> Path | None:
 
 
 def read_done(predictions: Path) -> list[dict]:
-    """Predictions already written; a last line cut short by an interruption is dropped from the file."""
+    """Predictions already written, each an object with a text id. A last line without its newline was cut by
+    an interruption: it is dropped from the file (and generated again)."""
     if not predictions.exists():
         return []
-    done, text = [], predictions.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
+    lines = read_input_text(predictions).splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        write_text_atomic(predictions, "".join(lines[:-1]))
+        lines = lines[:-1]
+    done, line_of = [], {}
     for number, line in enumerate(lines, 1):
         try:
-            done.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if number != len(lines):
-                raise ValueError(f"{predictions}:{number}: corrupt line in the middle of the file") from None
-            write_text_atomic(predictions, "".join(lines[:-1]))
+            raise InputError(f"{predictions}:{number}: corrupt line in the middle of the file") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise InputError(f"{predictions}:{number}: not a line `eval run` writes (an object with a text 'id'): "
+                             f"{line.strip()[:60]!r}; pass --overwrite to evaluate again")
+        if row["id"] in line_of:
+            raise InputError(f"{predictions}:{number}: id {row['id']!r} again (line {line_of[row['id']]}): two runs "
+                             f"wrote into {predictions.parent} at once, or the file was edited; pass --overwrite to "
+                             "evaluate again")
+        line_of[row["id"]] = number
+        done.append(row)
     return done
 
 
-def _check_same_run(out: Path, run_info: dict) -> None:
-    path = out / "run.json"
-    if path.exists():
-        before = read_json(path)
-        changed = {k: (before.get(k), v) for k, v in run_info.items() if before.get(k) != v}
-        if changed:
-            raise ValueError(f"{out} holds predictions of another run (changed: {changed}); "
-                             "use another --out or remove that directory")
-    write_json_atomic(path, run_info)
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files of an evaluated checkpoint that decide its answers: the peft adapter and its config, the forgery
+    head and its settings, a custom encoder's vision_encoder/ (not optimizer or trainer state)."""
+    from custom_modules.forgery.checkpoint import HEAD_FILE, SETTINGS_FILE
+    from custom_modules.vision_encoder.training import SAVED_FOLDER
+
+    names = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", HEAD_FILE, SETTINGS_FILE)
+    files = [folder / name for name in names if (folder / name).is_file()]
+    if (folder / SAVED_FOLDER).is_dir():
+        files += sorted(p for p in (folder / SAVED_FOLDER).iterdir() if p.is_file())
+    return files
+
+
+def input_hashes(model: str, checkpoint: Path | None, data_file: Path) -> dict[str, str]:
+    """sha256 of what the answers depend on, by name: the data file, a local --model's configs (a hub id is
+    recorded as given) and the checkpoint's files."""
+    hashes = {"data_file": sha256_file(data_file)}
+    folder = Path(model)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise InputError(f"--model {model}: no config.json in it (not a model folder)")
+        hashes.update({f"model/{name}": sha256_file(folder / name) for name in MODEL_CONFIGS
+                       if (folder / name).is_file()})
+    elif folder.is_absolute() or model.startswith((".", "~")) or len(folder.parts) > 2:  # a path, not org/name
+        raise FileNotFoundError(f"--model {model}: no such directory")
+    if checkpoint is not None:
+        hashes.update({f"checkpoint/{path.relative_to(checkpoint)}": sha256_file(path)
+                       for path in checkpoint_files(checkpoint)})
+    return hashes
+
+
+def run_changes(before: dict, now: dict) -> list[str]:
+    """What differs between the run recorded in run.json and this one, one phrase per setting or file."""
+    changes = [f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(before) | set(now))
+               if key != "sha256" and before.get(key) != now.get(key)]
+    old, new = before.get("sha256") or {}, now["sha256"]
+    if not old:
+        return changes + ["its run.json records no content hashes (an older eval wrote it)"]
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name):
+            was, becomes = (old.get(name) or "none")[:12], (new.get(name) or "none")[:12]
+            changes.append(f"{name} {'changed' if name in old and name in new else 'appeared' if name in new else 'is gone'} "
+                           f"(sha256 {was} -> {becomes})")
+    return changes
+
+
+def check_out(out: Path, run_info: dict, overwrite: bool) -> None:
+    """Refuse an --out holding predictions of another run (other settings, or any input file changed since),
+    naming what changed; with `overwrite` they are discarded instead (start_out)."""
+    if overwrite:
+        return
+    if (out / "run.json").exists():
+        changes = run_changes(read_json(out / "run.json", dict), run_info)
+        if changes:
+            raise InputError(f"{out} holds predictions of another run: {'; '.join(changes)}; pass --overwrite to "
+                             "discard them and evaluate again, or use another --out")
+    elif (out / "predictions.jsonl").exists():
+        raise InputError(f"{out} holds predictions.jsonl but no run.json saying what they answer; pass --overwrite "
+                         "to discard them and evaluate again, or use another --out")
+
+
+def start_out(out: Path, run_info: dict, overwrite: bool) -> None:
+    """Record this run in <out>/run.json; with `overwrite`, the earlier run's outputs go first (so a run stopped
+    in between never leaves old predictions under the new run.json)."""
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    write_json_atomic(out / "run.json", run_info)
 
 
 def data_settings(task: str, data_file: Path, entry: dict, *, min_pixels: int | None = None,
@@ -102,14 +178,20 @@ def with_model_processor(settings: ScoreSettings, task: str, model: str | Path, 
 
 def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapter: str | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 4, max_new_tokens: int = 128,
-             device: str | None = None, dtype: str | None = None,
-             min_pixels: int | None = None, max_pixels: int | None = None, resize_path: str | None = None,
-             java_metrics: bool = True) -> dict:
+             device: str | None = None, dtype: str | None = None, min_pixels: int | None = None,
+             max_pixels: int | None = None, resize_path: str | None = None, java_metrics: bool = True,
+             overwrite: bool = False) -> dict:
     """Generate, write <out>/predictions.jsonl (resuming), score; returns the metrics.json content.
 
+    <out>/run.json records the settings and the sha256 of the data file, a local model's configs and the
+    checkpoint's files; an --out holding another run's predictions is refused naming what changed, unless
+    `overwrite` discards them. One run writes into an --out at a time (<out>/.lock).
     min_pixels / max_pixels / resize_path override the converter manifest (they must match training)."""
     if task not in TASK_NAMES:
         raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
+    for name, value in (("limit", limit), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     out = Path(out)
     head = forgery_head(Path(adapter)) if task == "forgery" and adapter else None
     if head is not None:
@@ -118,8 +200,11 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     else:
         resolved = resolve_adapter(adapter) if adapter else None
         data_file = choose_data_file(Path(data), split, Path(adapter) if adapter else None, resolved)
-    settings = data_settings(task, data_file, read_manifest_entry(data_file), min_pixels=min_pixels,
-                             max_pixels=max_pixels, resize_path=resize_path, java_metrics=java_metrics)
+    entry = read_manifest_entry(data_file)
+    check_split(data_file, entry, split)
+    hashes = input_hashes(model, resolved, data_file)  # also: a --model path that is no model folder is named here
+    settings = data_settings(task, data_file, entry, min_pixels=min_pixels, max_pixels=max_pixels,
+                             resize_path=resize_path, java_metrics=java_metrics)
     samples = load_samples(data_file, task)
     settings = with_model_processor(settings, task, model, data_file, samples)
     convention = settings.box_convention()
@@ -129,26 +214,49 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
         rec = [s for s in samples if convention.parse(s.reference, s.image_size())]
         left_out, samples = len(samples) - len(rec), rec
     samples = samples[:limit] if limit else samples
+    if not samples:
+        raise ValueError(f"{data_file}: no samples to score" + (" (no row's answer holds a box)" if left_out else ""))
+    device, dtype = resolve_device_dtype(device, dtype)
+    run_info = {"task": task, "model": str(model), "adapter": str(resolved or ""),
+                "data_file": str(data_file.resolve()), "data_family": settings.family,
+                "box_convention": convention.describe(), "max_new_tokens": max_new_tokens,
+                # the forgery head is scored in float32 whatever the device (custom_modules.forgery.evaluate)
+                "dtype": "float32" if head else dtype, **({"forgery_head": str(head)} if head else {}),
+                "sha256": hashes}
 
-    if head is not None:
-        from eval.infer import ForgeryHeadScorer
-        generator = ForgeryHeadScorer(model, head.parent, words=(settings.real_word, settings.fake_word),
-                                      device=device)
-    else:
-        from eval.infer import TransformersGenerator
-        generator = TransformersGenerator(model, adapter, convention=convention, device=device, dtype=dtype)
-    if generator.family != settings.family and task == "grounding":
-        raise ValueError(f"{data_file} holds {settings.family} boxes but --model is a {generator.family} model")
+    with folder_lock(out, "eval run"):
+        check_out(out, run_info, overwrite)
+        done_ids = set() if overwrite else {row["id"] for row in read_done(out / "predictions.jsonl")}
+        if head is not None:
+            from eval.infer import ForgeryHeadScorer
+            generator = ForgeryHeadScorer(model, head.parent, words=(settings.real_word, settings.fake_word),
+                                          device=device)
+        else:
+            from eval.infer import TransformersGenerator
+            generator = TransformersGenerator(model, adapter, convention=convention, device=device, dtype=dtype)
+        if generator.family != settings.family and task == "grounding":
+            raise ValueError(f"{data_file} holds {settings.family} boxes but --model is a {generator.family} model")
+        start_out(out, run_info, overwrite)
+        todo = [s for s in samples if s.id not in done_ids]
+        metrics, judged = _generate_and_score(task, samples, todo, generator, settings, out, batch_size,
+                                              max_new_tokens)
+        if head is not None:
+            metrics["convention"]["score_source"] = generator.describe()
+            metrics["convention"]["forgery_head"] = f"used: {head}"
+        elif task == "forgery":
+            metrics["convention"]["forgery_head"] = "none in the checkpoint: P(fake) comes from the answer words"
+        metrics["run"] = run_info
+        if left_out:
+            metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"
+        write_scores(out, metrics, judged)
+    return metrics
 
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_run(out, {"task": task, "model": str(model), "adapter": str(generator.adapter or ""),
-                          "data_file": str(data_file.resolve()), "model_family": generator.family,
-                          "data_family": settings.family, "box_convention": convention.describe(),
-                          "max_new_tokens": max_new_tokens,
-                          **({"forgery_head": str(head)} if head else {})})
+
+def _generate_and_score(task: str, samples: list, todo: list, generator, settings: ScoreSettings, out: Path,
+                        batch_size: int, max_new_tokens: int) -> tuple[dict, list[dict]]:
+    """Answers for `todo` (the samples not yet in <out>/predictions.jsonl), appended as they come; then all the
+    samples scored."""
     predictions = out / "predictions.jsonl"
-    done_ids = {row["id"] for row in read_done(predictions)}
-    todo = [s for s in samples if s.id not in done_ids]
     score_words = (settings.real_word, settings.fake_word) if task == "forgery" else None
     with open(predictions, "a", encoding="utf-8") as f, \
             tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"eval {task}", unit="sample") as bar:
@@ -161,21 +269,13 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
                     row["score"] = generation.score
                 if task == "forgery" and "label" in sample.extra:
                     row["label"] = sample.extra["label"]
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()  # every answer is kept if the run stops here
+                try:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()  # every answer is kept if the run stops here
+                except OSError as error:  # a full disk's error names no file; what was written is kept
+                    raise InputError(f"{predictions}: cannot write ({os_error_cause(error)}); the answers "
+                                     "written so far are kept, a rerun resumes") from error
             bar.update(len(batch))
-
     wanted = {s.id for s in samples}
     rows = [row for row in read_done(predictions) if row["id"] in wanted]
-    records = normalize_records(rows, str(predictions))
-    metrics, judged = score_records(task, records, settings)
-    if head is not None:
-        metrics["convention"]["score_source"] = generator.describe()
-        metrics["convention"]["forgery_head"] = f"used: {head}"
-    elif task == "forgery":
-        metrics["convention"]["forgery_head"] = "none in the checkpoint: P(fake) comes from the answer words"
-    metrics["run"] = read_json(out / "run.json")
-    if left_out:
-        metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"
-    write_scores(out, metrics, judged)
-    return metrics
+    return score_records(task, normalize_records(rows, str(predictions)), settings)

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -130,9 +131,13 @@ def _temp_files(directory: str, names: list[str]) -> set[str]:
     return {name for name in names if TEMP_FILE.fullmatch(name)}
 
 
-def _lock(path: Path, shown: Path) -> int:
-    """An exclusive flock on `path` (created); a second writer of the same folder waits, told so once.
-    The holder removes the file before it lets go, so a lock taken on a removed file is taken again."""
+@contextlib.contextmanager
+def held_lock(path: Path, guarded: str | os.PathLike, writer: str, *, wait: bool):
+    """Hold an exclusive lock on the file `path` (created) for the block: one `writer` of `guarded` at a time.
+    The lock is the kernel's (flock), so a writer that died, however it died, holds nothing and its leftover file
+    is taken over. When another process holds it, `wait` waits (saying so once on stderr), else an InputError
+    names the holder. The file holds the holder's process id and host, and is removed before release, so a
+    writer that locked a removed file locks the new one instead."""
     told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -140,21 +145,44 @@ def _lock(path: Path, shown: Path) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process starting"
+                if not wait:
+                    raise InputError(f"{guarded}: another {writer} ({holder}) is writing into it (lock file "
+                                     f"{path}); wait for it to end, or stop it") from None
                 if not told:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    print(f"{shown}: another process (pid {holder}) is writing it; waiting until it is done "
-                          f"(lock file {path})", file=sys.stderr, flush=True)
+                    print(f"{guarded}: another {writer} ({holder}) is writing into it; waiting until it is done "
+                          f"(lock file {path})",
+                          file=sys.stderr, flush=True)
                     told = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.stat(path), os.fstat(fd)):
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                    return fd
+            try:
+                locked = os.path.samestat(os.stat(path), os.fstat(fd))
+            except FileNotFoundError:
+                locked = False
         except BaseException:
             os.close(fd)
             raise
+        if locked:
+            break
         os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+LOCK_FILE = ".lock"
+
+
+def folder_lock(folder: str | os.PathLike, writer: str):
+    """`held_lock` on `folder/.lock`, refusing a second writer: one run per output folder (eval run)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return held_lock(folder / LOCK_FILE, folder, writer, wait=False)
 
 
 class FolderUpdate:
@@ -177,7 +205,7 @@ class FolderUpdate:
         self.committed = False
         self.staging: Path | None = None
         self._lock_path = self.target.parent / f".{self.target.name}.lock"
-        self._lock_fd: int | None = None
+        self._lock = None
 
     def __enter__(self) -> "FolderUpdate":
         if self.target.exists() and not self.target.is_dir():
@@ -190,7 +218,8 @@ class FolderUpdate:
             raise InputError(f"{self.shown}: is the current folder or holds it; the folder is replaced as a whole, "
                              "which would leave this shell in a removed folder: run from outside it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self._lock_path, self.shown)
+        self._lock = held_lock(self._lock_path, self.shown, "converter run", wait=True)
+        self._lock.__enter__()
         try:
             self._finish_interrupted()
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-", dir=self.target.parent))
@@ -244,11 +273,9 @@ class FolderUpdate:
             if self.staging is not None and not self.committed:
                 shutil.rmtree(self.staging, ignore_errors=True)
         finally:
-            if self._lock_fd is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._lock_path)
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.__exit__(None, None, None)
+                self._lock = None
         if isinstance(error, OSError) and self.staging is not None:
             self._name_in_target(error)
         return False

@@ -1,6 +1,7 @@
 """`eval run` + `eval compare` end to end on the tiny random models and converter output of the synthetic
 data: a handful of samples, few new tokens. Random weights answer garbage, which the failure kinds name."""
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from eval.compare import compare_runs
 from eval.data import find_split_file, load_samples
 from eval.infer import TransformersGenerator, load_resized
 from eval.run import run_eval
+from qwenvl_recipes.io import InputError, sha256_file
 from tools import synthetic_data
 
 SOURCES = {"caption": ("coco-caption", synthetic_data.make_coco_caption),
@@ -41,22 +43,28 @@ def converted(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_model_dir):
-    """adapter(family) -> a LLaMA-Factory-style output dir holding a peft LoRA with random (non-zero) B."""
+def save_lora(model_dir, out, seed: int = 0):
+    """A LLaMA-Factory-style output dir `out` holding a peft LoRA with random (non-zero) B."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(seed)
+    get_peft_model(model, config).save_pretrained(out)
+    (out / "trainer_log.jsonl").write_text("")  # LLaMA-Factory's mark: eval run then picks the .json file
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model_dir):
+    """adapter(family) -> a LLaMA-Factory-style output dir holding a peft LoRA with random (non-zero) B."""
     made = {}
 
     def get(family: str):
         if family not in made:
-            model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family))
-            config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-            out = tmp_path_factory.mktemp(f"lora_{family}")
-            get_peft_model(model, config).save_pretrained(out)
-            (out / "trainer_log.jsonl").write_text("")  # LLaMA-Factory's mark: eval run then picks the .json file
-            made[family] = out
+            made[family] = save_lora(tiny_model_dir(family), tmp_path_factory.mktemp(f"lora_{family}"))
         return made[family]
     return get
 
@@ -157,8 +165,46 @@ def test_interrupted_run_resumes(converted, tiny_model_dir, tmp_path, monkeypatc
     assert generated == [json.loads(second)["id"], json.loads(lines[2])["id"]]
     assert lines[:2] == [first, second] and metrics["n"] == 3
 
-    with pytest.raises(ValueError, match="holds predictions of another run"):
+    with pytest.raises(ValueError, match="holds predictions of another run: max_new_tokens 4 -> 9; pass --overwrite"):
         run_eval("microscopy", str(model), data, out, limit=3, max_new_tokens=9, java_metrics=False)
+    # a line that `eval run` did not write is named before any model loads
+    predictions.write_text(predictions.read_text() + '{"prediction": "x"}\n')
+    monkeypatch.setattr(TransformersGenerator, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(InputError, match=r"predictions.jsonl:4: not a line `eval run` writes"):
+        run_eval("microscopy", str(model), data, out, limit=3, batch_size=1, max_new_tokens=4, java_metrics=False)
+
+
+def test_retrained_adapter_or_changed_data_is_named_then_overwritten(converted, tiny_model_dir, tmp_path, monkeypatch):
+    """run.json holds the sha256 of the adapter weights and the data file: a rerun into the same --out after
+    either changed is refused naming it (the old predictions are not reused); --overwrite evaluates again."""
+    model, data = tiny_model_dir("qwen2_vl"), tmp_path / "data"
+    shutil.copytree(converted("microscopy", "qwen2_vl"), data)
+    lora, out = save_lora(model, tmp_path / "lora", seed=0), tmp_path / "run"
+    settings = {"adapter": str(lora), "limit": 2, "batch_size": 2, "max_new_tokens": 4, "java_metrics": False}
+    run_eval("microscopy", str(model), data, out, **settings)
+    assert run_eval("microscopy", str(model), data, out, **settings)["n"] == 2  # unchanged: resumes, nothing to do
+
+    old_weights = sha256_file(lora / "adapter_model.safetensors")
+    save_lora(model, lora, seed=1)  # trained again into the same folder
+    new_weights = sha256_file(lora / "adapter_model.safetensors")
+    with pytest.raises(InputError, match=rf"run holds predictions of another run: checkpoint/adapter_model.safetensors "
+                                         rf"changed \(sha256 {old_weights[:12]} -> {new_weights[:12]}\); pass "
+                                         rf"--overwrite to discard them"):
+        run_eval("microscopy", str(model), data, out, **settings)
+    generated = []
+    original = TransformersGenerator.generate
+    monkeypatch.setattr(TransformersGenerator, "generate",
+                        lambda self, batch, *a: generated.extend(s.id for s in batch) or original(self, batch, *a))
+    metrics = run_eval("microscopy", str(model), data, out, overwrite=True, **settings)
+    assert len(generated) == 2 and len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    assert metrics["run"]["sha256"]["checkpoint/adapter_model.safetensors"] == new_weights
+    assert json.loads((out / "run.json").read_text()) == metrics["run"]
+
+    rows = json.loads((data / "microscopy_val.json").read_text())
+    rows[0]["messages"][-1]["content"] += " "  # an edited reference
+    (data / "microscopy_val.json").write_text(json.dumps(rows))
+    with pytest.raises(InputError, match=r"another run: data_file changed \(sha256 "):
+        run_eval("microscopy", str(model), data, out, **settings)
 
 
 def test_cli_run_and_compare(converted, tiny_model_dir, tmp_path, capsys):

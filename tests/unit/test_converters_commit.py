@@ -205,7 +205,7 @@ def test_two_runs_into_one_out_wait_for_each_other(tmp_path):
     assert os.waitstatus_to_exitcode(os.waitpid(a, 0)[1]) == 0 and os.waitstatus_to_exitcode(b_status) == 0
     assert sorted(json.loads((out / "dataset_info.json").read_text())) == ["first_train", "second_train"]
     assert sorted(json.loads((out / "manifest.json").read_text())["datasets"]) == ["first_train", "second_train"]
-    assert f"{out}: another process (pid " in b_err.read_text() and "is writing it; waiting" in b_err.read_text()
+    assert f"{out}: another converter run (process " in b_err.read_text() and "is writing into it; waiting" in b_err.read_text()
     assert check_dir(out) == [] and not beside(out)
 
 

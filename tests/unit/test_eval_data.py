@@ -4,9 +4,10 @@ import json
 import pytest
 from PIL import Image
 
-from eval.data import find_split_file, load_samples, read_manifest_entry, trainer_resize_path
+from eval.data import find_split_file, load_image, load_samples, read_manifest_entry, trainer_resize_path
 from eval.infer import chat_messages, passthrough_size, resolve_adapter
 from eval.run import read_done
+from qwenvl_recipes.io import InputError
 
 
 def _adapter(path):
@@ -67,6 +68,15 @@ def test_split_choice_and_manifest_entry(tmp_path):
         read_manifest_entry(tmp_path / "d_train.json")
 
 
+def test_without_val_or_test_the_split_is_asked_for(tmp_path):
+    for name in ("r_testA.json", "r_train.json", "dataset_info.json"):
+        (tmp_path / name).write_text("[]")
+    with pytest.raises(ValueError, match=r"no val or test split; it holds r_testA.json, r_train.json: pass --split to "
+                                         r"choose one \(the training rows are scored only with --split train\)"):
+        find_split_file(tmp_path, None)
+    assert find_split_file(tmp_path, "testA").name == "r_testA.json"
+
+
 def test_captions_of_one_image_are_pooled(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
@@ -85,6 +95,13 @@ def test_captions_of_one_image_are_pooled(tmp_path):
     ({"messages": [{"role": "user", "content": "hi"}], "images": []}, "record 0: the last message must be"),
     ({"messages": [{"role": "user", "content": "<image>hi"}, {"role": "assistant", "content": "x"}],
       "images": ["gone.png"]}, "record 0: image 'gone.png' not found"),
+    ("a caption", "record 0: expected a JSON object \\(a sharegpt record\\), got str"),
+    ({"messages": ["hi", {"role": "assistant", "content": "x"}]},
+     "record 0: messages\\[0\\] must be an object with a 'role' and a 'content' text"),
+    ({"messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "x"}]},
+     "record 0: messages\\[0\\] must be an object"),
+    ({"messages": [{"role": "user", "content": "<image>hi"}, {"role": "assistant", "content": "x"}], "images": "a.png"},
+     "record 0: 'images' must be a list of paths"),
 ])
 def test_bad_records_are_named(tmp_path, row, error):
     _write_split(tmp_path, "c_val.json", [row])
@@ -92,11 +109,35 @@ def test_bad_records_are_named(tmp_path, row, error):
         load_samples(tmp_path / "c_val.json", "microscopy")
 
 
+def test_two_records_of_one_id_are_refused(tmp_path):
+    row = {"id": "x", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+    _write_split(tmp_path, "c_val.json", [row, row])
+    with pytest.raises(ValueError, match="c_val.json: two records have the id 'x'; ids must be unique"):
+        load_samples(tmp_path / "c_val.json", "microscopy")
+
+
+@pytest.mark.parametrize("content, cause", [
+    (b"not an image", "cannot identify image file"),
+    ("truncated", "image file is truncated"),
+])
+def test_an_image_that_cannot_be_decoded_is_named(tmp_path, content, cause):
+    path = tmp_path / "broken.png"
+    if content == "truncated":
+        Image.effect_noise((64, 64), 50).convert("RGB").save(path)
+        content = path.read_bytes()[:-200]
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=rf"broken.png: cannot read the image \(.*{cause}"):
+        load_image(path)
+
+
 def test_a_line_cut_by_an_interruption_is_dropped(tmp_path):
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "predic')
     assert read_done(predictions) == [{"id": "a"}, {"id": "b"}]
     assert predictions.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    predictions.write_text('{"id": "a"}\n{"id": "b"}')  # cut before its newline: the next answer would join it
+    assert read_done(predictions) == [{"id": "a"}]
+    assert predictions.read_text() == '{"id": "a"}\n'
     predictions.write_text('{"id": "a"}\n{"id\n{"id": "c"}\n')
     with pytest.raises(ValueError, match="predictions.jsonl:2: corrupt line in the middle"):
         read_done(predictions)

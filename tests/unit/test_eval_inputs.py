@@ -1,16 +1,20 @@
 """eval's choice of data file per trainer, forgery head checkpoints, and the checks on predictions files
 (no model is loaded: every case is decided before)."""
+import errno
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from converters.__main__ import main as convert
 from converters.options import read_processor_pixels
 from eval.__main__ import main
-from eval.data import adapter_trainer, choose_data_file, load_samples, read_manifest_entry
-from eval.run import data_settings, with_model_processor
-from qwenvl_recipes.io import InputError
-from tools.synthetic_data import make_focus_pairs, make_refcoco
+from eval.data import adapter_trainer, check_split, choose_data_file, find_split_file, load_samples, read_manifest_entry
+from eval.run import data_settings, input_hashes, read_done, run_changes, run_eval, with_model_processor
+from qwenvl_recipes.io import InputError, folder_lock, sha256_file
+from tools.synthetic_data import make_coco_caption, make_focus_pairs, make_refcoco
 
 
 def _adapter(path):
@@ -83,6 +87,8 @@ BOX = '{"bbox_2d": [1, 2, 30, 40]}'
     ("forgery", "qwen2_vl", {"label": True}, "'label' must be 0 (real) or 1 (fake), got True"),
     ("forgery", "qwen2_vl", {"score": 1.5}, "'score' must be P(fake), a number in [0, 1], got 1.5"),
     ("forgery", "qwen2_vl", {"score": float("nan")}, "'score' must be P(fake), a number in [0, 1], got nan"),
+    ("forgery", "qwen2_vl", {"reference": ["fake"]}, "'reference' must be one answer text for forgery, got a list"),
+    ("grounding", "qwen3_vl", {"reference": 5}, "'reference' must be the answer text (a list of texts for captions)"),
 ])
 def test_score_names_the_bad_line_and_field(tmp_path, capsys, task, family, bad, message):
     good = {"prediction": BOX, "reference": BOX, "image_size": [640, 480]} if task == "grounding" else \
@@ -90,6 +96,21 @@ def test_score_names_the_bad_line_and_field(tmp_path, capsys, task, family, bad,
     assert _score(tmp_path, task, family, [good, good | bad]) == 2
     err = capsys.readouterr().err
     assert f"p.jsonl, line 2: {message}" in err and "Traceback" not in err
+
+
+def test_a_label_that_contradicts_its_reference_is_an_input_error(tmp_path, capsys):
+    rows = [{"prediction": "fake", "reference": "fake", "label": 1}, {"prediction": "fake", "reference": "fake", "label": 0},
+            {"prediction": "real", "reference": "an image", "label": 0}]
+    assert _score(tmp_path, "forgery", "qwen2_vl", rows) == 2
+    assert capsys.readouterr().err == ("error: " + str(tmp_path / "p.jsonl") + ", line 2 (id '2'): 'label' 0 (real) "
+                                       "contradicts its reference 'fake'; one of them is wrong\n")
+    # a reference without either word leaves the label to say what the image is
+    assert _score(tmp_path, "forgery", "qwen2_vl", rows[:1] + rows[2:]) == 0
+
+
+def test_an_empty_predictions_file_is_named(tmp_path, capsys):
+    assert _score(tmp_path, "caption", "qwen2_vl", []) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'p.jsonl'}: no predictions in it\n"
 
 
 def test_metrics_json_holds_null_not_nan(tmp_path):
@@ -150,3 +171,128 @@ def test_absolute_boxes_under_other_processor_limits_are_refused_naming_the_reco
                                          r"the image resized to .* \(processor limits \[3136, 12845056\]\), but "
                                          r".*upscaling resizes it to .*; convert again with --processor-config"):
         _settings(data_file, "grounding", _checkpoint(tmp_path / "upscaling", 10 ** 6, 10 ** 9), samples)
+
+
+@pytest.fixture
+def train_only(tmp_path):
+    out = tmp_path / "report"
+    source = make_coco_caption(tmp_path / "coco", n=4) / "captions_train2014.json"
+    assert convert(["coco-caption", "--input", str(source), "--out", str(out), "--split", "train"]) == 0
+    return out
+
+
+def test_training_rows_are_scored_only_with_split_train(train_only, tmp_path, tiny_model_dir, capsys):
+    for suffix in (".json", ".jsonl"):
+        with pytest.raises(ValueError, match=rf"report: no val or test split, only the training rows "
+                                             rf"\(coco_caption_train{suffix}\); pass --split train to score those"):
+            find_split_file(train_only, None, suffix)
+    assert find_split_file(train_only, "train").name == "coco_caption_train.json"
+    data_file = train_only / "coco_caption_train.json"
+    entry = read_manifest_entry(data_file)
+    with pytest.raises(ValueError, match=r"coco_caption_train.json holds the training rows \(its manifest.json "
+                                         r"entry\); pass --split train"):
+        check_split(data_file, entry, None)
+    with pytest.raises(ValueError, match=r"holds the train split \(its manifest.json entry\), not --split val"):
+        check_split(data_file, entry, "val")
+    check_split(data_file, entry, "train")
+    assert main(["run", "--task", "caption", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(train_only),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "pass --split train" in err
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(grounding, tmp_path,
+                                                                                        tiny_model_dir):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom qwenvl_recipes.io import folder_lock\n"
+                               "with folder_lock(sys.argv[1], 'eval run'):\n    print('held', flush=True)\n"
+                               "    time.sleep(300)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(InputError, match=rf"{out}: another eval run \(process {holder.pid} on .*\) is writing into it \(lock "
+                                             rf"file {out}/.lock\); wait for it to end, or stop it"):
+            run_eval("grounding", str(tiny_model_dir("qwen2_5_vl")), grounding, out)
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a process that is gone
+        holder.wait()
+    assert "process" in (out / ".lock").read_text()
+    with folder_lock(out, "eval run"):
+        assert (out / ".lock").read_text().startswith(f"process {os.getpid()} ")
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"id": "a", "prediction": "x"}\n{"id": "b"}\n{"id": "a", "prediction": "y"}\n',
+     r"predictions.jsonl:3: id 'a' again \(line 1\): two runs wrote into .* at once, or the file was edited; "
+     r"pass --overwrite"),
+    ('{"prediction": "x"}\n', r"predictions.jsonl:1: not a line `eval run` writes \(an object with a text 'id'\)"),
+    ('[1, 2]\n{"id": "b"}\n', r"predictions.jsonl:1: not a line `eval run` writes"),
+])
+def test_predictions_that_eval_run_did_not_write_are_named(tmp_path, text, message):
+    (tmp_path / "predictions.jsonl").write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_done(tmp_path / "predictions.jsonl")
+
+
+def test_what_changed_since_the_recorded_run_is_named(tmp_path):
+    before = {"task": "caption", "max_new_tokens": 6, "sha256": {"data_file": "a" * 64, "model/config.json": "b" * 64,
+                                                                 "checkpoint/adapter_model.safetensors": "c" * 64}}
+    now = {"task": "caption", "max_new_tokens": 9, "sha256": {"data_file": "d" * 64, "model/config.json": "b" * 64,
+                                                              "checkpoint/forgery_head.safetensors": "e" * 64}}
+    assert run_changes(before, now) == [
+        "max_new_tokens 6 -> 9", "checkpoint/adapter_model.safetensors is gone (sha256 cccccccccccc -> none)",
+        "checkpoint/forgery_head.safetensors appeared (sha256 none -> eeeeeeeeeeee)",
+        "data_file changed (sha256 aaaaaaaaaaaa -> dddddddddddd)"]
+    assert run_changes({"task": "caption", "max_new_tokens": 9}, now) == [
+        "its run.json records no content hashes (an older eval wrote it)"]
+    assert run_changes(now, now) == []
+
+
+def test_inputs_are_hashed_by_content(tmp_path, tiny_model_dir):
+    data_file = tmp_path / "d_val.json"
+    data_file.write_text("[]")
+    lora = _adapter(tmp_path / "lora")
+    (lora / "adapter_model.safetensors").write_bytes(b"weights")
+    (lora / "optimizer.pt").write_bytes(b"not what answers")
+    (lora / "vision_encoder").mkdir()
+    (lora / "vision_encoder" / "merger.safetensors").write_bytes(b"merger")
+    model = tiny_model_dir("qwen2_vl")
+    hashes = input_hashes(str(model), lora, data_file)
+    assert hashes == {"data_file": sha256_file(data_file), "model/config.json": sha256_file(model / "config.json"),
+                      **{f"model/{name}": sha256_file(model / name) for name in ("preprocessor_config.json",
+                                                                                   "processor_config.json")
+                         if (model / name).is_file()},
+                      "checkpoint/adapter_config.json": sha256_file(lora / "adapter_config.json"),
+                      "checkpoint/adapter_model.safetensors": sha256_file(lora / "adapter_model.safetensors"),
+                      "checkpoint/vision_encoder/merger.safetensors": sha256_file(
+                          lora / "vision_encoder" / "merger.safetensors")}
+    assert input_hashes("Qwen/Qwen2-VL-2B-Instruct", None, data_file) == {"data_file": sha256_file(data_file)}
+    with pytest.raises(InputError, match="--model .*lora: no config.json in it"):
+        input_hashes(str(lora), None, data_file)
+    with pytest.raises(FileNotFoundError, match="--model /no/model: no such directory"):
+        input_hashes("/no/model", None, data_file)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "/no/data"}, "--data /no/data: no such file or directory"),
+    ({"--model": "/no/model"}, "--model /no/model: no such directory"),
+    ({"--model": "{tmp}"}, "--model {tmp}: no config.json in it (not a model folder)"),
+    ({"--adapter": "/no/adapter"}, "--adapter /no/adapter: no such directory"),
+    ({"--device": "gpu0"}, "--device 'gpu0': not a torch device (cpu, cuda, cuda:1, ...)"),
+])
+def test_run_errors_are_one_line_naming_the_option(grounding, tmp_path, tiny_model_dir, capsys, change, message):
+    """Every one refused before a model loads."""
+    options = {"--task": "grounding", "--model": str(tiny_model_dir("qwen2_5_vl")), "--data": str(grounding),
+               "--out": str(tmp_path / "run")}
+    options.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
+    assert main(["run", *[part for pair in options.items() for part in pair]]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_a_full_disk_is_named(tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("eval.score.write_jsonl_atomic", full)
+    assert _score(tmp_path, "forgery", "qwen2_vl", [{"prediction": "fake", "reference": "fake"}]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'o'}: cannot write samples.jsonl / metrics.json "
+                                       "(No space left on device)\n")
