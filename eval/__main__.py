@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", required=True, choices=TASK_NAMES, help="what the data and the answers are")
     run.add_argument("--model", required=True, help="hub id or local checkpoint dir")
     run.add_argument("--adapter", default=None, help="peft LoRA dir: LLaMA-Factory output_dir or ms-swift output/ "
-                     "(newest vX-*/checkpoint-N is used), or a custom_modules.forgery checkpoint dir, scored "
-                     "with its head (default: the base model alone)")
+                     "(newest vX-*/checkpoint-N is used), a custom_modules.forgery checkpoint dir, scored "
+                     "with its head, or a custom vision encoder's output (its vision_encoder/ beside the LoRA, if "
+                     "any) (default: the base model alone)")
     run.add_argument("--data", required=True, help="converter output dir (or one <name>_<split>.json / .jsonl file)")
     run.add_argument("--split", default=None,
                      help="val | test | train (default: val if present, else test; the training rows only when "

@@ -1,14 +1,16 @@
 """Batched generation with transformers (left padding, the family's chat template, peft adapters from
-LLaMA-Factory or ms-swift)."""
+LLaMA-Factory or ms-swift, a custom vision encoder's saved output through its own loader)."""
 from __future__ import annotations
 
 import contextlib
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
+from converters.geometry import FACTORS, llamafactory_prescale, smart_resize_qwen_vl_utils
 from eval.data import IMAGE_TOKEN, EvalSample, load_image
 from eval.parse import BoxConvention
 from qwenvl_recipes.io import InputError
@@ -21,10 +23,14 @@ PEFT_CONFIG = "adapter_config.json"
 
 
 def resolve_adapter(path: str | Path) -> Path:
-    """A peft adapter dir: `path` itself when it holds adapter_config.json, else the last checkpoint-N
-    (transformers' get_last_checkpoint) of its newest ms-swift run vN-<date>/ (highest N), or of `path` itself
-    (a LLaMA-Factory output_dir, or one ms-swift run)."""
+    """The checkpoint dir eval loads: `path` itself when it holds a peft adapter (adapter_config.json), else
+    the last checkpoint-N (transformers' get_last_checkpoint) holding an adapter or a custom encoder's
+    vision_encoder/, of its newest ms-swift run vN-<date>/ (highest N) or of `path` itself (a LLaMA-Factory
+    output_dir, or one ms-swift run), else `path` when it holds a custom encoder's vision_encoder/ alone
+    (stage 1 trains no LoRA)."""
     from transformers.trainer_utils import get_last_checkpoint  # transformers only when an adapter is given
+
+    from custom_modules.vision_encoder.training import has_saved_encoder
 
     path = Path(path)
     if not path.is_dir():
@@ -35,10 +41,12 @@ def resolve_adapter(path: str | Path) -> Path:
     runs.sort(key=lambda p: int(SWIFT_RUN.match(p.name).group(1)), reverse=True)
     for folder in (*runs, path):
         last = get_last_checkpoint(folder)
-        if last and (Path(last) / PEFT_CONFIG).is_file():
+        if last and ((Path(last) / PEFT_CONFIG).is_file() or has_saved_encoder(last)):
             return Path(last)
-    raise FileNotFoundError(f"--adapter {path}: no {PEFT_CONFIG} in it, nor in the last checkpoint-N/ of it or of "
-                            "its newest ms-swift run vN-*/")
+    if has_saved_encoder(path):
+        return path
+    raise FileNotFoundError(f"--adapter {path}: no {PEFT_CONFIG} (peft adapter) or vision_encoder/ (custom vision "
+                            "encoder) in it, nor in the last checkpoint-N/ of it or of its newest ms-swift run vN-*/")
 
 
 def chat_messages(prompt: list[dict]) -> list[dict]:
@@ -60,6 +68,25 @@ def load_resized(path: str, convention: BoxConvention) -> Image.Image:
     mean the same thing in training, references and eval."""
     image = load_image(path)
     return image.resize(convention.resized(image.size), Image.Resampling.BICUBIC)
+
+
+def load_for_encoder(path: str, convention: BoxConvention, image_processor) -> Image.Image:
+    """The image as the trainer hands it to a custom encoder's image processor, which then brings it to the
+    encoder's square itself: LLaMA-Factory scales it into image_min/max_pixels (its Qwen2-VL plugin's
+    pre-scale); ms-swift's qwen3_vl template resizes it with qwen-vl-utils to multiples of the processor's
+    patch x merge size, MIN_PIXELS / MAX_PIXELS counted in tokens of Qwen3-VL's own 32 px."""
+    image = load_image(path)
+    width, height = image.size
+    if convention.resize_path == "llamafactory":
+        size = llamafactory_prescale(width, height, convention.max_pixels, convention.min_pixels)
+    elif convention.resize_path == "swift":
+        factor, token = image_processor.patch_size * image_processor.merge_size, FACTORS["qwen3_vl"] ** 2
+        height, width = smart_resize_qwen_vl_utils(height, width, factor, convention.min_pixels // token * factor ** 2,
+                                                   convention.max_pixels // token * factor ** 2)
+        size = (width, height)
+    else:
+        return image
+    return image.resize(size, Image.Resampling.BICUBIC)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -104,21 +131,34 @@ class Generation:
 
 
 class TransformersGenerator:
+    """Greedy generation by the base model, through the peft adapter when one is given; an adapter dir holding
+    a custom encoder's vision_encoder/ is loaded by custom_modules.vision_encoder's load_trained (base model,
+    the encoder and merger it names, the LoRA beside them), with the encoder's image processor."""
+
     def __init__(self, model: str, adapter: str | None, *, convention: BoxConvention,
                  device: str | None = None, dtype: str | None = None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from custom_modules.vision_encoder.training import has_saved_encoder, load_trained
+
         self.torch = torch
         self.device, dtype = resolve_device_dtype(device, dtype)
         self.adapter = resolve_adapter(adapter) if adapter else None
-        with loading(f"--model {model}"):
-            self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
-        if self.adapter is not None:
-            from peft import PeftModel
-            with loading(f"--adapter {self.adapter} on --model {model}"):
-                self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
+        self.load_image = partial(load_resized, convention=convention)
+        if self.adapter is not None and has_saved_encoder(self.adapter):
+            with loading(f"--model {model} with the custom encoder of --adapter {self.adapter}"):
+                self.model, self.processor = load_trained(model, self.adapter, dtype=getattr(torch, dtype))
+            self.load_image = partial(load_for_encoder, convention=convention,
+                                      image_processor=self.processor.image_processor)
+        else:
+            with loading(f"--model {model}"):
+                self.processor = AutoProcessor.from_pretrained(model)
+                self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
+            if self.adapter is not None:
+                from peft import PeftModel
+                with loading(f"--adapter {self.adapter} on --model {model}"):
+                    self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
         self.model.to(self.device).eval()
         model_type = self.model.config.model_type
         if model_type not in FAMILY_BY_MODEL_TYPE:
@@ -147,7 +187,7 @@ class TransformersGenerator:
         """Greedy answers; with score_words=(real, fake), also P(fake) from the first answer token's logits
         restricted to the two words' first tokens."""
         torch = self.torch
-        images = [load_resized(p, self.convention) for s in batch for p in s.images]
+        images = [self.load_image(p) for s in batch for p in s.images]
         inputs = self.processor(text=[self.prompt_text(s) for s in batch], images=images or None,
                                 padding=True, return_tensors="pt", **passthrough_size(images)).to(self.device)
         with torch.inference_mode():

@@ -98,9 +98,14 @@ def save_vision_encoder(model: nn.Module, settings: VisionEncoderSettings, outpu
     return target
 
 
+def has_saved_encoder(output_dir: str | os.PathLike) -> bool:
+    """Whether `output_dir` holds a custom encoder's saved `vision_encoder/` (what load_trained reads)."""
+    return (Path(output_dir) / SAVED_FOLDER / "settings.json").is_file()
+
+
 def saved_settings(output_dir: str | os.PathLike) -> VisionEncoderSettings:
     path = Path(output_dir) / SAVED_FOLDER / "settings.json"
-    if not path.exists():
+    if not has_saved_encoder(output_dir):
         raise FileNotFoundError(f"{path}: not a custom vision encoder output (no {SAVED_FOLDER}/settings.json)")
     return parse_settings(json.loads(path.read_text()), source=str(path))
 

@@ -257,3 +257,48 @@ def test_hybrid_checkpoint_loads_back_for_evaluation(trainer, trained, workspace
                    cwd=root, env=trainer_env("llamafactory"), check=True, capture_output=True)
     assert json.loads((report / "metrics.json").read_text())["n"] == 2
     assert len((report / "predictions.csv").read_text().splitlines()) == 3
+
+
+ENCODER_RUNS = [r for r in CUSTOM if "vision_encoder" in r.custom and "_4b_" in r.path.stem]
+
+
+@pytest.mark.parametrize("recipe", ENCODER_RUNS, ids=recipe_id)
+def test_vision_encoder_output_is_scored_by_eval_run(recipe, trained, workspace, tiny_model_dir, tmp_path, monkeypatch):
+    """`eval run --adapter <output_dir>` on a custom encoder run (stage 1: merger; stage 2: merger + LM LoRA) of
+    either trainer loads it by custom_modules.vision_encoder's own loader and answers as that loaded model does."""
+    from custom_modules.vision_encoder.training import load_trained
+    from eval.__main__ import main as eval_main
+    from eval.data import load_samples
+    from eval.infer import TransformersGenerator, chat_messages
+
+    data = workspace[1]
+    out, model = trained(recipe), tiny_model_dir("qwen3_vl")
+    checkpoint = out / "checkpoint-1" if recipe.trainer == "swift" and (out / "checkpoint-1").is_dir() else out
+    generators = []
+    original = TransformersGenerator.__init__
+    monkeypatch.setattr(TransformersGenerator, "__init__",
+                        lambda self, *a, **k: generators.append(self) or original(self, *a, **k))
+    run = tmp_path / "run"
+    assert eval_main(["run", "--task", "caption", "--model", str(model), "--adapter", str(out), "--data",
+                      str(data("report", "qwen3_vl")), "--split", "train", "--out", str(run), "--limit", "2",
+                      "--max-new-tokens", "4", "--no-java-metrics"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["adapter"] == str(checkpoint)
+    assert "checkpoint/vision_encoder/merger.safetensors" in info["sha256"]
+    assert ("checkpoint/adapter_model.safetensors" in info["sha256"]) == (recipe.custom["vision_encoder"]["stage"] == 2)
+
+    expected, processor = load_trained(model, checkpoint)
+    generator = generators[0]
+    loaded = generator.model.state_dict()
+    assert loaded.keys() == expected.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items())
+    samples = {s.id: s for s in load_samples(Path(info["data_file"]), "caption")}
+    for row in map(json.loads, (run / "predictions.jsonl").read_text().splitlines()):
+        sample = samples[row["id"]]
+        text = processor.apply_chat_template(chat_messages(sample.prompt), tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[generator.load_image(p) for p in sample.images], return_tensors="pt")
+        with torch.inference_mode():
+            answer = expected.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        answer = answer.tolist()
+        cut = next((i for i, t in enumerate(answer) if t in generator.stop_ids), len(answer))
+        assert row["prediction"] == processor.tokenizer.decode(answer[:cut], skip_special_tokens=False)
