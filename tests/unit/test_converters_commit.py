@@ -188,7 +188,7 @@ def test_two_runs_into_one_out_wait_for_each_other(tmp_path):
         def held(*args, **kwargs):
             a_inside.touch()
             deadline = time.monotonic() + 60
-            while not b_done.exists() and "is writing it" not in (b_err.read_text() if b_err.exists() else ""):
+            while not b_done.exists() and "is writing into it" not in (b_err.read_text() if b_err.exists() else ""):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             return original(*args, **kwargs)
@@ -205,7 +205,8 @@ def test_two_runs_into_one_out_wait_for_each_other(tmp_path):
     assert os.waitstatus_to_exitcode(os.waitpid(a, 0)[1]) == 0 and os.waitstatus_to_exitcode(b_status) == 0
     assert sorted(json.loads((out / "dataset_info.json").read_text())) == ["first_train", "second_train"]
     assert sorted(json.loads((out / "manifest.json").read_text())["datasets"]) == ["first_train", "second_train"]
-    assert f"{out}: another converter run (process " in b_err.read_text() and "is writing into it; waiting" in b_err.read_text()
+    told = b_err.read_text()
+    assert f"{out}: another converter run (process " in told and "is writing into it; waiting" in told
     assert check_dir(out) == [] and not beside(out)
 
 
