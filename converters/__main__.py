@@ -65,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     sub = partial(commands.add_parser, formatter_class=HelpFormatter)
     for source in registered().values():
-        command = sub(source.command, help=f"{source.help} ({source.task} task)", description=source.description)
+        command = sub(source.command, help=f"{source.help} ({'|'.join(source.tasks)} task)",
+                      description=source.description)
         _common(command, source)
+        if len(source.tasks) > 1:
+            command.add_argument("--task", choices=source.tasks, required=True,
+                                 help="what the data trains: the manifest's task, which `eval run --task` reads")
         source.add_arguments(command)
     check = sub("check", help="validate an output directory",
                 description="Exit 1 and one line per problem when a trainer would trip over the files.")
@@ -123,7 +127,8 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
     allow_outside_root(args.allow_outside_root, absolute=args.images is None)
     conversion = source.read(args, images)
     name = args.name or source.dataset
-    entries = pipeline.run(name=name, task=source.task, converter=source.command, items=conversion.items,
+    task = args.task if len(source.tasks) > 1 else source.tasks[0]
+    entries = pipeline.run(name=name, task=task, converter=source.command, items=conversion.items,
                            convert=partial(_bind_options, conversion.to_sample, conversion.sample_options),
                            out=args.out, targets=TARGET_CHOICES[args.target], inputs=conversion.inputs,
                            options=_options(args, conversion.options), trainer_dependent=conversion.trainer_dependent,

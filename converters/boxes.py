@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Sequence
 
 from converters.geometry import FACTORS, resized_size
 from converters.schema import Box
@@ -84,13 +85,28 @@ def render_grounding(phrase: str, box: Box, image_size: tuple[int, int], family:
                      max_pixels: int, resize_path: str = "hf",
                      processor_pixels: tuple[int, int] | None = None) -> str:
     """Assistant answer locating `phrase` at `box` (original pixels) in the family's convention."""
-    coords = to_model_coords(box, image_size, family, min_pixels=min_pixels, max_pixels=max_pixels,
-                             resize_path=resize_path, processor_pixels=processor_pixels)
+    return render_objects(((phrase, box),), image_size, family, min_pixels=min_pixels, max_pixels=max_pixels,
+                          resize_path=resize_path, processor_pixels=processor_pixels)
+
+
+def render_objects(objects: Sequence[tuple[str, Box]], image_size: tuple[int, int], family: str, *,
+                   min_pixels: int, max_pixels: int, resize_path: str = "hf",
+                   processor_pixels: tuple[int, int] | None = None) -> str:
+    """(phrase, box) pairs of one image, in order, as one answer in the family's convention: the Qwen2-VL
+    phrase/box tokens one after the other, or one fenced JSON list with an object per box."""
+    rendered = []
+    for phrase, box in objects:
+        coords = to_model_coords(box, image_size, family, min_pixels=min_pixels, max_pixels=max_pixels,
+                                 resize_path=resize_path, processor_pixels=processor_pixels)
+        if family == "qwen2_vl":
+            x1, y1, x2, y2 = coords
+            rendered.append(f"<|object_ref_start|>{phrase}<|object_ref_end|>"
+                            f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>")
+        else:
+            rendered.append(json.dumps({"bbox_2d": coords, "label": phrase}, ensure_ascii=False))
     if family == "qwen2_vl":
-        x1, y1, x2, y2 = coords
-        return f"<|object_ref_start|>{phrase}<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
-    obj = json.dumps({"bbox_2d": coords, "label": phrase}, ensure_ascii=False)
-    return f"```json\n[\n\t{obj}\n]\n```"
+        return "".join(rendered)
+    return "```json\n[\n\t" + ",\n\t".join(rendered) + "\n]\n```"
 
 
 def parse_boxes(text: str, family: str, image_size: tuple[int, int], *, min_pixels: int, max_pixels: int,

@@ -161,26 +161,33 @@ def find_coco_image(images_dir: Path | str | None, name: str, field: str = "imag
     return existing_image(images_dir, name, field)
 
 
+COCO_FOLDERS_HINT = " (for COCO file names, the folder holding them or holding their train2014/, val2014/ folder)"
+
+
 class ImageFolderProbe:
     """Turns "every image is missing" into one error naming the folder, instead of N skipped records.
 
-    Layouts that keep images elsewhere (COCO json, refer, parquet without bytes) resolve names against
+    Layouts that keep images elsewhere (COCO json, refer, parquet without bytes, list files) resolve names against
     --images, defaulting to the input's folder; when the first `first` look-ups (or all of them, for a
-    smaller input) find nothing, the folder is wrong, not the records."""
+    smaller input) find nothing, the folder is wrong, not the records. `hint` ends the advice (where such a
+    layout keeps its images)."""
 
-    def __init__(self, source: Path | str, images_dir: Path | str | None, first: int = 20):
-        self.source, self.images_dir, self.first = source, images_dir, first
+    def __init__(self, source: Path | str, images_dir: Path | str | None, first: int = 20,
+                 hint: str = COCO_FOLDERS_HINT):
+        self.source, self.images_dir, self.first, self.hint = source, images_dir, first, hint
         self.found = self.missed = 0
-        self.example = ""
+        self.example = self.example_name = ""
 
-    def look(self, find, *args):
-        """find(*args) -> its result; counts a missing-image skip, and fails the run as described."""
+    def look(self, find, images_dir, name, *rest):
+        """find(images_dir, name, *rest) -> its result; counts a missing-image skip, and fails the run as
+        described."""
         try:
-            result = find(*args)
+            result = find(images_dir, name, *rest)
         except SkipRecord as skip:
             if skip.reason.startswith("missing image"):
                 self.missed += 1
-                self.example = self.example or skip.reason[len("missing image "):]
+                if not self.example:
+                    self.example, self.example_name = skip.reason[len("missing image "):], name
                 if self.missed >= self.first and not self.found:
                     self.fail()
             raise
@@ -192,11 +199,24 @@ class ImageFolderProbe:
             self.fail()
 
     def fail(self):
+        root = os.path.abspath(self.images_dir) if self.images_dir is not None else None
+        holder = _folder_above_holding(root, self.example_name) if root else None
+        advice = (f"pass --images {holder}, from which the names resolve" if holder
+                  else f"pass --images with the folder that holds them{self.hint}")
         raise InputError(
             f"{self.source}: none of the first {self.missed} image(s) it names is in "
-            f"{os.path.abspath(self.images_dir) if self.images_dir is not None else 'the paths it gives'} "
-            f"(e.g. {self.example}); pass --images with the folder that holds them (for COCO file names, the "
-            "folder holding them or holding their train2014/, val2014/ folder)")
+            f"{root or 'the paths it gives'} (e.g. {self.example}); {advice}")
+
+
+def _folder_above_holding(root: str, name: str, levels: int = 3) -> str | None:
+    """The nearest folder above `root` (up to `levels`) holding the relative path `name`: a list file kept
+    inside the folder its paths already start with (trainingset2/list.json naming trainingset2/a.jpg)."""
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        return None
+    for folder in list(Path(root).parents)[:levels]:
+        if os.path.isfile(os.path.join(folder, name)):
+            return str(folder)
+    return None
 
 
 # While a conversion runs, the files it makes under its output folder go into the staging folder that takes

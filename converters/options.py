@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from converters.boxes import default_pixels
+from converters.schema import IMAGE_TAG
 from qwenvl_recipes.io import InputError, read_json
 
 
@@ -27,6 +29,25 @@ def size_wxh(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH like 280x280, got {text!r}") from None
     return width, height
+
+
+def image_prompt(text: str) -> str:
+    """--prompt: a user prompt for one image, as written; <image> first unless the text places it itself."""
+    count = text.count(IMAGE_TAG)
+    if count > 1:
+        raise argparse.ArgumentTypeError(f"a prompt for one image holds at most one {IMAGE_TAG}, got {count}: {text!r}")
+    return text if count else IMAGE_TAG + text
+
+
+def prompt_template(field: str):
+    """An argparse type: an image_prompt that must hold `{field}`, where each record's own value goes."""
+    def parse(text: str) -> str:
+        if "{" + field + "}" not in text:
+            raise argparse.ArgumentTypeError(f"the prompt must hold {{{field}}}, where each record's {field} goes; "
+                                             f"got {text!r}")
+        return image_prompt(text)
+    parse.__name__ = f"prompt with {{{field}}}"
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -76,9 +97,48 @@ def processor_pixels(path: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_split_of_file(parser: argparse.ArgumentParser) -> None:
-    """--split-of-file, for sources whose rows may name their split (converters.sources.tables.row_split)."""
-    parser.add_argument("--split-of-file", metavar="SPLIT", default=None,
-                        help="put every row of the input in this split (e.g. val for a file that holds only "
-                             "validation rows); a row whose own split field names another split is skipped "
-                             "(default: each row's split field, train when it has none)")
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """--split-of-file, or --val-fraction with --seed: where the rows of an input that names no split go
+    (converters.sources.tables.SplitRule); rows naming their own split keep it."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--split-of-file", metavar="SPLIT", default=None,
+                       help="put every row of the input in this split (e.g. test for a file held out for "
+                            "evaluation); a row whose own split field names another split is skipped "
+                            "(default: each row's split field, train when it has none)")
+    where.add_argument("--val-fraction", metavar="F", type=fraction, default=None,
+                       help="hold out about this fraction (0 < F < 1) of the rows that name no split as val, "
+                            "chosen by --seed and each row's images: the same rows whatever the order or --workers "
+                            "(default: none held out)")
+    parser.add_argument("--seed", type=int, default=0, help="which rows --val-fraction holds out")
+
+
+def add_box_options(parser: argparse.ArgumentParser) -> None:
+    """The pixel limits boxes are rendered under (Qwen2.5-VL: pixels of the resized image) and the clipping
+    tolerance, for sources that write boxes."""
+    parser.add_argument("--min-pixels", type=int, default=None,
+                        help="default: the family's recipe value (converters.boxes)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="must equal the recipe's (default: the family's recipe value)")
+    parser.add_argument("--processor-config", dest="processor_pixels", metavar="DIR_OR_JSON",
+                        type=processor_pixels, default=None,
+                        help="checkpoint dir (its preprocessor_config.json or processor_config.json) or that "
+                             "file, whose own pixel limits LLaMA-Factory's processor applies (default: the official "
+                             "Qwen checkpoints')")
+    parser.add_argument("--box-tolerance", type=float, default=2.0,
+                        help="px a box may overshoot the image and still be clipped instead of skipped")
+
+
+def box_pixels(args: argparse.Namespace) -> tuple[int, int]:
+    """(min, max) pixels of --min-pixels/--max-pixels, the --model family's recipe values where not given."""
+    low, high = default_pixels(args.model)
+    return args.min_pixels or low, args.max_pixels or high

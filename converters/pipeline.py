@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import re
-import sys
 import threading
 from collections import Counter, deque
 from dataclasses import asdict
@@ -31,7 +30,6 @@ from converters.sources.tables import DEFAULT_SPLIT
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
 from qwenvl_recipes.io import FolderUpdate, InputError, name_problem, read_json, sha256_file, write_text_atomic
 
-TEST_SPLITS = ("test", "testA", "testB")
 MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
 
 
@@ -197,11 +195,6 @@ def _convert(name: str, task: str, converter: str, items: Iterable[tuple[str, ob
     for state in splits.values():
         for writer in state.writers.values():
             writer.commit()
-
-    for split in splits:
-        if split in TEST_SPLITS:
-            print(f"warning: converting the {split!r} split of {name} for training; evaluate on it instead",
-                  file=sys.stderr)
 
     input_sums = [{"path": str(p), "sha256": sha256_file(p)} for p in inputs if Path(p).is_file()]
     entries = {}

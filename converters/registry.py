@@ -1,7 +1,7 @@
 """The source registry: every dataset the converters read, and the one task vocabulary.
 
-Each `converters/sources/<source>.py` ends with `register_source(Source(...))`: its subcommand, the task its
-samples train (one of TASK_NAMES), its own command-line options, its reader, and the check its output rows
+Each `converters/sources/<source>.py` ends with `register_source(Source(...))`: its subcommand, the tasks its
+samples can train (of TASK_NAMES), its own command-line options, its reader, and the check its output rows
 must pass. `python -m converters` and `python -m converters check` take everything per source from here, and
 eval its task names, so a new dataset is one `to_sample` function plus one registry entry (converters/README.md).
 """
@@ -47,7 +47,7 @@ RowCheck = Callable[[dict, dict, str, list], list[str]]
 @dataclass(frozen=True)
 class Source:
     command: str        # the converters' subcommand, e.g. coco-caption
-    task: str           # one of TASK_NAMES
+    tasks: tuple[str, ...]  # the tasks its samples can train (of TASK_NAMES); several: the subcommand takes --task
     dataset: str        # default --name: file names <dataset>_<split>.json and the dataset_info keys
     help: str           # one line for `python -m converters --help`
     description: str    # the subcommand's --help text
@@ -65,8 +65,9 @@ def register_source(source: Source) -> None:
     if source.command in SOURCES:
         raise ValueError(f"source {source.command!r} is already registered "
                          f"(by {SOURCES[source.command].read.__module__})")
-    if source.task not in TASK_NAMES:
-        raise ValueError(f"source {source.command!r}: task {source.task!r} is not one of {TASK_NAMES}")
+    unknown = [task for task in source.tasks if task not in TASK_NAMES]
+    if unknown or not source.tasks:
+        raise ValueError(f"source {source.command!r}: tasks {source.tasks!r} must be some of {TASK_NAMES}")
     SOURCES[source.command] = source
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+IMAGE_TAG = "<image>"  # where each image of a Sample stands in its turns, one per image, in order
 
 
 @dataclass(frozen=True)

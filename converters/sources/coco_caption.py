@@ -308,7 +308,7 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
 
 
 register_source(Source(
-    command="coco-caption", task="caption", dataset="coco_caption", help="COCO-2014 captions", description=__doc__,
+    command="coco-caption", tasks=("caption",), dataset="coco_caption", help="COCO-2014 captions", description=__doc__,
     input_help="captions_<split>2014.json | a folder of them | Karpathy dataset_coco.json | "
                "CSV image_path,caption[,split] | modelscope:<dataset id>[:<subset>] "
                "(e.g. modelscope:modelscope/coco_2014_caption)",

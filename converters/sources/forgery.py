@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.images import existing_image, image_size, is_file, resolve_image
-from converters.options import add_split_of_file
+from converters.images import ImageFolderProbe, existing_image, image_size, is_file, resolve_image
+from converters.options import add_split_options, image_prompt
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import row_source, split_rows
+from converters.sources.tables import SplitRule, row_source, split_rows
 
 SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -26,11 +26,12 @@ SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 class ForgeryOptions:
     real_word: str = "real"
     fake_word: str = "fake"
+    own_prompt: str | None = None  # --prompt, as converters.options.image_prompt made it
 
     @property
     def prompt(self) -> str:
-        return (f"<image>Is this image real or manipulated? Answer with one word: "
-                f"{self.real_word} or {self.fake_word}.")
+        return self.own_prompt or (f"<image>Is this image real or manipulated? Answer with one word: "
+                                   f"{self.real_word} or {self.fake_word}.")
 
 
 def parse_label(value: object) -> int:
@@ -49,8 +50,10 @@ def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sa
 
 
 def read_list(path: Path, images_dir: Path | None, only_split: str | None = None,
-              limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
-    for split, (number, row) in split_rows(path, only_split, limit, file_split):
+              limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
+    probe = ImageFolderProbe(path, images_dir, hint="")
+    # rows of one image share a split (--val-fraction)
+    for split, (number, row) in split_rows(path, only_split, limit, rule, key=_image_key):
         if isinstance(row, Skip):
             yield split, row
             continue
@@ -61,7 +64,7 @@ def read_list(path: Path, images_dir: Path | None, only_split: str | None = None
                 raise SkipRecord("empty image_path", "image_path")
             if not isinstance(row["image_path"], str):
                 raise SkipRecord(f"image_path must be a string, got {row['image_path']!r}", "image_path")
-            image = existing_image(images_dir, str(row["image_path"]), "image_path")
+            image = probe.look(existing_image, images_dir, row["image_path"], "image_path")
             size = image_size(image, "image_path")
             label = parse_label(row.get("label"))
             mask, note = _mask(row.get("mask_path"), label, size, images_dir)
@@ -72,6 +75,11 @@ def read_list(path: Path, images_dir: Path | None, only_split: str | None = None
         if note:
             record["note"] = note
         yield split, record
+    probe.finish()
+
+
+def _image_key(row: dict) -> str:
+    return str(row.get("image_path"))
 
 
 def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path | None):
@@ -97,15 +105,18 @@ def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_split_of_file(parser)
+    add_split_options(parser)
     parser.add_argument("--real-word", default="real", help="the answer for label 0")
     parser.add_argument("--fake-word", default="fake", help="the answer for label 1")
+    parser.add_argument("--prompt", type=image_prompt, default=None,
+                        help="the user prompt, <image> first unless placed (default: \"" + ForgeryOptions().prompt
+                             + "\", with --real-word/--fake-word)")
 
 
 def read(args: argparse.Namespace, images: Path | None) -> Conversion:
     source = Path(args.input)
-    items = read_list(source, images, only_split=args.split, limit=args.limit, file_split=args.split_of_file)
-    return Conversion(items, to_sample, ForgeryOptions(args.real_word, args.fake_word), [source])
+    items = read_list(source, images, only_split=args.split, limit=args.limit, rule=SplitRule.of(args))
+    return Conversion(items, to_sample, ForgeryOptions(args.real_word, args.fake_word, args.prompt), [source])
 
 
 def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
@@ -116,7 +127,7 @@ def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> 
 
 
 register_source(Source(
-    command="forgery", task="forgery", dataset="forgery", help="real/fake image classification with masks",
+    command="forgery", tasks=("forgery",), dataset="forgery", help="real/fake image classification with masks",
     description=__doc__,
     input_help='list JSON/JSONL/CSV of {"image_path", "label" 0|1, "mask_path" png | "HxW"[, "split"]}',
     images_help="default: the input's folder", add_arguments=add_arguments, read=read, check_row=check_row))

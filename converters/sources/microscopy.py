@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Iterator
 
 from converters.images import existing_image, image_size
-from converters.options import add_split_of_file, positive_int
+from converters.options import add_split_options, positive_int
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import read_rows, row_source, row_split, split_rows
+from converters.sources.conversations import TURN_KEYS, parse_row
+from converters.sources.tables import (DEFAULT_SPLIT, SplitRule, read_rows, row_content, row_source,
+                                      rows_with_splits, split_rows)
 
 DEFAULT_PROMPT = (
     "这两张图像是显微镜在相邻两个焦平面位置连续拍摄的（第一张为上一位置，第二张为当前位置）。"
@@ -36,7 +38,6 @@ STACK_COLUMNS = ("stack_id", "image", "z", "focus_z")
 
 # A focusing move beyond this many motor steps is a unit or typing error, not a move (see --max-distance).
 MAX_DISTANCE = 100_000
-IMAGE_TAG = "<image>"
 
 
 @dataclass(frozen=True)
@@ -125,67 +126,19 @@ def _with_images(record: dict, names: list[str], images_dir: Path | None, fields
     return {**record, "images": paths, "sizes": sizes}
 
 
-ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
-TURN_KEYS = ("conversations", "messages")
-
-
 def parse_conversation(row: dict) -> dict:
-    """A seed conversation row -> {"prompt" (<image> tags where the images were), "image_names",
-    "answer", "system"}; turns are {"role", "content"} (or sharegpt {"from", "value"})."""
-    key = next(k for k in TURN_KEYS if k in row)
-    turns = row[key]
-    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-        raise SkipRecord(f"{key} must be a list of turn objects, got {type(turns).__name__}", key)
-    named = [t.get("role", t.get("from")) for t in turns]
-    roles = [ROLE_NAMES.get(r) if isinstance(r, str) else None for r in named]
-    system = None
-    if roles[:1] == ["system"]:
-        system, turns, roles = _turn_text(turns[0], f"{key}[0]"), turns[1:], roles[1:]
-    offset = len(row[key]) - len(turns)
-    if roles != ["user", "assistant"]:
-        raise SkipRecord(f"expected one user turn then one assistant answer, got roles {named}", key)
-    user, assistant = turns
-    where = f"{key}[{offset}]"
-    content = user.get("content", user.get("value"))
-    if isinstance(content, list):
-        prompt, names = "", []
-        for i, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "image":
-                names.append(part.get("image", part.get("path")))
-                prompt += IMAGE_TAG
-            elif kind == "text" and isinstance(part.get("text"), str):
-                prompt += part["text"]
-            else:
-                raise SkipRecord(f"content part must be {{'type': 'image', 'image': path}} or "
-                                 f"{{'type': 'text', 'text': str}}, got {part!r}", f"{where}.content[{i}]")
-        if "images" in row:
-            raise SkipRecord("images given twice: as content parts and as a row-level 'images' list", "images")
-    elif isinstance(content, str):
-        names, prompt = row.get("images"), content
-        if not isinstance(names, list):
-            raise SkipRecord(f"string content needs a row-level 'images' list, got {names!r}", "images")
-        if prompt.count(IMAGE_TAG) != len(names):
-            raise SkipRecord(f"{prompt.count(IMAGE_TAG)} {IMAGE_TAG} tag(s) but {len(names)} image(s)",
-                             f"{where}.content")
-    else:
-        raise SkipRecord(f"user content must be a list of parts or a string, got {type(content).__name__}",
-                         f"{where}.content")
-    if len(names) != 2:
-        raise SkipRecord(f"a focusing pair has 2 images, this turn has {len(names)}", f"{where}.content")
-    return {"prompt": prompt, "image_names": names, "system": system,
-            "answer": _turn_text(assistant, f"{key}[{offset + 1}]")}
-
-
-def _turn_text(turn: dict, where: str) -> str:
-    """A text-only turn's text: a string, or a list of text parts joined."""
-    content = turn.get("content", turn.get("value"))
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise SkipRecord(f"expected text content, got {content!r}"[:200], f"{where}.content")
+    """A seed conversation row (converters.sources.conversations) -> {"prompt" (<image> tags where the images
+    were), "image_names", "answer", "system"}: one user turn with the two images, then the answer."""
+    chat = parse_row(row)
+    system = chat.turns[0][1] if chat.turns[0][0] == "system" else None
+    turns = chat.turns[1:] if system is not None else chat.turns
+    if len(turns) != 2:
+        raise SkipRecord(f"expected one user turn then one assistant answer, got {len(turns)} turns", chat.key)
+    if len(chat.image_names) != 2:
+        raise SkipRecord(f"a focusing pair has 2 images, this turn has {len(chat.image_names)}",
+                         f"{chat.key}[{len(chat.turns) - 2}].content")
+    return {"prompt": turns[0][1], "image_names": list(chat.image_names), "system": system,
+            "answer": turns[1][1]}
 
 
 def is_stack_table(path: Path) -> bool:
@@ -193,9 +146,14 @@ def is_stack_table(path: Path) -> bool:
     return first is not None and isinstance(first[1], dict) and all(c in first[1] for c in ("stack_id", "image", "z"))
 
 
+def _pair_key(row: dict) -> str:
+    """What --val-fraction groups pair rows by: their two images (conversation rows: the whole row)."""
+    return json.dumps([row["image1"], row.get("image2")], default=str) if "image1" in row else row_content(row)
+
+
 def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = None,
-               limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
-    for split, (number, row) in split_rows(path, only_split, limit, file_split):
+               limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
+    for split, (number, row) in split_rows(path, only_split, limit, rule, key=_pair_key):
         if isinstance(row, Skip):
             yield split, row
             continue
@@ -237,20 +195,18 @@ def _z_value(row: dict, field: str) -> float:
 
 
 def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0, only_split: str | None = None,
-                limit: int | None = None, file_split: str | None = None) -> Iterator[tuple[str, object]]:
+                limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
     stacks: dict[str, list] = {}
-    for number, row in read_rows(path):
-        source = row_source(path, number)
+    # the slices of one stack share a split (--val-fraction)
+    rows = rows_with_splits(path, rule, key=lambda row: str(row.get("stack_id")),
+                            warn=only_split in (None, DEFAULT_SPLIT))
+    for split, (number, row) in rows:
+        missing = [] if isinstance(row, Skip) else [c for c in STACK_COLUMNS if row.get(c) in (None, "")]
+        if missing:
+            row = Skip(f"row{number}", f"missing column(s) {missing}", row_source(path, number), missing[0])
         if isinstance(row, Skip):
-            yield file_split or "train", row
-            continue
-        split, problem = row_split(row, file_split)
-        missing = [c for c in STACK_COLUMNS if row.get(c) in (None, "")]
-        if problem or missing:
-            skip = Skip(f"row{number}", problem or f"missing column(s) {missing}", source,
-                        "split" if problem else missing[0])
             if only_split is None or split == only_split:
-                yield split, skip
+                yield split, row
             continue
         stacks.setdefault(str(row["stack_id"]), []).append((number, row, split))
     per_split: dict[str, int] = {}
@@ -289,7 +245,7 @@ def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_split_of_file(parser)
+    add_split_options(parser)
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help="user text after the two <image> tags (conversation rows keep their own)")
     parser.add_argument("--steps-per-z", type=float, default=1.0, help="motor steps per z unit (z-stack input)")
@@ -301,9 +257,9 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
     source = Path(args.input)
     if is_stack_table(source):
         items = read_stacks(source, images, steps_per_z=args.steps_per_z, only_split=args.split, limit=args.limit,
-                            file_split=args.split_of_file)
+                            rule=SplitRule.of(args))
     else:
-        items = read_pairs(source, images, only_split=args.split, limit=args.limit, file_split=args.split_of_file)
+        items = read_pairs(source, images, only_split=args.split, limit=args.limit, rule=SplitRule.of(args))
     return Conversion(items, to_sample, MicroscopyOptions(args.prompt, args.max_distance), [source])
 
 
@@ -321,7 +277,7 @@ def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> 
 
 
 register_source(Source(
-    command="microscopy", task="microscopy", dataset="microscopy", help="microscope focusing image pairs",
+    command="microscopy", tasks=("microscopy",), dataset="microscopy", help="microscope focusing image pairs",
     description=__doc__,
     input_help="pairs JSON/JSONL/CSV (image1,image2,direction,distance[,analysis]) | conversation rows "
                "(the seed's `conversations` JSONL/JSON) | z-stack CSV/JSON (stack_id,image,z,focus_z)",

@@ -12,22 +12,29 @@ import json
 import math
 import pickle
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from converters.boxes import default_pixels, parse_boxes, render_box, render_grounding
+from converters.boxes import parse_boxes, render_box, render_grounding
 from converters.geometry import clip_box, xywh_to_xyxy
 from converters.images import ImageFolderProbe, claimed_size, find_coco_image, image_size, store_image_bytes
-from converters.options import processor_pixels
+from converters.options import add_box_options, box_pixels, prompt_template
 from converters.registry import Conversion, Source, register_source
 from converters.safe_pickle import load_plain_pickle
 from converters.schema import Box, Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import hashable, select_splits
+from converters.sources.tables import DEFAULT_SPLIT, hashable, select_splits, split_named_by
 from qwenvl_recipes.io import InputError, os_error_cause, read_input_bytes, read_json
 
+DATASET = "refcoco"
 SPLITBYS = ("umd", "google", "unc")
 DIRECTIONS = ("rec", "reg")  # REC: expression -> box; REG: box -> expression
+
+
+REC_PROMPTS = {"qwen2_vl": "<image>Find the bounding box of <|object_ref_start|>{phrase}<|object_ref_end|>.",
+               "json": '<image>Locate "{phrase}" in the image and output its bbox coordinates in JSON format.'}
+REG_PROMPT = "<image>Describe the region {box} in a short phrase."
 
 
 @dataclass(frozen=True)
@@ -37,16 +44,17 @@ class RefOptions:
     max_pixels: int
     processor_pixels: tuple[int, int] | None = None
     box_tolerance: float = 2.0
+    rec_prompt: str | None = None  # --prompt: a template with {phrase} (default: the family's REC_PROMPTS)
+    reg_prompt: str = REG_PROMPT   # --reg-prompt: a template with {box}
 
 
-def rec_prompt(phrase: str, family: str) -> str:
-    if family == "qwen2_vl":
-        return f"<image>Find the bounding box of <|object_ref_start|>{phrase}<|object_ref_end|>."
-    return f'<image>Locate "{phrase}" in the image and output its bbox coordinates in JSON format.'
+def rec_prompt(phrase: str, family: str, template: str | None = None) -> str:
+    template = template or REC_PROMPTS["qwen2_vl" if family == "qwen2_vl" else "json"]
+    return template.replace("{phrase}", phrase)
 
 
-def reg_prompt(box_text: str) -> str:
-    return f"<image>Describe the region {box_text} in a short phrase."
+def reg_prompt(box_text: str, template: str = REG_PROMPT) -> str:
+    return template.replace("{box}", box_text)
 
 
 def to_sample(record: dict, opts: RefOptions, resize_path: str = "hf") -> Sample:
@@ -59,10 +67,10 @@ def to_sample(record: dict, opts: RefOptions, resize_path: str = "hf") -> Sample
     pixels = dict(min_pixels=opts.min_pixels, max_pixels=opts.max_pixels, resize_path=resize_path,
                   processor_pixels=opts.processor_pixels)
     if record["direction"] == "rec":
-        turns = (Turn("user", rec_prompt(phrase, opts.family)),
+        turns = (Turn("user", rec_prompt(phrase, opts.family, opts.rec_prompt)),
                  Turn("assistant", render_grounding(phrase, box, size, opts.family, **pixels)))
     else:
-        turns = (Turn("user", reg_prompt(render_box(box, size, opts.family, **pixels))),
+        turns = (Turn("user", reg_prompt(render_box(box, size, opts.family, **pixels), opts.reg_prompt)),
                  Turn("assistant", phrase))
     return Sample(id=record["id"], images=(record["image"],), turns=turns, image_sizes=(size,),
                   objects=((phrase, box),))
@@ -222,7 +230,6 @@ def _refer_image(images_dir: Path | None, image: dict, cache: dict,
 # Columns that hold the referring expressions, in order of preference. Not `question`: in lmms-lab/RefCOCO*
 # it is the task prompt ("Please carefully observe the area circled..."), never the expression.
 PHRASE_FIELDS = ("sentences", "sentence", "answer")
-SPLIT_NAMES = ("train", "validation", "val", "testA", "testB", "test")
 
 
 def parquet_files(path: Path) -> list[Path]:
@@ -232,13 +239,6 @@ def parquet_files(path: Path) -> list[Path]:
     if not files:
         raise InputError(f"{path}: no .parquet files in this directory (nor a refs(*).p of the refer layout)")
     return files
-
-
-def split_of(path: Path) -> str:
-    for name in SPLIT_NAMES:
-        if re.search(rf"(^|[^a-zA-Z]){name}([^a-zA-Z]|$)", path.stem):
-            return "val" if name == "validation" else name
-    return "train"
 
 
 def _parse_bbox(value):
@@ -360,7 +360,7 @@ def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format:
 
 def _parquet_split(row: dict, file: Path) -> str:
     split = row.get("split")
-    return split if isinstance(split, str) and split else split_of(file)
+    return split if isinstance(split, str) and split else split_named_by(file) or DEFAULT_SPLIT
 
 
 def _parquet_image(row: dict, images_dir: Path | None, out: Path,
@@ -403,23 +403,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parquet bbox format; auto only when the rows decide it (refer layout is always xywh)")
     parser.add_argument("--direction", choices=(*DIRECTIONS, "both"), default="rec",
                         help="rec: expression -> box; reg: box -> expression")
-    parser.add_argument("--min-pixels", type=int, default=None,
-                        help="default: the family's recipe value (converters.boxes)")
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help="must equal the recipe's (default: the family's recipe value)")
-    parser.add_argument("--processor-config", dest="processor_pixels", metavar="DIR_OR_JSON",
-                        type=processor_pixels, default=None,
-                        help="checkpoint dir (its preprocessor_config.json or processor_config.json) or that "
-                             "file, whose own pixel limits LLaMA-Factory's processor applies (default: the official "
-                             "Qwen checkpoints')")
-    parser.add_argument("--box-tolerance", type=float, default=2.0,
-                        help="px a box may overshoot the image and still be clipped instead of skipped")
+    add_box_options(parser)
+    parser.add_argument("--prompt", type=prompt_template("phrase"), default=None,
+                        help="the REC user prompt, {phrase} standing for the expression, <image> first unless "
+                             "placed (default: the family's, e.g. " + REC_PROMPTS["json"].replace("%", "%%") + ")")
+    parser.add_argument("--reg-prompt", type=prompt_template("box"), default=REG_PROMPT,
+                        help="the REG user prompt, {box} standing for the box in the family's convention")
 
 
 def read(args: argparse.Namespace, images: Path | None) -> Conversion:
-    low, high = default_pixels(args.model)
-    min_pixels, max_pixels = args.min_pixels or low, args.max_pixels or high
-    options = RefOptions(args.model, min_pixels, max_pixels, args.processor_pixels, args.box_tolerance)
+    min_pixels, max_pixels = box_pixels(args)
+    options = RefOptions(args.model, min_pixels, max_pixels, args.processor_pixels, args.box_tolerance,
+                         args.prompt, args.reg_prompt)
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     source = Path(args.input)
     if source.is_dir() and any(source.glob("refs(*).p")):
@@ -430,9 +425,27 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
         items = read_parquet(source, images, args.out, bbox_format=args.bbox_format, directions=directions,
                              only_split=args.split, limit=args.limit, tolerance=args.box_tolerance)
         inputs = parquet_files(source)
+    if args.split is None:
+        items = noting_missing_train(items, args)
     # Qwen2.5-VL boxes live in resized-image pixels, and the trainers resize differently.
     return Conversion(items, to_sample, options, inputs, options={"min_pixels": min_pixels, "max_pixels": max_pixels},
                       trainer_dependent=args.model == "qwen2_5_vl")
+
+
+def noting_missing_train(items: Iterable[tuple[str, object]], args: argparse.Namespace):
+    """The items, then a note when they held no train split: a Hugging Face copy of RefCOCO* holds only
+    val/test (the refer layout train/val/test), and the grounding recipes train on <name>_train."""
+    splits = set()
+    for split, item in items:
+        splits.add(split)
+        yield split, item
+    if splits and DEFAULT_SPLIT not in splits:
+        name = args.name or DATASET
+        instead = (f"to train on {name}_val instead, override the recipe's dataset: dataset={name}_val "
+                   f"(LLaMA-Factory) or --dataset {args.out / f'{name}_val.jsonl'} (ms-swift), and evaluate on "
+                   f"{name}_test" if "val" in splits else "convert the refer layout (refs(<splitby>).p) for training")
+        print(f"note: {args.input} holds no train split, only {sorted(splits)} (Hugging Face copies of RefCOCO* hold "
+              f"val/test); the grounding recipes train on {name}_train: {instead}", file=sys.stderr)
 
 
 def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
@@ -455,7 +468,7 @@ def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> 
 
 
 register_source(Source(
-    command="refcoco", task="grounding", dataset="refcoco", help="RefCOCO/RefCOCO+/RefCOCOg grounding",
+    command="refcoco", tasks=("grounding",), dataset=DATASET, help="RefCOCO/RefCOCO+/RefCOCOg grounding",
     description=__doc__, input_help="refer directory (refs(<splitby>).p + instances.json) | parquet file or directory",
     images_help="default: the input's folder (refer layout: pass the folder holding the COCO train2014/ images)",
     add_arguments=add_arguments, read=read, check_row=check_row))

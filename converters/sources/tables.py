@@ -6,10 +6,14 @@ object) becomes a `Skip` naming its line, and the rest of the file is still read
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from converters.schema import Skip
 from qwenvl_recipes.io import InputError, decode_cause, os_error_cause, read_input_text, read_json
@@ -69,19 +73,71 @@ def _not_an_object(path: Path, number: int, row: object) -> Skip:
                 row_source(path, number), "row")
 
 
-def row_split(row: dict, file_split: str | None = None) -> tuple[str, str | None]:
-    """(split, problem): the row's own `split` (absent, null or an empty cell: train), or `file_split` for
-    a whole file. A split that is not a string (a number, a list) is a problem, not a split named "5": the
-    row is then skipped under the default split. With file_split set, a row naming another split is a
-    problem too (the file says one thing, the row another)."""
+# Split names a file's own name may carry (refcoco parquet files, a user's test.jsonl), and those held out for
+# testing: records of a test split must not become training data.
+SPLIT_NAMES = ("train", "validation", "val", "testA", "testB", "test")
+TEST_SPLITS = ("test", "testA", "testB")
+
+
+def split_named_by(path: Path) -> str | None:
+    """The split a file's name names as a whole word (`validation` read as `val`), or None."""
+    for name in SPLIT_NAMES:
+        if re.search(rf"(^|[^a-zA-Z]){name}([^a-zA-Z]|$)", Path(path).stem):
+            return "val" if name == "validation" else name
+    return None
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Where the records whose input names no split go: all to `file_split` (--split-of-file), or a seeded
+    `val_fraction` of them to val and the rest to train (--val-fraction, --seed), else all to train.
+
+    A record's place depends only on the seed and its key (what the reader groups by, e.g. its images, so that
+    rows sharing them share a split), never on the order of the input or on --workers; records naming their own
+    split keep it."""
+
+    file_split: str | None = None
+    val_fraction: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, args) -> "SplitRule":
+        """The rule the command line asks for (converters.options.add_split_options)."""
+        return cls(args.split_of_file, args.val_fraction or 0.0, args.seed)
+
+    def split_for(self, key: str) -> str:
+        if self.file_split:
+            return self.file_split
+        if self.val_fraction:
+            digest = hashlib.sha256(f"{self.seed}\0{key}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2 ** 64 < self.val_fraction:
+                return "val"
+        return DEFAULT_SPLIT
+
+
+def row_split(row: dict, rule: SplitRule = SplitRule(),
+              key: Callable[[dict], str] | None = None) -> tuple[str, str | None]:
+    """(split, problem): the row's own `split`, or where `rule` puts a row without one (absent, null or an empty
+    cell). A split that is not a string (a number, a list) is a problem, not a split named "5": the row is then
+    skipped under the rule's split. With --split-of-file, a row naming another split is a problem too (the file
+    says one thing, the row another): in particular, rows marked test never become training data that way."""
     value = row.get("split")
     if value is None or value == "":
-        return file_split or DEFAULT_SPLIT, None
+        return rule.split_for((key or row_content)(row) if rule.val_fraction else ""), None
     if not isinstance(value, str) or not value.strip():
-        return file_split or DEFAULT_SPLIT, f"split must be a name, got {value!r}"
-    if file_split and value != file_split:
-        return file_split, f"row's split {value!r} differs from --split-of-file {file_split!r}"
+        return rule.file_split or DEFAULT_SPLIT, f"split must be a name, got {value!r}"
+    if rule.file_split and value != rule.file_split:
+        return rule.file_split, f"row's split {value!r} differs from --split-of-file {rule.file_split!r}"
     return value, None
+
+
+def warn_test_file_trains(path: Path) -> None:
+    """One warning for a file named like a test split whose rows, naming no split, are written as training
+    data (test.jsonl converted without --split-of-file test)."""
+    named = split_named_by(path)
+    if named in TEST_SPLITS:
+        print(f"warning: {path}: its name says {named!r} but its rows name no split, so they are written as "
+              f"training data; pass --split-of-file {named} to convert it for evaluation", file=sys.stderr)
 
 
 def select_splits(items: Iterable[tuple[str, T]], only_split: str | None, limit: int | None) -> Iterator[tuple[str, T]]:
@@ -94,18 +150,33 @@ def select_splits(items: Iterable[tuple[str, T]], only_split: str | None, limit:
         yield split, item
 
 
-def split_rows(path: Path, only_split: str | None, limit: int | None,
-               file_split: str | None = None) -> Iterator[tuple[str, tuple[int, dict | Skip]]]:
-    """(split, (row number, row or Skip)) of a table whose rows may name their split (default "train");
-    file_split puts the whole file in one split. A row with a bad split comes out as its Skip."""
-    def rows():
-        for number, row in read_rows(path):
-            if isinstance(row, Skip):
-                yield file_split or DEFAULT_SPLIT, (number, row)
-                continue
-            split, problem = row_split(row, file_split)
-            if problem:
-                record_id = str(row.get("id") or f"row{number}")
-                row = Skip(record_id, problem, row_source(path, number), "split")
-            yield split, (number, row)
-    return select_splits(rows(), only_split, limit)
+def row_content(row: dict) -> str:
+    """A row's whole content as one string: the split key of rows with nothing better to group by."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def rows_with_splits(path: Path, rule: SplitRule = SplitRule(), key: Callable[[dict], str] | None = None,
+                     warn: bool = True) -> Iterator[tuple[str, tuple[int, dict | Skip]]]:
+    """(split, (row number, row or Skip)) of every row of a table whose rows may name their split; `rule` places
+    those that name none, by `key(row)` (default: the row's content). A row with a bad split comes out as its
+    Skip. `warn`: when rows are written to train, warn once if the file's name says it is a test split."""
+    warned = rule.file_split is not None or not warn
+    for number, row in read_rows(path):
+        if isinstance(row, Skip):
+            yield rule.file_split or DEFAULT_SPLIT, (number, row)
+            continue
+        split, problem = row_split(row, rule, key)
+        if not warned and split == DEFAULT_SPLIT and row.get("split") in (None, ""):
+            warned = True
+            warn_test_file_trains(path)
+        if problem:
+            record_id = str(row.get("id") or f"row{number}")
+            row = Skip(record_id, problem, row_source(path, number), "split")
+        yield split, (number, row)
+
+
+def split_rows(path: Path, only_split: str | None, limit: int | None, rule: SplitRule = SplitRule(),
+               key: Callable[[dict], str] | None = None) -> Iterator[tuple[str, tuple[int, dict | Skip]]]:
+    """rows_with_splits of `only_split` (all when None), at most `limit` per split."""
+    rows = rows_with_splits(path, rule, key, warn=only_split in (None, DEFAULT_SPLIT))
+    return select_splits(rows, only_split, limit)

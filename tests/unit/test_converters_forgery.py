@@ -61,3 +61,32 @@ def test_synthetic_forgery_masks_cover_the_splice(tmp_path):
     for row in fakes:
         with Image.open(row["mask"]) as mask:
             assert mask.getbbox() is not None  # a non-empty spliced region
+
+
+def test_own_prompt_is_the_user_turn_of_every_row(tmp_path):
+    Image.new("RGB", (16, 8)).save(tmp_path / "real.png")
+    (tmp_path / "list.json").write_text(json.dumps([{"image_path": "real.png", "label": 0, "mask_path": "8x16"}]))
+    out = tmp_path / "out"
+    assert main(["forgery", "--input", str(tmp_path / "list.json"), "--out", str(out), "--prompt",
+                 "Is this photo tampered? <image> One word."]) == 0
+    (row,) = rows(out / "forgery_train.json")
+    assert row["messages"][0]["content"] == "Is this photo tampered? <image> One word."
+    assert to_sample({"id": "a", "image": "/a.png", "size": (8, 8), "label": 0, "mask": None},
+                     ForgeryOptions(own_prompt="<image>Real?")).turns[0].content == "<image>Real?"
+
+
+def test_a_list_inside_the_folder_its_paths_start_with_names_the_images_folder_to_pass(tmp_path, capsys):
+    """The seed's trainingset2/list.json names trainingset2/images/...: against the list's own folder every path
+    would double trainingset2/."""
+    root = tmp_path / "data"
+    (root / "trainingset2" / "images").mkdir(parents=True)
+    Image.new("RGB", (16, 8)).save(root / "trainingset2" / "images" / "a.png")
+    listing = root / "trainingset2" / "list.json"
+    listing.write_text(json.dumps([{"image_path": "trainingset2/images/a.png", "label": 0, "mask_path": "8x16"}]))
+    out = tmp_path / "out"
+    assert main(["forgery", "--input", str(listing), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {listing}: none of the first 1 image(s) it names is in {root / 'trainingset2'} (e.g. "
+        f"{root / 'trainingset2' / 'trainingset2' / 'images' / 'a.png'}); pass --images {root}, from which the names "
+        "resolve\n")
+    assert main(["forgery", "--input", str(listing), "--out", str(out), "--images", str(root)]) == 0

@@ -126,7 +126,7 @@ def test_seed_conversation_file_converts_unchanged(tmp_path):
      "answer.distance", "must be a JSON integer"),
     (lambda r: r["conversations"][1]["content"][0].update(text="move down 7"), "answer", "not JSON"),
     (lambda r: r["conversations"][0]["content"].pop(0), "conversations[0].content", "has 1"),
-    (lambda r: r["conversations"].pop(), "conversations", "expected one user turn then one assistant"),
+    (lambda r: r["conversations"].pop(), "conversations", "ending with the assistant's"),
     (lambda r: r["conversations"][0]["content"][0].update(image="../elsewhere.png"), "image1",
      "outside the data root"),
 ])

@@ -65,7 +65,7 @@ def test_refer_layout_end_to_end_every_sentence_a_sample(tmp_path, capsys):
     refs = pickle.loads((refer / "refs(umd).p").read_bytes())
     out = tmp_path / "out"
     assert main(["refcoco", "--input", str(refer), "--out", str(out), "--model", "qwen2_vl"]) == 0
-    assert "warning: converting the 'test' split" in capsys.readouterr().err
+    assert "warning" not in capsys.readouterr().err  # a test split written as test data is what eval reads
     instances = json.loads((refer / "instances.json").read_text())
     images = {i["id"]: i for i in instances["images"]}
     boxes = {a["id"]: a["bbox"] for a in instances["annotations"]}
@@ -160,3 +160,55 @@ def test_parquet_bbox_format_auto_only_when_unambiguous(tmp_path):
     xywh = write_parquet(tmp_path / "c" / "train.parquet", [{"bbox": "[50, 50, 20, 10]"}])
     assert detect_bbox_format([xywh]) == "xywh"  # as xyxy it would be inverted
     assert main(["refcoco", "--input", str(ambiguous), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_own_prompts_with_the_phrase_and_the_box_where_they_stand():
+    opts = RefOptions("qwen3_vl", *PIXELS["qwen3_vl"], rec_prompt="Where is {phrase}? <image> Answer in JSON.",
+                      reg_prompt="<image>Name {box}.")
+    assert to_sample(record(), opts).turns[0].content == "Where is the red cat? <image> Answer in JSON."
+    assert to_sample(record(direction="reg"), opts).turns[0].content == "<image>Name [16, 42, 469, 835]."
+
+
+def test_prompt_option_reaches_every_row_and_the_manifest(tmp_path):
+    refer = make_refcoco(tmp_path / "refer", n=2, seed=1)
+    out = tmp_path / "out"
+    assert main(["refcoco", "--input", str(refer), "--out", str(out), "--model", "qwen3_vl", "--split", "train",
+                 "--prompt", 'Find "{phrase}". Answer in JSON.']) == 0
+    converted = rows(out / "refcoco_train.json")
+    phrases = [json.loads(r["messages"][1]["content"].strip("`json\n"))[0]["label"] for r in converted]
+    assert [r["messages"][0]["content"] for r in converted] == [f'<image>Find "{p}". Answer in JSON.' for p in phrases]
+    options = json.loads((out / "manifest.json").read_text())["datasets"]["refcoco_train"]["options"]
+    assert options["prompt"] == '<image>Find "{phrase}". Answer in JSON.'
+
+
+@pytest.mark.parametrize("flag, value, reason", [
+    ("--prompt", "Find the object.", "must hold {phrase}"),  # the expression would be lost
+    ("--prompt", "<image><image>Find {phrase}.", "at most one <image>"),
+    ("--reg-prompt", "Describe the region.", "must hold {box}"),
+])
+def test_prompt_option_refuses_a_prompt_that_loses_the_record(flag, value, reason, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["refcoco", "--input", str(tmp_path), "--out", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert exit_status.value.code == 2 and f"argument {flag}: " in err and reason in err
+
+
+def test_a_copy_without_a_train_split_says_which_split_to_train_on(tmp_path, capsys):
+    image = png_bytes((100, 50))
+    for split in ("val", "test"):
+        write_parquet(tmp_path / "refcocog" / f"{split}-00000-of-00001.parquet", [
+            {"question_id": 1, "image": {"bytes": image, "path": None}, "bbox": [10, 5, 20, 10],
+             "answer": ["left box"], "image_size": [100, 50]}])
+    out = tmp_path / "data" / "refcocog"
+    assert main(["refcoco", "--input", str(tmp_path / "refcocog"), "--out", str(out), "--name", "refcocog",
+                 "--bbox-format", "xywh"]) == 0
+    assert sorted(json.loads((out / "dataset_info.json").read_text())) == ["refcocog_test", "refcocog_val"]
+    assert (out / "refcocog_val.jsonl").is_file()
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert note == [f"note: {tmp_path / 'refcocog'} holds no train split, only ['test', 'val'] (Hugging Face copies of "
+                    "RefCOCO* hold val/test); the grounding recipes train on refcocog_train: to train on refcocog_val "
+                    "instead, override the recipe's dataset: dataset=refcocog_val (LLaMA-Factory) or --dataset "
+                    f"{out / 'refcocog_val.jsonl'} (ms-swift), and evaluate on refcocog_test"]
+    assert main(["refcoco", "--input", str(tmp_path / "refcocog"), "--out", str(out), "--name", "refcocog",
+                 "--bbox-format", "xywh", "--split", "val"]) == 0
+    assert "note:" not in capsys.readouterr().err  # asked for val alone

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="Describe the shape.", help="user text after <image>")
 
 
-SHAPE_NOTES = Source(command="shape-notes", task="caption", dataset="shape_notes", help="shape notes",
+SHAPE_NOTES = Source(command="shape-notes", tasks=("caption",), dataset="shape_notes", help="shape notes",
                      description="Captions from a JSON list of {image, caption[, split]}.",
                      input_help="a JSON list", images_help="default: the input's folder",
                      add_arguments=add_arguments, read=read, check_row=check_row)
@@ -108,7 +108,7 @@ def test_check_names_a_source_nothing_registers(tmp_path, shape_notes):
     registry.SOURCES.pop("shape-notes")
     assert check_dir(tmp_path / "out") == [
         "manifest.json: 'shape_notes_train' was written by converter 'shape-notes', which no "
-        "module of converters/sources registers (known: ['coco-caption', 'forgery', 'microscopy', 'refcoco'])"]
+        "module of converters/sources registers (known: ['chat', 'coco-caption', 'forgery', 'microscopy', 'refcoco'])"]
 
 
 def test_eval_reads_the_new_source_as_its_tasks_data(tmp_path, shape_notes):
@@ -131,9 +131,9 @@ def test_eval_reads_the_new_source_as_its_tasks_data(tmp_path, shape_notes):
 def test_registering_checks_the_command_and_the_task(shape_notes):
     with pytest.raises(ValueError, match="source 'shape-notes' is already registered"):
         register_source(SHAPE_NOTES)
-    with pytest.raises(ValueError, match=r"task 'counting' is not one of \('caption', 'grounding'"):
-        register_source(Source(**{**SHAPE_NOTES.__dict__, "command": "count-notes", "task": "counting"}))
+    with pytest.raises(ValueError, match=r"tasks \('counting',\) must be some of \('caption', 'grounding'"):
+        register_source(Source(**{**SHAPE_NOTES.__dict__, "command": "count-notes", "tasks": ("counting",)}))
 
 
 def test_every_task_has_a_source_and_a_scorer():
-    assert {source.task for source in registered().values()} == set(TASK_NAMES) == set(SCORERS)
+    assert {task for source in registered().values() for task in source.tasks} == set(TASK_NAMES) == set(SCORERS)
