@@ -173,6 +173,22 @@ def test_grounding_resolution_matches_converter(recipe):
         assert recipe_low == low, f"{recipe.rel}: min pixels {recipe_low} != converter's {low}"
 
 
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.task == "grounding"], ids=recipe_id)
+def test_grounding_recipe_trains_on_the_split_its_data_line_writes(recipe):
+    """The refer layout converts to <name>_train, which the recipe trains on; a Hugging Face copy holds val/test
+    only (LLaMA-Factory: `Undefined dataset <name>_train`), and the dataset line names the override for it, the
+    one the converter's note gives."""
+    words = shlex.split(recipe.header["Data"].replace("<", "").replace(">", ""))
+    name, out = words[words.index("--name") + 1], words[words.index("--out") + 1]
+    line = next(line for line in recipe.path.read_text(encoding="utf-8").splitlines() if line.startswith("dataset:"))
+    if recipe.trainer == "llamafactory":
+        assert (recipe.config["dataset_dir"], recipe.config["dataset"]) == (out, f"{name}_train")
+        assert f"dataset={name}_val" in line, recipe.rel
+    else:
+        assert recipe.config["dataset"] == f"{out}/{name}_train.jsonl"
+        assert f"--dataset {out}/{name}_val.jsonl" in line, recipe.rel
+
+
 def test_grounding_recipes_use_the_converter_defaults():
     seeds = [r for r in RECIPES if r.task == "grounding"]
     assert seeds
