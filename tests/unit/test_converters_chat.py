@@ -291,8 +291,9 @@ def test_eval_run_scores_chat_data_as_the_task_it_was_converted_for(task, extra,
     assert main(["chat", "--input", str(source), "--out", str(out), "--task", task, "--model", "qwen2_5_vl",
                  *extra, "--strict"]) == 0
     monkeypatch.setattr(eval.infer, "TransformersGenerator", ReferenceAnswers)
-    metrics = run_eval(task, "Qwen/Qwen2.5-VL-7B-Instruct", out / data_file, tmp_path / "eval", java_metrics=False)
+    metrics = run_eval(task, "Qwen/Qwen2.5-VL-7B-Instruct", out / data_file, tmp_path / "eval", split="train",
+                       java_metrics=False)
     assert (metrics["task"], metrics["n"], metrics[metric]) == (task, len(items), 1.0)
     other = "grounding" if task == "caption" else "caption"
     with pytest.raises(ValueError, match=f"holds '{task}' data \\(converter 'chat'\\), not '{other}' data"):
-        run_eval(other, "Qwen/Qwen2.5-VL-7B-Instruct", out / data_file, tmp_path / "other")
+        run_eval(other, "Qwen/Qwen2.5-VL-7B-Instruct", out / data_file, tmp_path / "other", split="train")

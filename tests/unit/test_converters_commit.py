@@ -158,7 +158,8 @@ def test_a_run_killed_at_any_step_leaves_the_old_output_or_the_new_one(point, ou
         assert check_dir(out) == []
     # The next run that commits nothing (a --strict run with a skip) finishes what the killed one left ...
     bad = saved.parent / "bad.json"
-    bad.write_text(json.dumps([{"id": "gone", "image_path": "gone.png", "label": 0}]))
+    bad.write_text(json.dumps([{"id": "ok", "image_path": "in/ok.png", "label": 0},
+                               {"id": "bad", "image_path": "in/ok.png", "label": 5}]))
     assert main(["forgery", "--input", str(bad), "--out", str(out), "--strict"]) == 1
     assert folder_bytes(out) in (old, new) and (killed is not None or folder_bytes(out) == old)
     assert not beside(out)
