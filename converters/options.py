@@ -107,9 +107,10 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_split_options(parser: argparse.ArgumentParser) -> None:
+def add_split_options(parser: argparse.ArgumentParser, seed_help: str = "which rows --val-fraction holds out") -> None:
     """--split-of-file, or --val-fraction with --seed: where the rows of an input that names no split go
-    (converters.sources.tables.SplitRule); rows naming their own split keep it."""
+    (converters.sources.tables.SplitRule); rows naming their own split keep it. One --seed serves every seeded
+    choice of a source (`seed_help` says which)."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--split-of-file", metavar="SPLIT", default=None,
                        help="put every row of the input in this split (e.g. test for a file held out for "
@@ -119,7 +120,7 @@ def add_split_options(parser: argparse.ArgumentParser) -> None:
                        help="hold out about this fraction (0 < F < 1) of the rows that name no split as val, "
                             "chosen by --seed and each row's images: the same rows whatever the order or --workers "
                             "(default: none held out)")
-    parser.add_argument("--seed", type=int, default=0, help="which rows --val-fraction holds out")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def add_box_options(parser: argparse.ArgumentParser) -> None:

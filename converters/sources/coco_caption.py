@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Iterator
 
 from converters.images import (ImageFolderProbe, claimed_size, find_coco_image, image_size, resized_copy,
                                store_image_bytes)
-from converters.options import size_wxh
+from converters.options import add_split_options, size_wxh
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import hashable
+from converters.sources.tables import DEFAULT_SPLIT, SplitRule, hashable
 from qwenvl_recipes.io import InputError, read_input_text, read_json
 
 DEFAULT_PROMPT = "Describe the image in one sentence."
@@ -120,14 +120,16 @@ def _locate_image(group: ImageGroup, images_dir: Path | None, out: Path, resize:
 # ---- readers ----------------------------------------------------------------------------------------
 
 
-def split_from_filename(path: Path) -> str:
+def split_from_filename(path: Path) -> str | None:
     match = re.search(r"(train|val|test|restval)", path.stem)
-    return match.group(1) if match else "train"
+    return match.group(1) if match else None
 
 
-def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Skip]]:
-    """captions_<split>2014.json: images joined to annotations by image_id, file order kept."""
-    split = split_from_filename(path)
+def read_official(path: Path, data: dict, rule: SplitRule = SplitRule()) -> Iterator[ImageGroup | tuple[str, Skip]]:
+    """captions_<split>2014.json: images joined to annotations by image_id, file order kept. A file whose name
+    names no split puts its images where `rule` says (train by default)."""
+    named = split_from_filename(path)
+    split = named or rule.file_split or DEFAULT_SPLIT  # where the skips of records without an image go
     source = path.name
     if not isinstance(data["annotations"], list):
         raise InputError(f"{path}: 'annotations' must be a list, got {type(data['annotations']).__name__}")
@@ -162,7 +164,8 @@ def read_official(path: Path, data: dict) -> Iterator[ImageGroup | tuple[str, Sk
         if image_id not in captions:
             continue
         size = claimed_size(image.get("width"), image.get("height"))
-        yield ImageGroup(split, str(image_id), image.get("file_name", ""), tuple(captions.pop(image_id)), size,
+        name = image.get("file_name", "")
+        yield ImageGroup(named or rule.split_for(str(name)), str(image_id), name, tuple(captions.pop(image_id)), size,
                          source=source)
 
 
@@ -193,8 +196,9 @@ def read_karpathy(path: Path, data: dict) -> Iterator[ImageGroup]:
         yield ImageGroup(split, key, name, sentences, source=where)
 
 
-def read_csv(path: Path) -> Iterator[ImageGroup]:
-    """image_path,caption[,split] rows; rows of one image are grouped, first-appearance order kept."""
+def read_csv(path: Path, rule: SplitRule = SplitRule()) -> Iterator[ImageGroup]:
+    """image_path,caption[,split] rows; rows of one image are grouped, first-appearance order kept. A row with
+    no split goes where `rule` says (train by default)."""
     source = path.name
     groups: dict[tuple[str, str], list] = {}
     reader = csv.DictReader(io.StringIO(read_input_text(path), newline=""))
@@ -203,10 +207,10 @@ def read_csv(path: Path) -> Iterator[ImageGroup]:
         raise InputError(f"{path}: CSV header lacks column(s) {sorted(missing)}; expected image_path,caption")
     for row_number, row in enumerate(reader, start=2):
         if not row["image_path"]:
-            yield row.get("split") or "train", Skip(f"row{row_number}", "empty image_path",
+            yield row.get("split") or rule.file_split or DEFAULT_SPLIT, Skip(f"row{row_number}", "empty image_path",
                                                     f"{source}:{row_number}", "image_path")
             continue
-        key = (row.get("split") or "train", row["image_path"])
+        key = (row.get("split") or rule.split_for(row["image_path"]), row["image_path"])
         groups.setdefault(key, []).append((f"row{row_number}", row["caption"]))
     for (split, image), captions in groups.items():
         yield ImageGroup(split, image, image, tuple(captions), source=source)
@@ -263,23 +267,24 @@ def input_files(spec: str) -> list[Path]:
     return files
 
 
-def read_input(spec: str, ms_splits: Iterable[str]) -> Iterator[ImageGroup | tuple[str, Skip]]:
+def read_input(spec: str, ms_splits: Iterable[str], rule: SplitRule = SplitRule()
+               ) -> Iterator[ImageGroup | tuple[str, Skip]]:
     """Pick the reader by input kind: modelscope:<id>[:<subset>], a directory of jsons, .csv, Karpathy
-    or official json."""
+    or official json; `rule` places the images of a CSV or official json that names no split."""
     if spec.startswith(MODELSCOPE_PREFIX):
         dataset_id, _, subset = spec[len(MODELSCOPE_PREFIX):].partition(":")
         return read_modelscope(dataset_id, subset or "coco_2014_caption", ms_splits)
     files = input_files(spec)
     if len(files) > 1:
-        return (group for file in files for group in read_input(str(file), ms_splits))
+        return (group for file in files for group in read_input(str(file), ms_splits, rule))
     path = files[0]
     if path.suffix.lower() == ".csv":
-        return read_csv(path)
+        return read_csv(path, rule)
     data = read_json(path, dict, "a COCO captions json")
     if not isinstance(data.get("images"), list):
         raise InputError(f"{path}: not a COCO captions json (no 'images' list)")
     if "annotations" in data:
-        return read_official(path, data)
+        return read_official(path, data, rule)
     return read_karpathy(path, data)
 
 
@@ -291,7 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write WxH copies under <out>/images and train on those (default: the originals)")
     parser.add_argument("--captions-per-image", choices=("one", "all"), default="all",
                         help="all captions, or one chosen per image with --seed")
-    parser.add_argument("--seed", type=int, default=0, help="which caption --captions-per-image one keeps")
+    add_split_options(parser, seed_help="which caption --captions-per-image one keeps, and which images "
+                                        "--val-fraction holds out")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help='user text after <image> (the seed recipe used "COCO Yes:")')
 
@@ -301,7 +307,7 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
     if not inputs:  # ModelScope rows: images come embedded or by absolute path, not from a data root
         images = args.images
     ms_splits = [{"val": "validation"}.get(args.split, args.split)] if args.split else list(MODELSCOPE_SPLITS)
-    items = expand_groups(read_input(args.input, ms_splits), images_dir=images, out=args.out,
+    items = expand_groups(read_input(args.input, ms_splits, SplitRule.of(args)), images_dir=images, out=args.out,
                           captions_per_image=args.captions_per_image, seed=args.seed, limit=args.limit,
                           resize=args.resize, only_split=args.split, source=args.input)
     return Conversion(items, to_sample, CaptionOptions(args.prompt), inputs)

@@ -140,3 +140,40 @@ def test_seed_recipe_flags_reproduce_it(tmp_path):
     first = (tmp_path / "out" / "coco_caption_train.json").read_bytes()
     assert main(args) == 0
     assert (tmp_path / "out" / "coco_caption_train.json").read_bytes() == first
+
+
+def test_a_csv_without_split_column_takes_the_split_options(tmp_path):
+    """A CSV naming no split: --split-of-file puts every image in one split; --val-fraction holds out whole
+    images (all captions of one image stay together) chosen by --seed alone, whatever the row order."""
+    lines = []
+    for i in range(12):
+        write_image(tmp_path / f"i{i}.png")
+        lines += [f"i{i}.png,cap {i} a", f"i{i}.png,cap {i} b"]
+    forward, backward = tmp_path / "forward.csv", tmp_path / "backward.csv"
+    forward.write_text("image_path,caption\n" + "\n".join(lines) + "\n")
+    backward.write_text("image_path,caption\n" + "\n".join(reversed(lines)) + "\n")
+
+    def images_per_split(source: Path, out: Path, *options: str) -> dict[str, set[str]]:
+        assert main(["coco-caption", "--input", str(source), "--out", str(out), "--target", "swift",
+                     *options]) == 0
+        return {path.stem.removeprefix("coco_caption_"): {Path(r["images"][0]).name for r in rows(path)}
+                for path in sorted(out.glob("coco_caption_*.jsonl"))}
+
+    assert images_per_split(forward, tmp_path / "test", "--split-of-file", "test") == {
+        "test": {f"i{i}.png" for i in range(12)}}
+    held = images_per_split(forward, tmp_path / "f", "--val-fraction", "0.4", "--seed", "3")
+    assert sorted(held) == ["train", "val"] and held["train"] | held["val"] == {f"i{i}.png" for i in range(12)}
+    assert images_per_split(backward, tmp_path / "b", "--val-fraction", "0.4", "--seed", "3") == held
+    assert images_per_split(forward, tmp_path / "s", "--val-fraction", "0.4", "--seed", "4") != held
+    val_rows = rows(tmp_path / "f" / "coco_caption_val.jsonl")
+    assert len(val_rows) == 2 * len(held["val"])  # both captions of a held-out image
+
+
+def test_an_official_json_named_by_no_split_takes_split_of_file(tmp_path):
+    write_image(tmp_path / "a.png")
+    (tmp_path / "mine.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 5, "image_id": 1, "caption": "cat"}]}))
+    out = tmp_path / "out"
+    assert main(["coco-caption", "--input", str(tmp_path / "mine.json"), "--out", str(out),
+                 "--split-of-file", "val"]) == 0
+    assert [r["messages"][1]["content"] for r in rows(out / "coco_caption_val.json")] == ["cat"]
