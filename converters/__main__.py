@@ -19,7 +19,7 @@ import traceback
 from functools import partial
 from pathlib import Path
 
-from converters import pipeline
+from converters import pipeline, trainable
 from converters.boxes import MODEL_FAMILIES
 from converters.check import check_dir
 from converters.images import allow_outside_root
@@ -56,6 +56,7 @@ def _common(parser: argparse.ArgumentParser, source: Source) -> None:
     parser.add_argument("--strict", action="store_true", help="exit non-zero and write nothing if any record is skipped")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="processes rendering records (output identical for any number)")
+    trainable.add_arguments(parser)
     _debug_option(parser)
 
 
@@ -125,6 +126,7 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
         cause = "no such folder" if not args.images.exists() else "not a folder"
         raise InputError(f"--images {args.images}: {cause}")
     allow_outside_root(args.allow_outside_root, absolute=args.images is None)
+    trainable.configure(args, images)
     conversion = source.read(args, images)
     name = args.name or source.dataset
     task = args.task if len(source.tasks) > 1 else source.tasks[0]

@@ -37,6 +37,14 @@ _PAIR = rf"\(\s*{_NUM}\s*,\s*{_NUM}\s*\)\s*,\s*\(\s*{_NUM}\s*,\s*{_NUM}\s*\)"
 _LIST = rf"\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]"
 _EXPLICIT = re.compile(rf"<\|box_start\|>\s*{_PAIR}\s*<\|box_end\|>|[\"']?bbox_2d[\"']?\s*:\s*{_LIST}")
 _BARE = (re.compile(_PAIR), re.compile(_LIST))
+# Where a phrase sits in box text: a Qwen2-VL object_ref span (holding no other such token), a JSON string
+# that is a value (not a key: no colon follows it). Strings are matched left to right, keys included, so that
+# none is taken to start at another's closing quote.
+_REF_SPAN = re.compile(r"<\|object_ref_start\|>((?:(?!<\|object_ref_(?:start|end)\|>).)*)<\|object_ref_end\|>",
+                       re.DOTALL)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?')
+# The Qwen2-VL box as render_box writes it: integer corners between its special tokens.
+_BOX_SPAN = re.compile(r"<\|box_start\|>\(\d+,\d+\),\(\d+,\d+\)<\|box_end\|>")
 
 
 def _check_family(family: str) -> None:
@@ -116,8 +124,11 @@ def parse_boxes(text: str, family: str, image_size: tuple[int, int], *, min_pixe
     Accepts the Qwen2-VL special-token form and JSON `bbox_2d` (fenced or not, one object or a list);
     only when neither occurs, bare `(x1,y1),(x2,y2)` pairs, then bare `[x1, y1, x2, y2]` lists. Scale
     follows `family` whichever form the text uses. Returns [] when nothing parses. Boxes are not clipped.
+    Phrases are never read as boxes: the text of an object_ref span and of a JSON string value (a label)
+    is set aside first, so box-like text in a referring expression cannot become the answer's box.
     """
     sx, sy = _scale(image_size, family, min_pixels, max_pixels, resize_path, processor_pixels)
+    text = _JSON_STRING.sub(lambda string: string.group(0) if string.group(1) else '""', _REF_SPAN.sub(" ", text))
     matches = list(_EXPLICIT.finditer(text))
     for pattern in _BARE:
         if matches:
@@ -128,3 +139,14 @@ def parse_boxes(text: str, family: str, image_size: tuple[int, int], *, min_pixe
         x1, y1, x2, y2 = (float(v) for v in match.groups() if v is not None)
         boxes.append(Box(x1 / sx, y1 / sy, x2 / sx, y2 / sy))
     return boxes
+
+
+def split_box_markup(text: str, family: str) -> tuple[str, list[str]]:
+    """(`text` without the family's box markup, the phrases that markup wrapped). Qwen2-VL writes boxes with
+    special tokens (render_grounding, render_box); the JSON families use none, so their text comes back whole.
+    What is left, and each phrase, is text from the data (converters.trainable)."""
+    _check_family(family)
+    if family != "qwen2_vl":
+        return text, []
+    phrases = _REF_SPAN.findall(text)
+    return _BOX_SPAN.sub(" ", _REF_SPAN.sub(" ", text)), phrases

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from converters.images import image_size
+from converters.images import check_decodes, image_size, reset_listings
 from converters.registry import Source, registered
 from converters.schema import SkipRecord
 from converters.targets import TARGETS
+from converters.trainable import rule_of
 from qwenvl_recipes.io import name_problem, read_json, sha256_file
 
 
@@ -25,21 +26,24 @@ def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 def check_row(row: object, where: str, source: Source | None, options: dict, resize_path: str,
               sizes: dict[str, tuple[int, int]]) -> list[str]:
-    """What every trainer needs of a row, then the check its source registered."""
+    """What every trainer needs of a row (converters.trainable's text rule, images that decode), then the
+    check its source registered."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
         return [f"{where}: row has no 'messages' list"]
     images = row.get("images") or []
-    contents = [m.get("content", "") if isinstance(m, dict) else "" for m in row["messages"]]
+    turns = [(str(m.get("role")), m.get("content") if isinstance(m.get("content"), str) else str(m.get("content", "")))
+             if isinstance(m, dict) else ("?", "") for m in row["messages"]]
     problems = []
     last = row["messages"][-1] if row["messages"] else {}
     if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
         problems.append(f"{where}: the last message is not a non-empty assistant answer")
-    placeholders = sum(c.count("<image>") for c in contents)
-    if placeholders != len(images):
-        problems.append(f"{where}: {placeholders} <image> placeholder(s) but {len(images)} image(s)")
+    found = rule_of(options).problem(turns, len(images), source is not None and source.task == "grounding")
+    if found:
+        problems.append(f"{where}: {found[0]} (field {found[1]})")
     for image in images:
         if image not in sizes:
             try:
+                check_decodes(image)
                 sizes[image] = image_size(image)
             except SkipRecord as skip:
                 problems.append(f"{where}: {skip.reason}")
@@ -50,6 +54,7 @@ def check_row(row: object, where: str, source: Source | None, options: dict, res
 
 
 def check_dir(out: Path) -> list[str]:
+    reset_listings()  # images are checked as they are now, not as an earlier run in this process saw them
     problems = []
     info_path, manifest_path = out / "dataset_info.json", out / "manifest.json"
     info = read_json(info_path, dict, "dataset_info.json") if info_path.exists() else {}

@@ -28,6 +28,7 @@ from converters.images import reset_listings, writing_into
 from converters.schema import Sample, Skip, SkipRecord
 from converters.sources.tables import DEFAULT_SPLIT
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
+from converters.trainable import check_sample
 from qwenvl_recipes.io import FolderUpdate, InputError, name_problem, read_json, sha256_file, write_text_atomic
 
 MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
@@ -68,12 +69,12 @@ def _set_render(render) -> None:
 
 def _render(record: dict):
     """One record -> its encoded line (shared by all targets), or one line per target's resize path, or
-    ("skip", reason, field)."""
+    ("skip", reason, field): also for a sample a trainer cannot take as it is (converters.trainable)."""
     convert, resize_paths = _RENDER
     try:
         if resize_paths is None:
-            return encode_row(convert(record, "hf"))
-        return [encode_row(convert(record, path)) for path in resize_paths]
+            return encode_row(check_sample(convert(record, "hf")))
+        return [encode_row(check_sample(convert(record, path))) for path in resize_paths]
     except SkipRecord as skip:
         return ("skip", skip.reason, skip.field)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from converters.images import check_decodes, reset_listings
+from converters.schema import SkipRecord
 from converters.targets import TARGETS
 from qwenvl_recipes.io import InputError, read_json, read_jsonl
 
@@ -164,9 +166,15 @@ def trainer_resize_path(data_file: Path, entry: dict) -> str:
 
 
 def _resolve_image(path: str, data_dir: Path, where: str) -> str:
+    """The image's absolute path, once it decodes whole as the model will read it (converters.images)."""
     for candidate in (Path(path), data_dir / path):
         if candidate.is_file():
-            return str(candidate.resolve())
+            resolved = str(candidate.resolve())
+            try:
+                check_decodes(resolved)
+            except SkipRecord as skip:
+                raise ValueError(f"{where}: {skip.reason}") from None
+            return resolved
     raise FileNotFoundError(f"{where}: image {path!r} not found (absolute, or relative to {data_dir})")
 
 
@@ -211,6 +219,7 @@ def pool_captions(samples: list[EvalSample]) -> list[EvalSample]:
 
 def load_samples(data_file: Path, task: str) -> list[EvalSample]:
     """The samples of a split file, each id once (an id is the key predictions are resumed and compared by)."""
+    reset_listings()  # images are checked as they are now, not as an earlier load in this process saw them
     rows = read_jsonl(data_file) if data_file.suffix == ".jsonl" else read_json(data_file)
     if not isinstance(rows, list):
         raise ValueError(f"{data_file}: expected a JSON list of sharegpt records")

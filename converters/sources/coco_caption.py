@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from converters.images import (ImageFolderProbe, claimed_size, find_coco_image, image_size, resized_copy,
-                               store_image_bytes)
+from converters.images import (ImageFolderProbe, TrainerImage, claimed_size, find_coco_image, resized_copy,
+                               store_image_bytes, trainer_image)
 from converters.options import add_split_options, size_wxh
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
@@ -93,28 +93,27 @@ def expand_groups(groups: Iterable[ImageGroup | tuple[str, Skip]], *, images_dir
             chosen = list(group.captions)
             ids = [f"{group.key}_{cid}" for cid, _ in chosen]
         try:
-            image, size = _locate_image(group, images_dir, out, resize, probe)
+            image = _locate_image(group, images_dir, out, resize, probe)
         except SkipRecord as skip:
             for record_id in ids:
                 yield group.split, Skip(record_id, skip.reason, group.source, skip.field)
             continue
         for record_id, (_, caption) in zip(ids, chosen):
-            yield group.split, {"id": record_id, "image": image, "size": size, "caption": caption,
-                                "source": group.source}
+            record = {"id": record_id, "image": image.path, "size": image.size, "caption": caption,
+                      "source": group.source}
+            yield group.split, {**record, "note": image.note} if image.note else record
     probe.finish()
 
 
 def _locate_image(group: ImageGroup, images_dir: Path | None, out: Path, resize: tuple[int, int] | None,
-                  probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
+                  probe: ImageFolderProbe) -> TrainerImage:
     if group.data is not None:
-        image, size = store_image_bytes(group.data, out / "images")
+        image = store_image_bytes(group.data, out / "images")
     else:
-        image = probe.look(find_coco_image, images_dir, group.image)
-        size = image_size(image, expected=group.size)
+        image = trainer_image(probe.look(find_coco_image, images_dir, group.image), expected=group.size)
     if resize is not None:
-        image = resized_copy(image, resize, out / "images", images_dir)
-        size = resize
-    return image, size
+        return image._replace(path=resized_copy(image.path, resize, out / "images", images_dir), size=resize)
+    return image
 
 
 # ---- readers ----------------------------------------------------------------------------------------

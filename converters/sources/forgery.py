@@ -2,7 +2,8 @@
 
 The LM target is exactly the label word. `label` (0/1) and `mask` (absolute png path, or null for real
 images and for fakes whose mask is missing) ride in both outputs for the detection head; a real image's
-mask is all zeros of its size. A fake without its mask is kept and listed as maskless in the manifest.
+mask is all zeros of its size. A fake without its mask is kept and listed as maskless in the manifest; a
+fake whose mask reads empty with the head's own reader (converters.images.read_mask) is skipped.
 """
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.images import ImageFolderProbe, existing_image, image_size, is_file, resolve_image
+from converters.images import ImageFolderProbe, existing_image, is_file, read_mask, resolve_image, trainer_image
 from converters.options import add_split_options, image_prompt
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
-from converters.sources.tables import SplitRule, row_source, split_rows
+from converters.sources.tables import SplitRule, is_text_table, number_cell, row_source, split_rows
 
 SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -35,9 +36,10 @@ class ForgeryOptions:
 
 
 def parse_label(value: object) -> int:
-    if isinstance(value, bool) or str(value).strip() not in ("0", "1"):
+    """0 or 1, as an integer (a CSV cell is read as its number first: tables.number_cell)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1):
         raise SkipRecord(f"label must be 0 (real) or 1 (fake), got {value!r}", "label")
-    return int(str(value).strip())
+    return value
 
 
 def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sample:
@@ -52,6 +54,7 @@ def to_sample(record: dict, opts: ForgeryOptions, resize_path: str = "hf") -> Sa
 def read_list(path: Path, images_dir: Path | None, only_split: str | None = None,
               limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
     probe = ImageFolderProbe(path, images_dir, hint="")
+    text_table = is_text_table(path)
     # rows of one image share a split (--val-fraction)
     for split, (number, row) in split_rows(path, only_split, limit, rule, key=_image_key):
         if isinstance(row, Skip):
@@ -64,14 +67,15 @@ def read_list(path: Path, images_dir: Path | None, only_split: str | None = None
                 raise SkipRecord("empty image_path", "image_path")
             if not isinstance(row["image_path"], str):
                 raise SkipRecord(f"image_path must be a string, got {row['image_path']!r}", "image_path")
-            image = probe.look(existing_image, images_dir, row["image_path"], "image_path")
-            size = image_size(image, "image_path")
-            label = parse_label(row.get("label"))
-            mask, note = _mask(row.get("mask_path"), label, size, images_dir)
+            image = trainer_image(probe.look(existing_image, images_dir, row["image_path"], "image_path"), "image_path")
+            label = parse_label(number_cell(row.get("label"), text_table))
+            mask, mask_note = _mask(row.get("mask_path"), label, image.size, images_dir)
         except SkipRecord as skip:
             yield split, Skip(record_id, skip.reason, source, skip.field)
             continue
-        record = {"id": record_id, "source": source, "image": image, "size": size, "label": label, "mask": mask}
+        record = {"id": record_id, "source": source, "image": image.path, "size": image.size, "label": label,
+                  "mask": mask}
+        note = "; ".join(n for n in (image.note, mask_note) if n)
         if note:
             record["note"] = note
         yield split, record
@@ -95,10 +99,26 @@ def _mask(mask_path: object, label: int, size: tuple[int, int], images_dir: Path
     path = resolve_image(images_dir, text, "mask_path") if text and not SIZE_TEXT.match(text) else ""
     if not path or not is_file(path):
         return None, f"maskless: fake image without a mask file ({text or 'no mask_path'})"
-    mask_size = image_size(path, "mask_path")
-    if mask_size != tuple(size):
-        raise SkipRecord(f"mask {path} is {mask_size[0]}x{mask_size[1]}, image is {size[0]}x{size[1]}", "mask_path")
+    problem = mask_problem(path, size)
+    if problem:
+        raise SkipRecord(problem, "mask_path")
     return path, None
+
+
+def mask_problem(path: str, size: tuple[int, int]) -> str | None:
+    """Why the detection head cannot train a fake on this mask (None when it can): unreadable, another size
+    than the image, or no manipulated pixel as the head reads it (read_mask, the head's own reader)."""
+    try:
+        mask = read_mask(path)
+    except Exception as error:  # PIL reports a damaged file with several exception types
+        return f"unreadable mask {path}: {type(error).__name__}: {error}"
+    height, width = mask.shape
+    if (width, height) != tuple(size):
+        return f"mask {path} is {width}x{height}, image is {size[0]}x{size[1]}"
+    if not mask.any():
+        return (f"mask {path} reads empty (no pixel above half its range): the head would train this fake "
+                "against an all-real heatmap")
+    return None
 
 
 # ---- registration -------------------------------------------------------------------------------------
@@ -120,10 +140,13 @@ def read(args: argparse.Namespace, images: Path | None) -> Conversion:
 
 
 def check_row(row: dict, options: dict, resize_path: str, image_sizes: list) -> list[str]:
-    """The mask a fake row names is there (the detection head reads it)."""
-    if row.get("mask") and not os.path.isfile(row["mask"]):
+    """The mask a fake row names reads as a mask of its image with manipulated pixels (the head reads it)."""
+    if not row.get("mask"):
+        return []
+    if not os.path.isfile(row["mask"]):
         return [f"mask {row['mask']} does not exist"]
-    return []
+    problem = mask_problem(row["mask"], image_sizes[0]) if image_sizes and image_sizes[0] else None
+    return [problem] if problem else []
 
 
 register_source(Source(

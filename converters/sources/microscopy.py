@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from converters.images import existing_image, image_size
+from converters.images import existing_image, trainer_image
 from converters.options import add_split_options, positive_int
 from converters.registry import Conversion, Source, register_source
 from converters.schema import Sample, Skip, SkipRecord, Turn
 from converters.sources.conversations import TURN_KEYS, parse_row
-from converters.sources.tables import (DEFAULT_SPLIT, SplitRule, read_rows, row_content, row_source,
-                                      rows_with_splits, split_rows)
+from converters.sources.tables import (DEFAULT_SPLIT, SplitRule, is_text_table, number_cell, read_rows, row_content,
+                                      row_source, rows_with_splits, split_rows)
 
 DEFAULT_PROMPT = (
     "这两张图像是显微镜在相邻两个焦平面位置连续拍摄的（第一张为上一位置，第二张为当前位置）。"
@@ -60,14 +60,11 @@ def parse_direction(value: object) -> str:
 
 
 def parse_distance(value: object, max_distance: int = MAX_DISTANCE, field: str = "distance") -> int:
-    """Whole motor steps from a JSON number or a CSV cell; a bool, NaN, a fraction or an absurd size is
-    a bad record, never a distance."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    """Whole motor steps from a number (a CSV cell is read as its number first: tables.number_cell); a
+    string, a bool, NaN, a fraction or an absurd size is a bad record, never a distance."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SkipRecord(f"distance must be a number of steps, got {value!r}", field)
-    try:
-        number = float(value)
-    except ValueError:
-        raise SkipRecord(f"distance must be a number of steps, got {value!r}", field) from None
+    number = float(value)
     if not math.isfinite(number) or number < 0 or number != int(number):
         raise SkipRecord(f"distance must be a whole number of steps >= 0, got {value!r}", field)
     if number > max_distance:
@@ -116,14 +113,24 @@ def to_sample(record: dict, opts: MicroscopyOptions, resize_path: str = "hf") ->
 
 
 def _with_images(record: dict, names: list[str], images_dir: Path | None, fields=("image1", "image2")) -> dict:
-    paths, sizes = [], []
+    """The record with its pair's images as the trainers will read them; the two frames must have one size and
+    one depth (16-bit frames are read as 8-bit copies scaled by their bit depth: converters.images), or
+    comparing their sharpness compares something else."""
+    images = []
     for field, name in zip(fields, names):
         if not isinstance(name, str) or not name:
             raise SkipRecord(f"image path must be a non-empty string, got {name!r}", field)
-        path = existing_image(images_dir, str(name), field)
-        paths.append(path)
-        sizes.append(image_size(path, field))
-    return {**record, "images": paths, "sizes": sizes}
+        images.append(trainer_image(existing_image(images_dir, str(name), field), field))
+    first, second = images
+    if first.size != second.size:
+        raise SkipRecord(f"the pair's images differ in size: {first.size[0]}x{first.size[1]} and "
+                         f"{second.size[0]}x{second.size[1]}", fields[1])
+    if first.depth != second.depth:
+        raise SkipRecord(f"the pair's images were read with different ranges ({first.depth} and {second.depth}): "
+                         "pass --bit-depth with the camera's bits", fields[1])
+    record = {**record, "images": [image.path for image in images], "sizes": [image.size for image in images]}
+    note = "; ".join(image.note for image in images if image.note)
+    return {**record, "note": note} if note else record
 
 
 def parse_conversation(row: dict) -> dict:
@@ -153,6 +160,7 @@ def _pair_key(row: dict) -> str:
 
 def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = None,
                limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
+    text_table = is_text_table(path)
     for split, (number, row) in split_rows(path, only_split, limit, rule, key=_pair_key):
         if isinstance(row, Skip):
             yield split, row
@@ -173,22 +181,19 @@ def read_pairs(path: Path, images_dir: Path | None, only_split: str | None = Non
         if missing:
             yield split, Skip(record_id, f"missing column(s) {missing}", source, missing[0])
             continue
-        base = {"id": record_id, "source": source, "direction": row["direction"], "distance": row["distance"],
-                "analysis": row.get("analysis")}
+        base = {"id": record_id, "source": source, "direction": row["direction"],
+                "distance": number_cell(row["distance"], text_table), "analysis": row.get("analysis")}
         try:
             yield split, _with_images(base, [row["image1"], row["image2"]], images_dir)
         except SkipRecord as skip:
             yield split, Skip(record_id, skip.reason, source, skip.field)
 
 
-def _z_value(row: dict, field: str) -> float:
-    value = row[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+def _z_value(row: dict, field: str, text_table: bool) -> float:
+    value = number_cell(row[field], text_table)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SkipRecord(f"{field} must be a number, got {value!r}", field)
-    try:
-        number = float(value)
-    except ValueError:
-        raise SkipRecord(f"{field} must be a number, got {value!r}", field) from None
+    number = float(value)
     if not math.isfinite(number):
         raise SkipRecord(f"{field} must be a finite number, got {value!r}", field)
     return number
@@ -196,6 +201,7 @@ def _z_value(row: dict, field: str) -> float:
 
 def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0, only_split: str | None = None,
                 limit: int | None = None, rule: SplitRule = SplitRule()) -> Iterator[tuple[str, object]]:
+    text_table = is_text_table(path)
     stacks: dict[str, list] = {}
     # the slices of one stack share a split (--val-fraction)
     rows = rows_with_splits(path, rule, key=lambda row: str(row.get("stack_id")),
@@ -219,8 +225,8 @@ def read_stacks(path: Path, images_dir: Path | None, *, steps_per_z: float = 1.0
             yield split, Skip(stack_id, f"stack's rows name several splits {splits}", path.name, "split")
             continue
         try:
-            slices = sorted((_z_value(r, "z"), n, r["image"]) for n, r, _ in rows)
-            focus = {_z_value(r, "focus_z") for _, r, _ in rows}
+            slices = sorted((_z_value(r, "z", text_table), n, r["image"]) for n, r, _ in rows)
+            focus = {_z_value(r, "focus_z", text_table) for _, r, _ in rows}
         except SkipRecord as skip:
             yield split, Skip(stack_id, skip.reason, path.name, skip.field)
             continue

@@ -19,7 +19,8 @@ from typing import Iterable, Iterator
 
 from converters.boxes import parse_boxes, render_box, render_grounding
 from converters.geometry import clip_box, xywh_to_xyxy
-from converters.images import ImageFolderProbe, claimed_size, find_coco_image, image_size, store_image_bytes
+from converters.images import (ImageFolderProbe, TrainerImage, claimed_size, find_coco_image, store_image_bytes,
+                               trainer_image)
 from converters.options import add_box_options, box_pixels, prompt_template
 from converters.registry import Conversion, Source, register_source
 from converters.safe_pickle import load_plain_pickle
@@ -151,7 +152,7 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
     boxes = {ann.get("id"): ann.get("bbox") for ann in instances["annotations"]
              if isinstance(ann, dict) and hashable(ann.get("id"))}
     del instances
-    sizes: dict[object, tuple[str, tuple[int, int]] | SkipRecord] = {}
+    sizes: dict[object, TrainerImage | SkipRecord] = {}
     source = refs_path.name
     probe = ImageFolderProbe(instances_path, images_dir)
     for split, (index, ref) in select_splits(_ref_splits(refs, source), only_split, limit):
@@ -166,7 +167,7 @@ def read_refer(refer_dir: Path, images_dir: Path | None, *, splitby: str | None,
                 raise SkipRecord(f"unknown image_id {ref.get('image_id')!r} (not in instances.json)", "image_id")
             if not hashable(ref.get("ann_id")) or ref.get("ann_id") not in boxes:
                 raise SkipRecord(f"unknown ann_id {ref.get('ann_id')!r} (not in instances.json)", "ann_id")
-            base["image"], base["size"] = _refer_image(images_dir, image, sizes, probe)
+            _with_image(base, _refer_image(images_dir, image, sizes, probe))
             base["bbox"] = boxes[ref["ann_id"]]
         except SkipRecord as skip:
             yield from _skips(split, base, _ref_phrases(ref, strict=False), directions, skip)
@@ -209,14 +210,18 @@ def _ref_phrases(ref: dict, strict: bool = True) -> list[tuple[object, str]]:
     return phrases
 
 
-def _refer_image(images_dir: Path | None, image: dict, cache: dict,
-                 probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
-    """Image path and size, looked up once per image (many refs share one)."""
+def _with_image(base: dict, image: TrainerImage) -> None:
+    base.update(image=image.path, size=image.size)
+    if image.note:
+        base["note"] = image.note
+
+
+def _refer_image(images_dir: Path | None, image: dict, cache: dict, probe: ImageFolderProbe) -> TrainerImage:
+    """The image as the trainers will read it, looked up once per image (many refs share one)."""
     if image["id"] not in cache:
         try:
             path = probe.look(find_coco_image, images_dir, image.get("file_name"), "file_name")
-            size = image_size(path, "file_name", claimed_size(image.get("width"), image.get("height")))
-            cache[image["id"]] = (path, size)
+            cache[image["id"]] = trainer_image(path, "file_name", claimed_size(image.get("width"), image.get("height")))
         except SkipRecord as skip:
             cache[image["id"]] = skip
     found = cache[image["id"]]
@@ -349,7 +354,7 @@ def read_parquet(path: Path, images_dir: Path | None, out: Path, *, bbox_format:
             if bbox is None:
                 raise SkipRecord(f"bbox is neither a list nor a JSON list: {row.get('bbox')!r}", "bbox")
             base["bbox"] = bbox
-            base["image"], base["size"] = _parquet_image(row, images_dir, out, probe)
+            _with_image(base, _parquet_image(row, images_dir, out, probe))
         except SkipRecord as skip:
             yield from _skips(split, base, phrases, directions, skip)
             continue
@@ -363,8 +368,7 @@ def _parquet_split(row: dict, file: Path) -> str:
     return split if isinstance(split, str) and split else split_named_by(file) or DEFAULT_SPLIT
 
 
-def _parquet_image(row: dict, images_dir: Path | None, out: Path,
-                   probe: ImageFolderProbe) -> tuple[str, tuple[int, int]]:
+def _parquet_image(row: dict, images_dir: Path | None, out: Path, probe: ImageFolderProbe) -> TrainerImage:
     image = row.get("image")
     if isinstance(image, dict) and image.get("bytes"):
         return store_image_bytes(image["bytes"], out / "images")
@@ -376,8 +380,7 @@ def _parquet_image(row: dict, images_dir: Path | None, out: Path,
         raise SkipRecord("row has no image bytes and no image path", "image")
     if not isinstance(name, str):
         raise SkipRecord(f"image path must be a string, got {name!r}", "image")
-    path = probe.look(_find_parquet_image, images_dir, name)
-    return path, image_size(path, "image", _row_size(row))
+    return trainer_image(probe.look(_find_parquet_image, images_dir, name), "image", _row_size(row))
 
 
 def _find_parquet_image(images_dir: Path | None, name: str) -> str:

@@ -31,6 +31,24 @@ def hashable(value) -> bool:
     return True
 
 
+def is_text_table(path: Path) -> bool:
+    """Whether every cell of the table is text (CSV, numbers included); JSON and JSONL rows carry typed values."""
+    return Path(path).suffix.lower() == ".csv"
+
+
+def number_cell(value: object, text_table: bool) -> object:
+    """A number written in a CSV cell, as that number; any other value as it is, so that a JSON string where a
+    number belongs ("3") stays a string and the field's own parser refuses it (numbers are strictly typed)."""
+    if not (text_table and isinstance(value, str)):
+        return value
+    for number_type in (int, float):
+        try:
+            return number_type(value)
+        except ValueError:
+            continue
+    return value
+
+
 def row_source(path: Path, number: int) -> str:
     """How a row is named in skips: file:line for line-based files, file[index] for a JSON list."""
     return f"{path.name}:{number}" if path.suffix.lower() in (".csv", ".jsonl") else f"{path.name}[{number}]"

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from converters.images import read_mask
+
 IMAGE_PLACEHOLDER = "<image>"
 QWEN_IMAGE_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -45,7 +47,8 @@ def load_mask(row: dict, size: int) -> tuple[torch.Tensor, bool]:
         return torch.zeros(size, size), True
     if not row.get("mask"):
         return torch.zeros(size, size), False
-    mask = Image.open(row["mask"]).convert("L").resize((size, size), Image.NEAREST)
+    # The converter's reader: it skipped fakes whose mask reads empty with it, so both agree on every pixel.
+    mask = Image.fromarray(read_mask(row["mask"]).astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
     return torch.from_numpy((np.asarray(mask) > 127).astype(np.float32)), True
 
 

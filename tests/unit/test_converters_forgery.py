@@ -30,6 +30,9 @@ def test_list_json_end_to_end_with_bad_rows(tmp_path):
     for name, size in (("real.png", (16, 8)), ("fake.png", (16, 8)), ("nomask.png", (16, 8)), ("m.png", (16, 8)),
                        ("small_mask.png", (4, 4))):
         Image.new("RGB" if "mask" not in name and name != "m.png" else "L", size).save(tmp_path / name)
+    mask = Image.new("L", (16, 8))
+    mask.paste(255, (2, 2, 6, 6))
+    mask.save(tmp_path / "m.png")
     entries = [{"image_path": "real.png", "label": 0, "mask_path": "8x16"},
                {"image_path": "fake.png", "label": 1, "mask_path": "m.png"},
                {"image_path": "nomask.png", "label": 1, "mask_path": "masks/missing.png"},

@@ -17,7 +17,7 @@ def rows(path: Path) -> list:
 
 def test_pair_sample_exact():
     record = {"id": "p1", "images": ["/a.png", "/b.png"], "sizes": [(96, 96), (96, 96)], "direction": "-",
-              "distance": "20", "analysis": " 第二张更模糊。 "}
+              "distance": 20, "analysis": " 第二张更模糊。 "}
     sample = to_sample(record, MicroscopyOptions())
     assert sample.images == ("/a.png", "/b.png")
     assert sample.turns[0].content == "<image><image>" + DEFAULT_PROMPT
@@ -25,8 +25,8 @@ def test_pair_sample_exact():
 
 
 @pytest.mark.parametrize("field,value,match", [("direction", "up", "direction must be"),
-                                               ("distance", "-3", "whole number"),
-                                               ("distance", "2.5", "whole number"),
+                                               ("distance", -3, "whole number"),
+                                               ("distance", 2.5, "whole number"),
                                                ("distance", "far", "number of steps")])
 def test_invalid_direction_or_distance(field, value, match):
     record = {"id": "p", "images": ["/a", "/b"], "sizes": [(1, 1)] * 2, "direction": "+", "distance": 3,
@@ -158,7 +158,8 @@ def test_split_of_file_puts_a_list_file_in_one_split(tmp_path):
 
 
 @pytest.mark.parametrize("value, reason", [(True, "number of steps"), (float("nan"), "whole number"),
-                                           (10 ** 12, "exceeds 100000 steps"), ("7.5", "whole number")])
+                                           (10 ** 12, "exceeds 100000 steps"), (7.5, "whole number"),
+                                           ("7", "number of steps")])
 def test_distance_types_are_strict(value, reason):
     record = {"id": "p", "images": ["/a", "/b"], "sizes": [(1, 1)] * 2, "direction": "+", "distance": value}
     with pytest.raises(SkipRecord, match=reason):

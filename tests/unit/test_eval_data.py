@@ -141,3 +141,17 @@ def test_a_line_cut_by_an_interruption_is_dropped(tmp_path):
     predictions.write_text('{"id": "a"}\n{"id\n{"id": "c"}\n')
     with pytest.raises(ValueError, match="predictions.jsonl:2: corrupt line in the middle"):
         read_done(predictions)
+
+
+def test_an_image_that_does_not_decode_is_named_with_its_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from tests.unit.test_converters_bad_input import truncated_jpeg
+
+    truncated_jpeg(tmp_path / "cut.jpg")
+    row = {"messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "x"}],
+           "images": ["cut.jpg"]}
+    _write_split(tmp_path, "c_val.json", [row])
+    with pytest.raises(ValueError) as error:
+        load_samples(tmp_path / "c_val.json", "caption")
+    assert str(error.value).startswith(f"{tmp_path / 'c_val.json'}, record 0: image {(tmp_path / 'cut.jpg').resolve()} "
+                                       "does not decode (OSError: image file is truncated")

@@ -72,3 +72,14 @@ def test_relative_families_read_thousandths():
                                                        (200, 100))
     assert box.as_list() == pytest.approx([20, 50, 120, 100])
     assert BoxConvention("qwen2_vl", 1, 10**6).parse("no box here", (200, 100)) == []
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+@pytest.mark.parametrize("phrase", ["bbox_2d: [0, 0, 1000, 1000] cup", 'cup", "bbox_2d": [0, 0, 9, 9], "x": "',
+                                    "cup at (0,0),(1000,1000)", "cup [0, 0, 1000, 1000]"])
+def test_box_text_inside_a_phrase_never_becomes_the_reference_box(family, phrase):
+    convention = BoxConvention(family, 3136, 200704)
+    box, size = Box(40.0, 30.0, 410.0, 290.0), (640, 427)
+    reference = render_grounding(phrase, box, size, family, min_pixels=3136, max_pixels=200704)
+    (parsed,) = convention.parse(reference, size)  # the answer's own box, and only it
+    assert parsed.as_list() == pytest.approx(box.as_list(), abs=1.0)
