@@ -85,10 +85,12 @@ class TextRule:
     tokens: tuple[str, ...]
     family: str | None = None   # whose box markup a row that locates objects may hold (None: no family's)
     _pattern: re.Pattern = field(init=False, repr=False, compare=False)
+    _turns: dict = field(init=False, repr=False, compare=False)  # verdicts on texts seen (prompts repeat)
 
     def __post_init__(self):
         alternatives = sorted(set(self.tokens), key=len, reverse=True)  # longest first: one token, not its prefix
         object.__setattr__(self, "_pattern", re.compile("|".join(map(re.escape, alternatives))))
+        object.__setattr__(self, "_turns", {})
 
     def special_token(self, text: str) -> str | None:
         """The first special token in `text`, or None."""
@@ -102,26 +104,11 @@ class TextRule:
         whose family box markup is the converter's own."""
         placeholders = 0
         for index, (role, text) in enumerate(turns):
-            if "<" not in text:  # every token and placeholder starts with '<': most text is done at once
-                continue
-            where = f"messages[{index}]"
-            texts = [text]
-            if locates_objects and self.family is not None:
-                rest, wrapped = split_box_markup(text, self.family)
-                texts = [rest, *wrapped]
-            for part in texts:
-                token = self.special_token(part)
-                if token:
-                    return (f"the {role} text holds {token!r}, a special token of the "
-                            f"{self.family or 'Qwen'} tokenizer: it would be read as that control token, not as "
-                            "text", where)
-            for tag in OTHER_PLACEHOLDERS:
-                if tag in text:
-                    return f"the {role} text holds {tag!r}, a placeholder for media the row does not have", where
-            count = text.count(IMAGE_PLACEHOLDER)
-            if count and role != "user":
-                return f"the {role} text holds {IMAGE_PLACEHOLDER!r}: images belong in user turns", where
-            placeholders += count
+            if "<" in text:  # every token and placeholder starts with '<': most text is done at once
+                reason, count = self._turn(role, text, locates_objects)
+                if reason:
+                    return reason, f"messages[{index}]"
+                placeholders += count
         if placeholders != image_count:
             return (f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {image_count} image(s)", "messages")
         for index, phrase in enumerate(phrases):
@@ -131,6 +118,33 @@ class TextRule:
                 return (f"the phrase {phrase!r} holds {token!r}, which the tokenizer or the trainers would not "
                         "read as text", f"objects[{index}]")
         return None
+
+    def _turn(self, role: str, text: str, locates_objects: bool) -> tuple[str | None, int]:
+        """(why one turn's text is not text, or None; the <image> placeholders it holds), remembered."""
+        key = (role, text, locates_objects)
+        if key not in self._turns:
+            if len(self._turns) > 4096:
+                self._turns.clear()
+            self._turns[key] = self._read_turn(role, text, locates_objects)
+        return self._turns[key]
+
+    def _read_turn(self, role: str, text: str, locates_objects: bool) -> tuple[str | None, int]:
+        parts = [text]
+        if locates_objects and self.family is not None:
+            rest, wrapped = split_box_markup(text, self.family)
+            parts = [rest, *wrapped]
+        for part in parts:
+            token = self.special_token(part)
+            if token:
+                return (f"the {role} text holds {token!r}, a special token of the {self.family or 'Qwen'} "
+                        "tokenizer: it would be read as that control token, not as text"), 0
+        for tag in OTHER_PLACEHOLDERS:
+            if tag in text:
+                return f"the {role} text holds {tag!r}, a placeholder for media the row does not have", 0
+        count = text.count(IMAGE_PLACEHOLDER)
+        if count and role != "user":
+            return f"the {role} text holds {IMAGE_PLACEHOLDER!r}: images belong in user turns", 0
+        return None, count
 
 
 @functools.lru_cache(maxsize=16)
@@ -147,8 +161,8 @@ def check_sample(sample: Sample) -> Sample:
     """`sample`, when a trainer can take it as it is, else a SkipRecord: its text (the rule of this conversion,
     by default the shipped tokenizer's whole list) and every image it names (converters.images.check_decodes)."""
     rule = _ACTIVE[0] if _ACTIVE else text_rule(None)
-    found = rule.problem(((t.role, t.content) for t in sample.turns), len(sample.images),
-                         bool(sample.objects), (phrase for phrase, _ in sample.objects))
+    found = rule.problem([(turn.role, turn.content) for turn in sample.turns], len(sample.images),
+                         bool(sample.objects), [phrase for phrase, _ in sample.objects])
     if found:
         raise SkipRecord(*found)
     for index, image in enumerate(sample.images):

@@ -1,41 +1,63 @@
-"""Converter throughput on a generated full-size COCO captions json (no pixels are read).
+"""Converter throughput on a generated full-size COCO captions json.
 
-    python -m tools.bench_converters [--captions 400000] [--target both] [--keep DIR]
+    python -m tools.bench_converters [--captions 400000] [--target both] [--distinct] [--keep DIR]
 
 Writes captions_train2014.json with captions/5 images (width/height in the json, as COCO has) and one
-640x480 JPEG hard-linked under every image name (a new one every 60000 names: ext4 allows 65000 links to a
-file; the converter reads each image's header, which proves it is an image of the size the json states; no
-pixels are decoded), then times
-`python -m converters coco-caption` in-process and prints records/s (captions converted per second,
-by wall clock and per CPU-second of this process).
+640x480 JPEG hard-linked under every image name (a new file every LINKS_PER_FILE names: filesystems cap
+the links of one file, ext4 at 65000), then times `python -m converters coco-caption` in-process and prints
+records/s (captions converted per second, by wall clock and per CPU-second of this process). The converter
+reads each image's header and decodes each image file once (converters.images: hard links are one file, and
+a file decoded in an earlier run is not decoded again); `--distinct` writes a different JPEG per image
+instead, to time a first conversion of real data, where every image is decoded.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from converters.__main__ import main as converters_main
 
 CAPTIONS_PER_IMAGE = 5
-LINKS_PER_TEMPLATE = 60_000  # ext4 allows 65000 hard links to one file
+LINKS_PER_FILE = 50_000
 
 
-def make_captions_json(root: Path, captions: int) -> Path:
+@functools.lru_cache(maxsize=1)
+def _shading_and_noise() -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:480, 0:640]
+    shade = 128 + 90 * np.sin(x / 40 + y / 57)[..., None] * np.array([1.0, 0.8, 0.6])
+    return shade, np.random.default_rng(0).normal(0, 12, (480 + 97, 640 + 89, 3))
+
+
+def photo_like(seed: int) -> Image.Image:
+    """A 640x480 image that compresses like a photo (smooth shading plus sensor-like noise, ~110 kB as a
+    quality-90 JPEG), a different one per seed."""
+    shade, noise = _shading_and_noise()
+    dy, dx = seed % 97, (seed // 97) % 89
+    return Image.fromarray(np.clip(shade + noise[dy:dy + 480, dx:dx + 640], 0, 255).astype(np.uint8))
+
+
+def make_captions_json(root: Path, captions: int, distinct: bool = False) -> Path:
     images_dir = root / "train2014"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, captions // CAPTIONS_PER_IMAGE + 1):
-        template = root / f"template{image_id // LINKS_PER_TEMPLATE}.jpg"
-        if not template.exists():
-            Image.new("RGB", (640, 480), (120, 90, 60)).save(template, quality=50)
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
-        if not (images_dir / file_name).exists():
+        template = root / f"template{image_id // LINKS_PER_FILE}.jpg"
+        if not distinct and not template.exists():
+            Image.new("RGB", (640, 480), (120, 90, 60)).save(template, quality=50)
+        if (images_dir / file_name).exists():
+            pass
+        elif distinct:
+            photo_like(image_id).save(images_dir / file_name, quality=90)
+        else:
             os.link(template, images_dir / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": 640, "height": 480})
         for k in range(CAPTIONS_PER_IMAGE):
@@ -46,8 +68,8 @@ def make_captions_json(root: Path, captions: int) -> Path:
     return path
 
 
-def bench(root: Path, captions: int, target: str, workers: int) -> float:
-    source = make_captions_json(root, captions)
+def bench(root: Path, captions: int, target: str, workers: int, distinct: bool = False) -> float:
+    source = make_captions_json(root, captions, distinct)
     out = root / "out"
     start, cpu_start = time.perf_counter(), time.process_time()
     code = converters_main(["coco-caption", "--input", str(source), "--out", str(out), "--target", target,
@@ -74,13 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--captions", type=int, default=400_000)
     parser.add_argument("--target", choices=("llamafactory", "swift", "both"), default="both")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="default: one per core")
+    parser.add_argument("--distinct", action="store_true",
+                        help="a different JPEG per image (a first conversion of real data: every image decoded)")
     parser.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
     args = parser.parse_args(argv)
     if args.keep:
-        bench(args.keep, args.captions, args.target, args.workers)
+        bench(args.keep, args.captions, args.target, args.workers, args.distinct)
     else:
         with tempfile.TemporaryDirectory() as root:
-            bench(Path(root), args.captions, args.target, args.workers)
+            bench(Path(root), args.captions, args.target, args.workers, args.distinct)
 
 
 if __name__ == "__main__":
