@@ -50,25 +50,28 @@ def shipped_tokenizer_dir() -> Path:
 
 def added_tokens(path: str | Path) -> tuple[str, ...]:
     """The added tokens of a tokenizer, in id order: `path` is a checkpoint directory or one of its
-    TOKENIZER_FILES (tokenizer_config.json's added_tokens_decoder, tokenizer.json's added_tokens, or the slow
-    tokenizers' added_tokens.json). An InputError naming the path when none is there."""
+    TOKENIZER_FILES (tokenizer_config.json's added_tokens_decoder, tokenizer.json's added_tokens, the slow
+    tokenizers' added_tokens.json; the first that lists them). An InputError naming the path when none does."""
     path = Path(path)
     files = [path / name for name in TOKENIZER_FILES if (path / name).is_file()] if path.is_dir() else [path]
-    if not files or not files[0].is_file():
-        raise InputError(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
-    data = read_json(files[0], dict, "a tokenizer file")
-    if "added_tokens_decoder" in data:
-        by_id = {int(i): token.get("content") for i, token in data["added_tokens_decoder"].items()}
-    elif "added_tokens" in data:
-        by_id = {token.get("id"): token.get("content") for token in data["added_tokens"]}
-    elif files[0].name == "added_tokens.json":
-        by_id = {i: token for token, i in data.items()}
-    else:
-        raise InputError(f"{files[0]}: lists no added tokens (no added_tokens_decoder or added_tokens)")
-    tokens = tuple(token for _, token in sorted(by_id.items()) if isinstance(token, str) and token)
-    if not tokens:
-        raise InputError(f"{files[0]}: its added-token list is empty")
-    return tokens
+    for file in files:
+        data = read_json(file, dict, "a tokenizer file")
+        if isinstance(data.get("added_tokens_decoder"), dict):
+            entries = [(i, token.get("content")) for i, token in data["added_tokens_decoder"].items()
+                       if isinstance(token, dict)]
+        elif isinstance(data.get("added_tokens"), list):
+            entries = [(token.get("id"), token.get("content")) for token in data["added_tokens"]
+                       if isinstance(token, dict)]
+        elif file.name == "added_tokens.json":
+            entries = [(i, token) for token, i in data.items()]
+        else:
+            continue
+        by_id = {int(i): token for i, token in entries
+                 if str(i).isdigit() and isinstance(token, str) and token}
+        tokens = tuple(token for _, token in sorted(by_id.items()))
+        if tokens:
+            return tokens
+    raise InputError(f"{path}: no tokenizer listing added tokens ({' or '.join(TOKENIZER_FILES)})")
 
 
 @functools.lru_cache(maxsize=None)
