@@ -24,10 +24,10 @@ def read_output_rows(path: Path) -> Iterator[tuple[int, object]]:
             yield from enumerate(json.load(f))
 
 
-def check_row(row: object, where: str, source: Source | None, options: dict, resize_path: str,
+def check_row(row: object, where: str, source: Source | None, task: str | None, options: dict, resize_path: str,
               sizes: dict[str, tuple[int, int]]) -> list[str]:
     """What every trainer needs of a row (converters.trainable's text rule, images that decode), then the
-    check its source registered."""
+    check its source registered; `task` is what its manifest entry says the data trains."""
     if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
         return [f"{where}: row has no 'messages' list"]
     images = row.get("images") or []
@@ -37,7 +37,7 @@ def check_row(row: object, where: str, source: Source | None, options: dict, res
     last = row["messages"][-1] if row["messages"] else {}
     if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
         problems.append(f"{where}: the last message is not a non-empty assistant answer")
-    found = rule_of(options).problem(turns, len(images), source is not None and source.task == "grounding")
+    found = rule_of(options).problem(turns, len(images), task == "grounding")
     if found:
         problems.append(f"{where}: {found[0]} (field {found[1]})")
     for image in images:
@@ -97,7 +97,7 @@ def check_dir(out: Path) -> list[str]:
         try:
             for number, row in read_output_rows(path):
                 problems += check_row(row, f"{name} row {number}", sources.get(entry.get("converter")),
-                                      entry.get("options", {}), resize_by_suffix.get(path.suffix, "hf"), sizes)
+                                      entry.get("task"), entry.get("options", {}), resize_by_suffix.get(path.suffix, "hf"), sizes)
         except json.JSONDecodeError as error:
             problems.append(f"{name}: invalid JSON: {error}")
     return problems
