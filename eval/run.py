@@ -176,6 +176,17 @@ def with_model_processor(settings: ScoreSettings, task: str, model: str | Path, 
     return updated
 
 
+def referring_expressions(samples: list, convention) -> list:
+    """The REC samples (phrase -> box) of a grounding file, which may also hold REG rows (box -> phrase): a row
+    whose prompt gives a box asks for a phrase, whatever its answer's text looks like (a phrase may read like
+    a box); a REC row's answer holds a box."""
+    def prompt_box(sample) -> bool:
+        return any(isinstance(m.get("content"), str) and convention.parse(m["content"], sample.image_size())
+                   for m in sample.prompt)
+
+    return [s for s in samples if not prompt_box(s) and convention.parse(s.reference, s.image_size())]
+
+
 def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapter: str | None = None,
              split: str | None = None, limit: int | None = None, batch_size: int = 4, max_new_tokens: int = 128,
              device: str | None = None, dtype: str | None = None, min_pixels: int | None = None,
@@ -210,8 +221,7 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     convention = settings.box_convention()
     left_out = 0
     if task == "grounding":
-        # A refcoco file may mix REC rows (answer = box) with REG rows (answer = phrase); only REC is grounding.
-        rec = [s for s in samples if convention.parse(s.reference, s.image_size())]
+        rec = referring_expressions(samples, convention)
         left_out, samples = len(samples) - len(rec), rec
     samples = samples[:limit] if limit else samples
     if not samples:

@@ -83,3 +83,23 @@ def test_box_text_inside_a_phrase_never_becomes_the_reference_box(family, phrase
     reference = render_grounding(phrase, box, size, family, min_pixels=3136, max_pixels=200704)
     (parsed,) = convention.parse(reference, size)  # the answer's own box, and only it
     assert parsed.as_list() == pytest.approx(box.as_list(), abs=1.0)
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_a_reg_row_is_left_out_even_when_its_phrase_reads_like_a_box(family, tmp_path):
+    """REC vs REG is told by the prompt (a REG prompt gives the box), not by whether the answer parses as one."""
+    from PIL import Image
+
+    from converters.boxes import render_box
+    from eval.data import EvalSample
+    from eval.run import referring_expressions
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "a.png")
+    convention = BoxConvention(family, 3136, 200704)
+    box = Box(20, 10, 120, 60)
+    boxed = render_grounding("the red cup", box, (200, 100), family, min_pixels=3136, max_pixels=200704)
+    region = render_box(box, (200, 100), family, min_pixels=3136, max_pixels=200704)
+    images = [str(tmp_path / "a.png")]
+    rec = EvalSample("rec", [{"role": "user", "content": "<image>Where is the red cup?"}], boxed, images)
+    reg = EvalSample("reg", [{"role": "user", "content": f"<image>What is at {region}?"}], boxed, images)
+    assert [s.id for s in referring_expressions([rec, reg], convention)] == ["rec"]
