@@ -42,12 +42,18 @@ def _feature_of(name: str, known: dict[str, set[str]]) -> tuple[str, str] | None
     return None
 
 
+def setting_variables(environment: Mapping[str, object]) -> dict[str, object]:
+    """The QVR_<FEATURE>_* variables of `environment` (known settings or not: read_settings checks them)."""
+    known = known_settings()
+    return {name: value for name, value in environment.items() if _feature_of(name, known)}
+
+
 def read_settings(environment: Mapping[str, object], source: str, recipe_env: Mapping[str, object] = ()) -> dict:
     """{feature: {key: value}} from the QVR_<FEATURE>_<KEY> variables of `environment` (string values are parsed as
     YAML); `recipe_env`: the recipe's own ENV block, whose QVR_* keys must all be settings. `source` (the recipe)
     is named in errors."""
     known = known_settings()
-    names = [n for n in environment if _feature_of(n, known)] + [n for n in recipe_env if n.startswith(ENV_PREFIX)]
+    names = [*setting_variables(environment), *(n for n in recipe_env if n.startswith(ENV_PREFIX))]
     settings: dict[str, dict] = {}
     for name in names:
         match = _feature_of(name, known)

@@ -10,20 +10,25 @@
   inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
 - callback `forgery`: when the trainer is built (after swift's own tuner: the recipe's target_regex) it attaches
   the head/fusion, then steps the heatmap warm-up, saves the head beside every checkpoint and scores eval_file
-  at each epoch end (best AUROC kept in <output_dir>/best_by_AUROC).
+  at each epoch end (best AUROC kept in <output_dir>/best_by_AUROC, with the run's args.json).
+- serving (`swift infer` / `swift deploy` on a checkpoint): the template encodes plain prompts; a mode that scores
+  with the head or fusion tokens is refused (check_servable), as swift would answer with the language model alone.
 Paths (eval_file, head_checkpoint) are relative to the working directory, as swift's own dataset and
 output_dir are; a missing one is an error naming its ENV variable.
 """
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from swift.callbacks import TrainerCallback, callbacks_map
 from swift.template import register_template
 from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
 
 from custom_modules.forgery.callbacks import ForgeryCallback
-from custom_modules.forgery.checkpoint import attach_for_training
+from custom_modules.forgery.checkpoint import BEST_DIR, attach_for_training
 from custom_modules.forgery.data import forgery_fields
-from custom_modules.forgery.settings import ForgerySettings, parse_settings, resolve_paths
+from custom_modules.forgery.settings import MODES, ForgerySettings, parse_settings, resolve_paths
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
 from custom_modules.recipe_keys import env_where
 
@@ -43,6 +48,8 @@ class ForgeryTemplate(Qwen2_5VLTemplate):
 
     def _encode(self, inputs):
         encoded = super()._encode(inputs)
+        if not self.is_training:  # swift infer / deploy: a plain Qwen2.5-VL prompt (check_servable: mode has no head)
+            return encoded
         if "mask" not in inputs.extra_kwargs:
             raise ValueError(f"template {TEMPLATE}: a row reached the template without its `mask` column; the recipe "
                              "needs `remove_unused_columns: false` (rows from `python -m converters forgery`)")
@@ -53,6 +60,8 @@ class ForgeryTemplate(Qwen2_5VLTemplate):
         return encoded
 
     def _data_collator(self, batch, *, padding_to=None):
+        if not self.is_training:
+            return super()._data_collator(batch, padding_to=padding_to)
         if self.mask_size is None:
             raise ValueError(f"template: {TEMPLATE} needs `callbacks: [{CALLBACK}]` (it attaches the forgery head)")
         rows = [sample.pop(ROW_KEY) for sample in batch]
@@ -62,6 +71,20 @@ class ForgeryTemplate(Qwen2_5VLTemplate):
 
     def _post_encode(self, model, inputs):
         return inputs
+
+
+def check_servable(settings: dict, where: str) -> None:
+    """swift infer / deploy generate with the LM alone: a checkpoint whose mode scores with the head or feeds the LM
+    its fusion tokens would answer without them, so it is refused, naming the command that scores it."""
+    if not settings:
+        return
+    mode = parse_settings(settings, WHERE).mode
+    spec = MODES[mode]
+    if spec.head or spec.fusion:
+        raise ValueError(f"{where}: forgery mode {mode} scores images with its head, which swift infer/deploy do not "
+                         f"run (they would answer with the language model alone); score them with `qvr-eval predict "
+                         f"--model <base model> --checkpoint <this checkpoint> --images <folder or list>` "
+                         f"(docs/serving.md)")
 
 
 def register(environment_settings) -> None:
@@ -79,6 +102,13 @@ def register(environment_settings) -> None:
             # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated
             # tokens (num_items_in_batch); the Trainer must not divide by the accumulation steps again
             self.trainer.model_accepts_loss_kwargs = True
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            super().on_epoch_end(args, state, control, model=model, **kwargs)
+            best, run_args = Path(args.output_dir) / BEST_DIR, Path(args.output_dir) / "args.json"
+            if state.is_world_process_zero and best.is_dir() and run_args.is_file():
+                # as in every checkpoint-N swift writes: what swift infer/export read back (model, template, plugin)
+                shutil.copy(run_args, best / "args.json")
 
     register_template(QwenTemplateMeta(TEMPLATE, template_cls=ForgeryTemplate), exist_ok=True)
     callbacks_map[CALLBACK] = SwiftForgeryCallback

@@ -10,6 +10,10 @@ model_type / template / callbacks, and it registers, for a recipe to select by n
 Settings are variables of the recipe's ENV block, QVR_<FEATURE>_<KEY> (env_settings); they are checked here on
 import, so a misspelt one fails before any model loads, naming the variable and the recipe.
 
+Every ms-swift recipe names this plugin, also without our features: it keeps in the run's args.json what swift
+infer / deploy / export need to see images as training did (the pixel limits, our settings) and gives them back
+when swift imports it from there (swift_serving).
+
 Where the file is: swift's import_external_file takes a file path only, made absolute against the working
 directory (no module names; not relative to the recipe). Recipes name it relative to the repository root, as
 their dataset and output_dir are; from any other directory give swift the installed file,
@@ -31,13 +35,16 @@ def environment_settings(feature: str) -> dict:
 
 
 def register() -> None:
+    from swift.arguments import InferArguments
+
     from custom_modules.forgery.settings import parse_settings as forgery_settings
-    from custom_modules.integrations import swift_forgery, swift_speedups, swift_vision_encoder
+    from custom_modules.integrations import swift_forgery, swift_serving, swift_speedups, swift_vision_encoder
     from custom_modules.integrations.env_settings import read_settings, recipe_source
     from custom_modules.recipe_keys import env_where
     from custom_modules.speedups import parse_settings as speedups_settings
     from custom_modules.vision_encoder.settings import parse_settings as vision_encoder_settings
 
+    args = swift_serving.prepare(os.environ)  # before any setting is read: serving restores them
     source, recipe_env = recipe_source()
     parsers = {"forgery": forgery_settings, "vision_encoder": vision_encoder_settings, "speedups": speedups_settings}
     for feature, settings in read_settings(os.environ, source, recipe_env).items():
@@ -45,6 +52,8 @@ def register() -> None:
             parsers[feature](settings, env_where(feature))
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from error
+    if isinstance(args, InferArguments):  # swift infer / deploy / app / eval
+        swift_forgery.check_servable(environment_settings("forgery"), f"{args.ckpt_dir or args.model}")
     swift_forgery.register(environment_settings)
     swift_vision_encoder.register(environment_settings)
     swift_speedups.register(environment_settings)

@@ -302,3 +302,40 @@ def test_vision_encoder_output_is_scored_by_eval_run(recipe, trained, workspace,
         answer = answer.tolist()
         cut = next((i for i, t in enumerate(answer) if t in generator.stop_ids), len(answer))
         assert row["prediction"] == processor.tokenizer.decode(answer[:cut], skip_special_tokens=False)
+
+
+# What `swift infer` does with a checkpoint of ours, from a folder of its own with none of the recipe's settings in
+# its environment: the plugin, the model type, the template and the QVR_* settings come back from args.json.
+SERVED = {"qwen2_5_vl_7b_t2_lm_supervised": "answers", "qwen3_vl_4b_raddino_stage2": "answers",
+          "qwen2_5_vl_7b_t1_vit_lora_head": "refused"}
+
+
+@pytest.mark.parametrize("recipe", [r for r in CUSTOM if r.trainer == "swift" and r.path.stem in SERVED],
+                         ids=recipe_id)
+def test_swift_infer_serves_the_checkpoint(recipe, trained, workspace, tiny_model_dir):
+    root = workspace[0]
+    checkpoint = saved(recipe, trained(recipe))
+    serve = root / "serve" / recipe.path.stem
+    serve.mkdir(parents=True)
+    rows = root / f"swift-{recipe.family}" / recipe.config["dataset"]
+    (serve / "rows.jsonl").write_text("".join(line + "\n" for line in rows.read_text().splitlines()[:2]))
+    infer = subprocess.run([venv_bin("swift") / "swift", "infer", "--adapters", checkpoint, "--val_dataset",
+                            serve / "rows.jsonl", "--max_new_tokens", "2", "--result_path", serve / "infer.jsonl"],
+                           cwd=serve, env=trainer_env("swift"), capture_output=True, text=True, timeout=600)
+    if SERVED[recipe.path.stem] == "answers":
+        assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
+        answers = [json.loads(line)["response"] for line in (serve / "infer.jsonl").read_text().splitlines()]
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+        return
+    # the head does not run inside swift: the error names the command that scores with it, which does
+    assert infer.returncode != 0
+    assert "forgery mode vit_lora_head scores images with its head" in infer.stderr, infer.stderr[-3000:]
+    assert "qvr-eval predict" in infer.stderr
+    images = [json.loads(line)["images"][0] for line in rows.read_text().splitlines()[:2]]
+    (serve / "images.txt").write_text("".join(f"{image}\n" for image in images))
+    subprocess.run([venv_bin("llamafactory") / "qvr-eval", "predict", "--model", tiny_model_dir(recipe.family),
+                    "--checkpoint", checkpoint, "--images", serve / "images.txt", "--out", serve / "predict"],
+                   cwd=serve, env=trainer_env("llamafactory"), check=True, capture_output=True)
+    scored = [json.loads(line) for line in (serve / "predict" / "scores.jsonl").read_text().splitlines()]
+    assert [row["image"] for row in scored] == images
+    assert all((serve / "predict" / row["heatmap"]).is_file() for row in scored)
