@@ -1,4 +1,4 @@
-"""python -m eval run|score|compare — see `python -m eval <command> --help`."""
+"""python -m eval run|score|compare|predict — see `python -m eval <command> --help`."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,13 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _predict(args) -> None:
+    from eval.predict import run_predict, summary
+    scores = run_predict(args.model, args.checkpoint, args.images, args.out, prompt=args.prompt,
+                         batch_size=args.batch_size, device=args.device)
+    print(json.dumps(summary(scores), indent=2))
 
 
 def add_pixel_limits(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -133,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-images", type=int, default=4, help="grounding pictures drawn")
     compare.add_argument("--debug", **debug)
     compare.set_defaults(func=_compare)
+
+    predict = sub("predict", help="forgery scores and heatmaps for unlabelled images",
+                  description="Scores every image of a folder (or of a list file: one path a line) with a "
+                  "custom_modules.forgery checkpoint, as `eval run --task forgery` scores it, and writes "
+                  "<out>/scores.jsonl (image, p_fake, prediction, lm_answer, head_prob, lm_prob, heatmap) and "
+                  "<out>/heatmaps/*.png (the head's predicted map over each image).")
+    predict.add_argument("--model", required=True, help="the base model the checkpoint was trained on")
+    predict.add_argument("--checkpoint", required=True,
+                         help="dir with forgery_head.safetensors (+ adapters): output dir, checkpoint-N, best_by_AUROC")
+    predict.add_argument("--images", required=True, help="a folder of images, or a text file listing one a line")
+    predict.add_argument("--out", required=True, help="output folder (new, or an earlier predict output)")
+    predict.add_argument("--prompt", default=None,
+                         help="user turn with <image> (default: the forgery converter's, with the checkpoint's words)")
+    predict.add_argument("--batch-size", type=int, default=4, help="images scored together")
+    predict.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    predict.add_argument("--debug", **debug)
+    predict.set_defaults(func=_predict)
     return parser
 
 

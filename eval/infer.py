@@ -182,14 +182,18 @@ class TransformersGenerator:
         return self.processor.apply_chat_template(chat_messages(sample.prompt), tokenize=False,
                                                   add_generation_prompt=True)
 
+    def encode(self, batch: list[EvalSample]):
+        """The model inputs of a batch: prompts in the chat template, images at the size training fed them."""
+        images = [self.load_image(p) for s in batch for p in s.images]
+        return self.processor(text=[self.prompt_text(s) for s in batch], images=images or None, padding=True,
+                              return_tensors="pt", **passthrough_size(images)).to(self.device)
+
     def generate(self, batch: list[EvalSample], max_new_tokens: int,
                  score_words: tuple[str, str] | None = None) -> list[Generation]:
         """Greedy answers; with score_words=(real, fake), also P(fake) from the first answer token's logits
         restricted to the two words' first tokens."""
         torch = self.torch
-        images = [self.load_image(p) for s in batch for p in s.images]
-        inputs = self.processor(text=[self.prompt_text(s) for s in batch], images=images or None,
-                                padding=True, return_tensors="pt", **passthrough_size(images)).to(self.device)
+        inputs = self.encode(batch)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.processor.tokenizer.pad_token_id,
@@ -218,7 +222,9 @@ class ForgeryHeadScorer:
     computes it; the answer is the fake word when P(fake) >= the checkpoint's threshold, else the real word.
     Images go through the processor as the forgery training loop fed them (no pre-resize)."""
 
-    def __init__(self, model: str, checkpoint: Path, *, words: tuple[str, str], device: str | None = None):
+    def __init__(self, model: str, checkpoint: Path, *, words: tuple[str, str] | None = None,
+                 device: str | None = None):
+        """words: (real, fake) answer words; None: the checkpoint's own (its negative/positive responses)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from custom_modules.forgery.checkpoint import load_checkpoint
@@ -236,7 +242,8 @@ class ForgeryHeadScorer:
             self.model, self.modules = load_checkpoint(base, checkpoint, self.processor.tokenizer)
         self.model.to(self.device)
         self.adapter = Path(checkpoint)
-        self.real_word, self.fake_word = words
+        settings = self.modules.settings
+        self.real_word, self.fake_word = words or (settings.negative_response, settings.positive_response)
 
     def describe(self) -> str:
         settings = self.modules.settings
@@ -250,6 +257,8 @@ class ForgeryHeadScorer:
         rows = [{"messages": s.prompt + [{"role": "assistant", "content": str(s.reference)}], "images": s.images,
                  "label": s.extra.get("label", 0), "mask": s.extra.get("mask")} for s in batch]
         records, _, _ = predict(self.model, self.modules, self.processor, rows, batch_size=len(rows))
-        threshold = self.modules.settings.threshold
-        return [Generation(text=self.fake_word if r["score"] >= threshold else self.real_word, score=r["score"])
-                for r in records]
+        return [Generation(text=self.decide(r["score"]), score=r["score"]) for r in records]
+
+    def decide(self, score: float) -> str:
+        """The checkpoint's answer for P(fake) `score`: the fake word from its threshold on."""
+        return self.fake_word if score >= self.modules.settings.threshold else self.real_word

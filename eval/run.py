@@ -258,6 +258,10 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
         metrics["run"] = run_info
         if left_out:
             metrics["left_out"] = f"{left_out} rows whose answer holds no box (REG: box -> phrase)"
+        if task == "forgery":  # the pictures: ROC / PR curves, and the head's maps of a few images
+            from eval.figures import forgery_report, forgery_run_figures
+            metrics["figures"] = forgery_run_figures(out, metrics, judged, samples, generator if head else None)
+            write_text_atomic(out / "report.md", forgery_report(metrics, metrics["figures"]))
         write_scores(out, metrics, judged)
     return metrics
 

@@ -36,8 +36,10 @@ def autocast(device: torch.device, amp_dtype: str):
 
 @torch.no_grad()
 def predict(model, modules: ForgeryModules, processor, rows: list[dict], batch_size: int = 4,
-            amp_dtype: str = "fp32", progress: bool = False) -> tuple[list[dict], list, list]:
-    """Per-sample predictions, plus the heatmap probabilities and masks of fakes with a mask."""
+            amp_dtype: str = "fp32", progress: bool = False,
+            heatmaps: bool = False) -> tuple[list[dict], list, list]:
+    """Per-sample predictions, plus the heatmap probabilities and masks of fakes with a mask; with `heatmaps`,
+    every record also carries its own map (`heatmap`: mask_size x mask_size probabilities, None without a head)."""
     device = next(model.parameters()).device
     collate = Collator(processor, modules.settings.mask_size, with_answer=False)
     was_training = model.training
@@ -57,6 +59,8 @@ def predict(model, modules: ForgeryModules, processor, rows: list[dict], batch_s
             record = {"image": row["images"][0], "label": int(row["label"]), "score": float(out.score[i]),
                       "head_prob": float(torch.sigmoid(out.image_logits[i].float())) if out.image_logits is not None else None,
                       "lm_prob": float(out.lm_fake_prob[i]) if out.lm_fake_prob is not None else None}
+            if heatmaps:
+                record["heatmap"] = heat[i].numpy() if heat is not None else None
             if heat is not None and row["label"] == 1 and bool(fields["forgery_mask_valid"][i]):
                 prob_maps.append(heat[i].numpy())
                 masks.append(fields["forgery_masks"][i].numpy())
