@@ -79,6 +79,15 @@ def test_hub_trap_counts_a_proxied_request(hub_trap):
     assert hub_trap.requests[before:] == ["GET http://example.invalid/ HTTP/1.1"]
 
 
+def tensorboard_losses(output_dir) -> list[tuple[int, float]]:
+    """(step, training loss) pairs of the one TensorBoard event file under `output_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = output_dir.glob("runs/**/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events)).Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars("train/loss")]
+
+
 @pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
 def test_seed_caption_recipe_trains_two_steps_offline(trainer, caption_data, tiny_model_dir, hub_trap, tmp_path):
     from peft import PeftModel
@@ -96,6 +105,10 @@ def test_seed_caption_recipe_trains_two_steps_offline(trainer, caption_data, tin
     history = loss_history(trainer, output_dir)
     assert [step for step, _ in history] == [1, 2]
     assert all(math.isfinite(loss) for _, loss in history)
+    # the recipe's report_to: tensorboard, its event file under the output folder
+    logged = tensorboard_losses(output_dir)
+    assert [step for step, _ in logged] == [1, 2]
+    assert [loss for _, loss in logged] == pytest.approx([loss for _, loss in history], rel=1e-4)
     checkpoint = output_dir / "checkpoint-2"  # saved at the last step, the model alone: a learning run is not resumed
     assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
 
