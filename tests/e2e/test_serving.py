@@ -1,12 +1,15 @@
-"""A trained ms-swift checkpoint answers through swift's own serving commands as `eval run` answers, with no flag:
-the Qwen2.5-VL grounding recipe, trained two steps by its Run line with pixel limits that shrink the test images
-(as a 602,112-pixel limit shrinks a photo), then `swift infer` and a `swift deploy` server on 127.0.0.1, both
-started from a folder outside the repository without the limits in their environment. The model must see
-training's image grid: the prompt's token count and the first answer token's log-probability are compared with
-`eval run`'s inputs (an untrained model's answers alone would agree whatever the grid)."""
+"""A trained checkpoint answers through the trainers' own serving commands as `eval run` answers it.
+
+The Qwen2.5-VL grounding recipes, trained two steps by their Run lines with pixel limits that shrink the test images
+(as a 602,112-pixel limit shrinks a photo). ms-swift: `swift infer` and a `swift deploy` server on 127.0.0.1, both
+started from a folder outside the repository with no pixel limit in their environment or on their command line.
+LLaMA-Factory: `llamafactory-cli api` with the keys docs/serving.md gives. The model must see training's image grid:
+the prompt's token count and the first answer token's log-probability are compared with `eval run`'s inputs (an
+untrained model's answers alone would agree whatever the grid)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -23,90 +26,110 @@ import torch
 from converters.geometry import resized_size
 from eval.data import load_samples, read_manifest_entry
 from eval.infer import TransformersGenerator
-from eval.run import data_settings, run_eval
+from eval.run import data_settings, run_eval, with_model_processor
 from tools.learning import adapter_dir, location_overrides
 from tools.synthetic_data import make_refcoco
 from tools.trainers import REPO_ROOT, run_logged, train_command, trainer_env, venv_bin
 
-RECIPE = REPO_ROOT / "recipes/grounding/swift/qwen2_5_vl_7b_lora.yaml"
+RECIPES = {t: REPO_ROOT / f"recipes/grounding/{t}/qwen2_5_vl_7b_lora.yaml" for t in ("llamafactory", "swift")}
 PIXELS = {"MIN_PIXELS": 3136, "MAX_PIXELS": 6272}  # 8 visual tokens at most: every test image shrinks
-ROWS = 3  # val rows answered by each command
+ROWS = 3  # val rows answered by swift infer
 NEW_TOKENS = 3
 
 
 @pytest.fixture(scope="module")
-def grounding(tmp_path_factory, tiny_model_dir):
-    """(data dir, trained checkpoint, a folder outside the repository): the recipe through `swift sft`, from the
-    repository root as its Run line, with the pixel limits given the way a shell overrides a recipe's ENV."""
+def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    data = root / "data"
+    out = root / "data"
     subprocess.run([sys.executable, "-m", "converters", "refcoco", "--input", str(make_refcoco(root / "src", n=12)),
-                    "--out", str(data), "--model", "qwen2_5_vl", "--name", "refcocog",
+                    "--out", str(out), "--model", "qwen2_5_vl", "--name", "refcocog",
                     "--min-pixels", str(PIXELS["MIN_PIXELS"]), "--max-pixels", str(PIXELS["MAX_PIXELS"])],
                    check=True, capture_output=True, cwd=REPO_ROOT)
-    output_dir = root / "out"
-    overrides = {**location_overrides("swift", tiny_model_dir("qwen2_5_vl"), data, "refcocog", output_dir, 2),
-                 "dataloader_num_workers": 0, "dataset_num_proc": 1}
-    run_logged(train_command("swift", RECIPE, overrides), root / "train.log", timeout=900,
-               env=trainer_env("swift", **{k: str(v) for k, v in PIXELS.items()}))
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    return data, adapter_dir("swift", output_dir), elsewhere
-
-
-def serving_env() -> dict:
-    env = trainer_env("swift")
-    for name in (*PIXELS, "IMAGE_MIN_TOKEN_NUM", "IMAGE_MAX_TOKEN_NUM"):
-        env.pop(name, None)
-    return env
+    (root / "elsewhere").mkdir()
+    return out
 
 
 @pytest.fixture(scope="module")
-def eval_side(grounding, tiny_model_dir):
-    """`eval run`'s answers, and per row (prompt tokens, log-probability of the first answer token) of its inputs."""
-    data, checkpoint, elsewhere = grounding
-    model = tiny_model_dir("qwen2_5_vl")
-    val = data / "refcocog_val.jsonl"
-    run_eval("grounding", str(model), val, elsewhere / "eval", adapter=str(checkpoint), limit=ROWS,
-             max_new_tokens=NEW_TOKENS, java_metrics=False)
-    answers = [json.loads(line)["prediction"] for line in (elsewhere / "eval" / "predictions.jsonl").open()]
-    convention = data_settings("grounding", val, read_manifest_entry(val)).box_convention()
+def trained(data, tiny_model_dir):
+    """trained(trainer) -> its checkpoint of the recipe, run from the repository root as its Run line; the pixel
+    limits given as a user overrides them (ms-swift: in the shell, over the recipe's ENV; LLaMA-Factory: keys)."""
+    done = {}
+
+    def train(trainer: str) -> Path:
+        if trainer not in done:
+            output_dir = data.parent / f"out-{trainer}"
+            overrides = location_overrides(trainer, tiny_model_dir("qwen2_5_vl"), data, "refcocog", output_dir, 2)
+            env = trainer_env(trainer)
+            if trainer == "swift":
+                overrides.update(dataloader_num_workers=0, dataset_num_proc=1)
+                env.update({k: str(v) for k, v in PIXELS.items()})
+            else:
+                overrides.update(preprocessing_num_workers=1, image_min_pixels=PIXELS["MIN_PIXELS"],
+                                 image_max_pixels=PIXELS["MAX_PIXELS"])
+            run_logged(train_command(trainer, RECIPES[trainer], overrides), data.parent / f"train-{trainer}.log",
+                       env=env, timeout=900)
+            done[trainer] = adapter_dir(trainer, output_dir)
+        return done[trainer]
+    return train
+
+
+def eval_inputs(model: Path, checkpoint: Path, data_file: Path) -> tuple[list, list[tuple[int, float]]]:
+    """The first val samples, each with (prompt tokens, log-probability of the first answer token) of the inputs
+    `eval run` builds for it; checks that the trainer's default limits would give these images another grid."""
+    settings = data_settings("grounding", data_file, read_manifest_entry(data_file))
+    samples = load_samples(data_file, "grounding")[:ROWS]
+    convention = with_model_processor(settings, "grounding", str(model), data_file, samples).box_convention()
     generator = TransformersGenerator(str(model), str(checkpoint), convention=convention)
-    samples = load_samples(val, "grounding")[:ROWS]
     firsts = []
     for sample in samples:
         inputs = generator.encode([sample])
         with torch.inference_mode():
             logits = generator.model(**inputs).logits[0, -1].float()
         firsts.append((inputs["input_ids"].shape[1], float(torch.log_softmax(logits, -1).max())))
-    # the test means something only if swift's default limits would give these images another grid
-    sizes = [tuple(s.image_size()) for s in samples]
-    default = [resized_size(*size, "qwen2_5_vl", "swift", min_pixels=3136, max_pixels=16384 * 28 * 28)
-               for size in sizes]
-    assert all(convention.resized(size) != grid for size, grid in zip(sizes, default))
-    return samples, answers, firsts
+    # the test means something only where serving at the trainer's default limits would feed another grid
+    path, default_min, default_max = (("swift", 4 * 28 * 28, 16384 * 28 * 28) if convention.resize_path == "swift"
+                                      else ("llamafactory", 32 * 32, 768 * 768))
+    for size in (tuple(s.image_size()) for s in samples):
+        default = resized_size(*size, "qwen2_5_vl", path, min_pixels=default_min, max_pixels=default_max,
+                               processor_pixels=convention.processor_pixels)
+        assert convention.resized(size) != default
+    return samples, firsts
 
 
-def test_checkpoint_records_what_serving_needs(grounding):
-    _, checkpoint, _ = grounding
-    saved = json.loads((checkpoint / "args.json").read_text())
+def eval_answers(model: Path, checkpoint: Path, data_file: Path, out: Path) -> list[str]:
+    run_eval("grounding", str(model), data_file, out, adapter=str(checkpoint), limit=ROWS,
+             max_new_tokens=NEW_TOKENS, java_metrics=False)
+    return [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").open()]
+
+
+def serving_env(trainer: str, **extra) -> dict:
+    env = trainer_env(trainer, **extra)
+    for name in (*PIXELS, "IMAGE_MIN_TOKEN_NUM", "IMAGE_MAX_TOKEN_NUM"):
+        env.pop(name, None)
+    return env
+
+
+def test_swift_checkpoint_records_what_serving_needs(trained):
+    saved = json.loads((trained("swift") / "args.json").read_text())
     assert saved["model_kwargs"] == {k: str(v) for k, v in PIXELS.items()}
     assert saved["external_plugins"] == [str(REPO_ROOT / "custom_modules/integrations/swift_plugin.py")]
 
 
-def test_swift_infer_sees_training_image_grid(grounding, eval_side):
-    data, checkpoint, elsewhere = grounding
-    samples, answers, firsts = eval_side
+def test_swift_infer_sees_training_image_grid(trained, data, tiny_model_dir):
+    checkpoint, elsewhere, val = trained("swift"), data.parent / "elsewhere", data / "refcocog_val.jsonl"
+    _, firsts = eval_inputs(tiny_model_dir("qwen2_5_vl"), checkpoint, val)
     rows = elsewhere / "rows.jsonl"
-    rows.write_text("".join(line + "\n" for line in (data / "refcocog_val.jsonl").read_text().splitlines()[:ROWS]))
+    rows.write_text("".join(line + "\n" for line in val.read_text().splitlines()[:ROWS]))
     result = elsewhere / "infer.jsonl"
     run_logged([str(venv_bin("swift") / "swift"), "infer", "--adapters", str(checkpoint), "--val_dataset", str(rows),
                 "--max_new_tokens", str(NEW_TOKENS), "--temperature", "0", "--logprobs", "true",
-                "--result_path", str(result)], elsewhere / "infer.log", env=serving_env(), cwd=elsewhere, timeout=600)
+                "--result_path", str(result)], elsewhere / "infer.log", env=serving_env("swift"), cwd=elsewhere,
+               timeout=600)
     infer = [json.loads(line) for line in result.read_text().splitlines()]
-    assert [row["response"] for row in infer] == answers
     assert [row["logprobs"]["content"][0]["logprob"] for row in infer] == pytest.approx(
         [logprob for _, logprob in firsts], abs=1e-4)
+    answers = eval_answers(tiny_model_dir("qwen2_5_vl"), checkpoint, val, elsewhere / "eval-swift")
+    assert [row["response"] for row in infer] == answers
     restored = ", ".join(f"{k}={v}" for k, v in PIXELS.items())
     assert f"qwenvl-recipes: from {checkpoint / 'args.json'}: {restored}" in (elsewhere / "infer.log").read_text()
 
@@ -117,46 +140,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+@contextlib.contextmanager
+def server(command: list[str], port: int, env: dict, log: Path):
+    """An OpenAI-style server on 127.0.0.1:`port`, up; stopped with every process it started (its group)."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, env=env,
+                                   start_new_session=True)
+    try:
+        deadline, model = time.monotonic() + 600, None
+        while model is None:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as response:
+                    model = json.load(response)["data"][0]["id"]
+            except OSError:
+                assert time.monotonic() < deadline, f"no server on port {port} after 600 s"
+                time.sleep(2)
+        yield model
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def ask(port: int, model: str, sample, **options) -> dict:
+    """One chat request: the sample's image as base64 and its prompt text, as docs/serving.md writes it."""
+    image = base64.b64encode(Path(sample.images[0]).read_bytes()).decode()
+    body = {"model": model, "max_tokens": NEW_TOKENS, **options, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{image}"}},
+        {"type": "text", "text": sample.prompt[0]["content"].replace("<image>", "")}]}]}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=300) as response:
         return json.load(response)
 
 
-def test_swift_deploy_answers_an_openai_request_as_eval_run(grounding, eval_side):
-    _, checkpoint, elsewhere = grounding
-    samples, answers, firsts = eval_side
+def test_swift_deploy_answers_an_openai_request_as_eval_run(trained, data, tiny_model_dir):
+    checkpoint, elsewhere, val = trained("swift"), data.parent / "elsewhere", data / "refcocog_val.jsonl"
+    samples, firsts = eval_inputs(tiny_model_dir("qwen2_5_vl"), checkpoint, val)
     port = free_port()
-    with open(elsewhere / "deploy.log", "w") as log:
-        server = subprocess.Popen([str(venv_bin("swift") / "swift"), "deploy", "--adapters", str(checkpoint),
-                                   "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                  cwd=elsewhere, env=serving_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, (elsewhere / "deploy.log").read_text()[-3000:]
-            try:
-                models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5))
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "swift deploy did not start"
-                time.sleep(2)
-        sample = samples[0]
-        image = base64.b64encode(Path(sample.images[0]).read_bytes()).decode()
-        text = sample.prompt[0]["content"].replace("<image>", "")
-        reply = post(f"http://127.0.0.1:{port}/v1/chat/completions", {
-            "model": models["data"][0]["id"], "max_tokens": NEW_TOKENS, "temperature": 0, "logprobs": True,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{image}"}},
-                {"type": "text", "text": text}]}]})
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    with server([str(venv_bin("swift") / "swift"), "deploy", "--adapters", str(checkpoint), "--host", "127.0.0.1",
+                 "--port", str(port)], port, serving_env("swift"), elsewhere / "deploy.log") as model:
+        reply = ask(port, model, samples[0], temperature=0, logprobs=True)
+    answers = eval_answers(tiny_model_dir("qwen2_5_vl"), checkpoint, val, elsewhere / "eval-deploy")
     choice = reply["choices"][0]
     assert choice["message"]["content"] == answers[0]
     assert reply["usage"]["prompt_tokens"] == firsts[0][0]
     assert choice["logprobs"]["content"][0]["logprob"] == pytest.approx(firsts[0][1], abs=1e-4)
+
+
+def test_llamafactory_api_with_the_recipe_keys_answers_as_eval_run(trained, data, tiny_model_dir):
+    checkpoint, elsewhere, val = trained("llamafactory"), data.parent / "elsewhere", data / "refcocog_val.json"
+    model_dir = tiny_model_dir("qwen2_5_vl")
+    samples, firsts = eval_inputs(model_dir, checkpoint, val)
+    port = free_port()
+    command = [str(venv_bin("llamafactory") / "llamafactory-cli"), "api", "--model_name_or_path", str(model_dir),
+               "--adapter_name_or_path", str(checkpoint), "--template", "qwen2_vl",
+               "--image_max_pixels", str(PIXELS["MAX_PIXELS"]), "--image_min_pixels", str(PIXELS["MIN_PIXELS"])]
+    with server(command, port, serving_env("llamafactory", API_HOST="127.0.0.1", API_PORT=str(port)),
+                elsewhere / "api.log") as model:
+        reply = ask(port, model, samples[0], do_sample=False)
+    answers = eval_answers(model_dir, checkpoint, val, elsewhere / "eval-api")
+    assert reply["choices"][0]["message"]["content"] == answers[0]
+    assert reply["usage"]["prompt_tokens"] == firsts[0][0]

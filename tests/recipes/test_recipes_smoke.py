@@ -202,3 +202,9 @@ def test_export_recipe_merges_into_loadable_model(trainer, trained, tiny_model_d
     inputs = processor(text=[prompt], images=[Image.new("RGB", (56, 56), (200, 30, 30))], return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+    # the merged model answers as base + adapter (what eval run loads)
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny), str(adapter)).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, tuned(**inputs).logits, atol=1e-4)
