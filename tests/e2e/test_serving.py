@@ -96,10 +96,24 @@ def eval_inputs(model: Path, checkpoint: Path, data_file: Path) -> tuple[list, l
     return samples, firsts
 
 
-def eval_answers(model: Path, checkpoint: Path, data_file: Path, out: Path) -> list[str]:
-    run_eval("grounding", str(model), data_file, out, adapter=str(checkpoint), limit=ROWS,
-             max_new_tokens=NEW_TOKENS, java_metrics=False)
-    return [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").open()]
+@pytest.fixture(scope="module")
+def expected(trained, data, tiny_model_dir):
+    """expected(trainer) -> (samples, [(prompt tokens, first-token log-probability)], eval run's answers) on the val
+    split file of that trainer's checkpoint."""
+    done = {}
+
+    def get(trainer: str):
+        if trainer not in done:
+            model, checkpoint = tiny_model_dir("qwen2_5_vl"), trained(trainer)
+            val = data / f"refcocog_val.{'jsonl' if trainer == 'swift' else 'json'}"
+            samples, firsts = eval_inputs(model, checkpoint, val)
+            out = data.parent / f"eval-{trainer}"
+            run_eval("grounding", str(model), val, out, adapter=str(checkpoint), limit=ROWS,
+                     max_new_tokens=NEW_TOKENS, java_metrics=False)
+            answers = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").open()]
+            done[trainer] = samples, firsts, answers
+        return done[trainer]
+    return get
 
 
 def serving_env(trainer: str, **extra) -> dict:
@@ -115,9 +129,9 @@ def test_swift_checkpoint_records_what_serving_needs(trained):
     assert saved["external_plugins"] == [str(REPO_ROOT / "custom_modules/integrations/swift_plugin.py")]
 
 
-def test_swift_infer_sees_training_image_grid(trained, data, tiny_model_dir):
+def test_swift_infer_sees_training_image_grid(trained, expected, data):
     checkpoint, elsewhere, val = trained("swift"), data.parent / "elsewhere", data / "refcocog_val.jsonl"
-    _, firsts = eval_inputs(tiny_model_dir("qwen2_5_vl"), checkpoint, val)
+    _, firsts, answers = expected("swift")
     rows = elsewhere / "rows.jsonl"
     rows.write_text("".join(line + "\n" for line in val.read_text().splitlines()[:ROWS]))
     result = elsewhere / "infer.jsonl"
@@ -128,7 +142,6 @@ def test_swift_infer_sees_training_image_grid(trained, data, tiny_model_dir):
     infer = [json.loads(line) for line in result.read_text().splitlines()]
     assert [row["logprobs"]["content"][0]["logprob"] for row in infer] == pytest.approx(
         [logprob for _, logprob in firsts], abs=1e-4)
-    answers = eval_answers(tiny_model_dir("qwen2_5_vl"), checkpoint, val, elsewhere / "eval-swift")
     assert [row["response"] for row in infer] == answers
     restored = ", ".join(f"{k}={v}" for k, v in PIXELS.items())
     assert f"qwenvl-recipes: from {checkpoint / 'args.json'}: {restored}" in (elsewhere / "infer.log").read_text()
@@ -178,24 +191,22 @@ def ask(port: int, model: str, sample, **options) -> dict:
         return json.load(response)
 
 
-def test_swift_deploy_answers_an_openai_request_as_eval_run(trained, data, tiny_model_dir):
-    checkpoint, elsewhere, val = trained("swift"), data.parent / "elsewhere", data / "refcocog_val.jsonl"
-    samples, firsts = eval_inputs(tiny_model_dir("qwen2_5_vl"), checkpoint, val)
+def test_swift_deploy_answers_an_openai_request_as_eval_run(trained, expected, data):
+    checkpoint, elsewhere = trained("swift"), data.parent / "elsewhere"
+    samples, firsts, answers = expected("swift")
     port = free_port()
     with server([str(venv_bin("swift") / "swift"), "deploy", "--adapters", str(checkpoint), "--host", "127.0.0.1",
                  "--port", str(port)], port, serving_env("swift"), elsewhere / "deploy.log") as model:
         reply = ask(port, model, samples[0], temperature=0, logprobs=True)
-    answers = eval_answers(tiny_model_dir("qwen2_5_vl"), checkpoint, val, elsewhere / "eval-deploy")
     choice = reply["choices"][0]
     assert choice["message"]["content"] == answers[0]
     assert reply["usage"]["prompt_tokens"] == firsts[0][0]
     assert choice["logprobs"]["content"][0]["logprob"] == pytest.approx(firsts[0][1], abs=1e-4)
 
 
-def test_llamafactory_api_with_the_recipe_keys_answers_as_eval_run(trained, data, tiny_model_dir):
-    checkpoint, elsewhere, val = trained("llamafactory"), data.parent / "elsewhere", data / "refcocog_val.json"
-    model_dir = tiny_model_dir("qwen2_5_vl")
-    samples, firsts = eval_inputs(model_dir, checkpoint, val)
+def test_llamafactory_api_with_the_recipe_keys_answers_as_eval_run(trained, expected, data, tiny_model_dir):
+    checkpoint, elsewhere, model_dir = trained("llamafactory"), data.parent / "elsewhere", tiny_model_dir("qwen2_5_vl")
+    samples, firsts, answers = expected("llamafactory")
     port = free_port()
     command = [str(venv_bin("llamafactory") / "llamafactory-cli"), "api", "--model_name_or_path", str(model_dir),
                "--adapter_name_or_path", str(checkpoint), "--template", "qwen2_vl",
@@ -203,6 +214,5 @@ def test_llamafactory_api_with_the_recipe_keys_answers_as_eval_run(trained, data
     with server(command, port, serving_env("llamafactory", API_HOST="127.0.0.1", API_PORT=str(port)),
                 elsewhere / "api.log") as model:
         reply = ask(port, model, samples[0], do_sample=False)
-    answers = eval_answers(model_dir, checkpoint, val, elsewhere / "eval-api")
     assert reply["choices"][0]["message"]["content"] == answers[0]
     assert reply["usage"]["prompt_tokens"] == firsts[0][0]
