@@ -3,6 +3,7 @@ then score them (metrics.json, samples.jsonl)."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from eval.score import ScoreSettings, normalize_records, score_records, write_sc
 from qwenvl_recipes.io import (InputError, folder_lock, os_error_cause, read_input_text, read_json, sha256_file,
                                write_json_atomic, write_text_atomic)
 
-RUN_OUTPUTS = ("predictions.jsonl", "metrics.json", "samples.jsonl")
+RUN_OUTPUTS = ("predictions.jsonl", "metrics.json", "samples.jsonl", "report.md")
 # Besides config.json, the processor configs: eval reads a local checkpoint's image limits from them.
 MODEL_CONFIGS = ("config.json", "preprocessor_config.json", "processor_config.json")
 
@@ -124,6 +125,8 @@ def start_out(out: Path, run_info: dict, overwrite: bool) -> None:
     if overwrite:
         for name in RUN_OUTPUTS:
             (out / name).unlink(missing_ok=True)
+        from eval.figures import FIGURE_DIR
+        shutil.rmtree(out / FIGURE_DIR, ignore_errors=True)
     write_json_atomic(out / "run.json", run_info)
 
 
