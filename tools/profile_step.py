@@ -32,8 +32,8 @@ from pathlib import Path
 from qwenvl_recipes.io import write_text_atomic
 from tools.bench_data import write_bench_data
 from tools.bench.records import count_params
-from tools.bench.variants import BENCH_MODELS
-from tools.bench.worker import SEED_LORA, encode_batch
+from tools.bench.variants import BENCH_LIST, SEED_LORA, bench_of
+from tools.bench.worker import encode_batch
 from tools.mfu import mfu, step_flops
 from tools.model_configs import FAMILY_OF_MODEL
 
@@ -129,7 +129,7 @@ def measure(model, optimizer, inputs, labels, steps: int, warmup: int) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=sorted(BENCH_MODELS))
+    parser.add_argument("--model", required=True, choices=sorted({b.model for b in BENCH_LIST}))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per lever set")
     parser.add_argument("--warmup", type=int, default=3)
@@ -148,11 +148,11 @@ def main(argv=None) -> None:
     from tools.random_checkpoint import REAL_PIXELS
     from tools.tiny_models import build_processor, build_tokenizer
 
-    family, task = FAMILY_OF_MODEL[args.model], BENCH_MODELS[args.model]
+    family, bench = FAMILY_OF_MODEL[args.model], bench_of(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = write_bench_data(Path(args.work) / args.model / args.data, task["task"], args.batch, family, *task["pixels"],
-                            shape=args.data, resize=task["resize"])
+    data = write_bench_data(Path(args.work) / args.model / args.data, bench.task, args.batch, family, *bench.pixels,
+                            shape=args.data, resize=bench.resize)
     rows = json.loads((data / "bench_train.json").read_text())[:args.batch]
     device = "cpu" if args.tiny else "cuda"
     pixels = () if args.tiny else REAL_PIXELS[family]  # the tiny model's own limits, or the published ones

@@ -1,9 +1,11 @@
 """The CPU-testable parts of tools/bench/ and tools/mfu.py: MFU arithmetic, counting, step windows, ratios,
-table, schema, variant parsing and the trainer configs built from our perf recipes."""
+table, schema, variant parsing, the configs every benchmark's variants get (recipes, Unsloth's calls, the seed
+loops), the wheel sets and the worker's processes."""
 
 import gzip
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,6 +75,14 @@ class TinyVL(torch.nn.Module):
 @pytest.mark.parametrize("tied", [True, False])
 def test_count_params_excludes_embeddings_and_lora(tied):
     assert records.count_params(TinyVL(tied)) == (72, 40)
+
+
+def test_count_params_counts_a_modules_to_save_copy_once():
+    # the custom encoder's merger trains as a modules_to_save copy; peft keeps the untrained original beside it
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(TinyVL(tied=False), LoraConfig(r=2, target_modules=["layers"], modules_to_save=["visual"]))
+    assert records.count_params(wrapped) == (72, 40)
 
 
 def test_count_params_on_a_real_tiny_qwen(tiny_model_dir):
@@ -162,9 +172,9 @@ def test_table_rows_and_failures():
                           record("ours", 12.0, settings="batch 16", steps=20, padding_share=0.25),
                           record("ours_24gib", None, error="exit 1: CUDA out of memory", settings="batch 8")])
     lines = records.format_table(rows).splitlines()
-    assert lines[0].startswith("| model | data | trainer | variant |")
+    assert lines[0].startswith("| model | data | trainer | variant |") and lines[0].endswith("| x best Unsloth |")
     assert lines[3] == ("| qwen2_5_vl_7b | coco, grounding text | llamafactory | ours | batch 16 | 20 | 12.00 | 3960 | "
-                        "25% | 20.0 | 10.0% | 6.00 | - | - |")
+                        "25% | 20.0 | 10.0% | 6.00 | - | - | - |")
     assert "failed: exit 1: CUDA out of memory" in lines[4]
 
 
@@ -199,34 +209,53 @@ def test_report_labels_new_records_and_keeps_the_earlier_labels(tmp_path):
     assert [(r["samples_per_s"], r["run"]) for r in written] == [(12.0, "run T"), (13.0, "run U")]
 
 
+GROUNDING_7B = variants.BENCHES["qwen2_5_vl_7b", "grounding"]
+
+
 def test_parse_variant_overrides():
-    assert variants.parse_variant("lf_ours") == ("lf_ours", {})
-    assert variants.parse_variant("lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false") == (
-        "lf_ours", {"per_device_train_batch_size": 12, "enable_liger_kernel": False})
-    with pytest.raises(ValueError, match="unknown variant"):
-        variants.parse_variant("fastest")
+    assert variants.parse_variant("lf_ours", GROUNDING_7B) == ("lf_ours", {})
+    assert variants.parse_variant("lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false",
+                                  GROUNDING_7B) == ("lf_ours", {"per_device_train_batch_size": 12,
+                                                                "enable_liger_kernel": False})
+    with pytest.raises(ValueError, match="unknown variant 'fastest' of the qwen2_5_vl_7b grounding benchmark"):
+        variants.parse_variant("fastest", GROUNDING_7B)
+    with pytest.raises(ValueError, match="unknown variant 'lf_t1'"):  # a forgery variant, not a grounding one
+        variants.parse_variant("lf_t1", GROUNDING_7B)
     with pytest.raises(ValueError, match="key=value"):
-        variants.parse_variant("lf_ours:batch")
+        variants.parse_variant("lf_ours:batch", GROUNDING_7B)
 
 
-@pytest.mark.parametrize("model_id", sorted(variants.BENCH_MODELS))
-def test_every_planned_variant_has_its_recipe(model_id, tmp_path):
-    for name in variants.BENCH_MODELS[model_id]["variants"]:
-        if name == "seed":
-            continue
-        config, warm, window = variants.trainer_config(name, {}, model_id, tmp_path / "ckpt", tmp_path / "data",
-                                                 tmp_path, warmup=5, steps=20, cpu=False)
-        accum = config["gradient_accumulation_steps"]
-        assert warm % accum == 0 and warm >= 5
-        assert config["max_steps"] * accum == window and window - warm >= 20
-        assert config.get("model_name_or_path", config.get("model")) == str(tmp_path / "ckpt")
+def test_bench_of_a_model_defaults_to_its_perf_task_and_names_the_tasks_it_has():
+    assert variants.bench_of("qwen2_vl_2b").task == "caption"
+    assert variants.bench_of("qwen2_5_vl_7b").task == "grounding"
+    assert variants.bench_of("qwen3_vl_2b", "microscopy").images_per_sample == 2
+    with pytest.raises(ValueError, match="no 'forgery' benchmark of qwen3_vl_8b; its tasks: grounding, microscopy, "
+                                         "report"):
+        variants.bench_of("qwen3_vl_8b", "forgery")
+
+
+@pytest.mark.parametrize("bench", variants.BENCH_LIST, ids=lambda b: f"{b.model}-{b.task}")
+def test_every_variant_of_every_benchmark_builds_its_config(bench, tmp_path):
+    """Every variant (not only the defaults), on the GPU and on CPU: its recipe exists, whole optimizer steps
+    surround the window, the checkpoint is the benchmark's."""
+    assert set(bench.default) <= set(bench.variants)
+    for name in bench.variants:
+        for cpu in (False, True):
+            config, warm, window = variants.trainer_config(bench, name, {}, tmp_path / "ckpt", tmp_path / "data",
+                                                           tmp_path, warmup=5, steps=20, cpu=cpu)
+            accum = config.get("gradient_accumulation_steps", 1)
+            assert warm % accum == 0 and warm >= 5
+            assert config["max_steps"] * accum == window and window - warm >= 20
+            if bench.variants[name].trainer != "transformers":
+                assert config.get("model_name_or_path", config.get("model")) == str(tmp_path / "ckpt")
+            assert "deepspeed" not in config  # one GPU
 
 
 def test_variant_overrides_reach_nested_settings(tmp_path):
     name, overrides = variants.parse_variant("lf_ours:qwenvl_recipes.speedups.compile_language=true,"
-                                       "per_device_train_batch_size=24")
-    config, _, _ = variants.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data", tmp_path,
-                                     warmup=5, steps=20, cpu=False)
+                                             "per_device_train_batch_size=24", GROUNDING_7B)
+    config, _, _ = variants.trainer_config(GROUNDING_7B, name, overrides, tmp_path / "ckpt", tmp_path / "data",
+                                           tmp_path, warmup=5, steps=20, cpu=False)
     assert config["qwenvl_recipes"] == {"speedups": {"compile_vision": True, "compile_language": True}}
     assert config["per_device_train_batch_size"] == 24
 
@@ -238,26 +267,26 @@ def test_variant_overrides_reach_nested_settings(tmp_path):
 ])
 def test_env_overrides_go_to_the_worker_for_llamafactory_and_to_the_env_block_for_swift(spec, worker_env, config_env,
                                                                                           tmp_path):
-    name, overrides = variants.parse_variant(spec)
-    config, _, _ = variants.trainer_config(name, overrides, "qwen2_5_vl_7b", tmp_path / "ckpt", tmp_path / "data",
+    name, overrides = variants.parse_variant(spec, GROUNDING_7B)
+    config, _, _ = variants.trainer_config(GROUNDING_7B, name, overrides, tmp_path / "ckpt", tmp_path / "data",
                                            tmp_path, warmup=5, steps=20, cpu=False)
-    trainer = variants.VARIANTS[name][1]
+    trainer = GROUNDING_7B.variants[name].trainer
     assert variants.pop_worker_env(trainer, config) == worker_env
     assert "ENV" not in config if config_env is None else config["ENV"]["QVR_SPEEDUPS_SKIP_CUDNN_ATTENTION"] is False
 
 
 @pytest.mark.parametrize("model_id", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
 def test_plainly_tuned_variant_is_the_fast_recipe_without_our_block(model_id, tmp_path):
-    args = dict(model_id=model_id, ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20,
-                cpu=False)
-    lf_plain, _, _ = variants.trainer_config("lf_plain", {}, **args)
-    lf_ours, _, _ = variants.trainer_config("lf_ours", {}, **args)
+    bench = variants.bench_of(model_id)
+    args = dict(ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20, cpu=False)
+    lf_plain, _, _ = variants.trainer_config(bench, "lf_plain", {}, **args)
+    lf_ours, _, _ = variants.trainer_config(bench, "lf_ours", {}, **args)
     assert "qwenvl_recipes" in lf_ours and "qwenvl_recipes" not in lf_plain
     assert {k: v for k, v in lf_ours.items() if k not in ("qwenvl_recipes", "output_dir")} == {
         k: v for k, v in lf_plain.items() if k != "output_dir"}
     # ms-swift: our features are the plugin, its callback and the ENV block's QVR_* settings
-    swift_plain, _, _ = variants.trainer_config("swift_plain", {}, **args)
-    swift_ours, _, _ = variants.trainer_config("swift_ours", {}, **args)
+    swift_plain, _, _ = variants.trainer_config(bench, "swift_plain", {}, **args)
+    swift_ours, _, _ = variants.trainer_config(bench, "swift_ours", {}, **args)
     assert swift_ours["external_plugins"] == ["custom_modules/integrations/swift_plugin.py"]
     assert swift_ours["callbacks"] == ["speedups"] and swift_ours["ENV"]["QVR_SPEEDUPS_COMPILE_VISION"] is True
     theirs = {k: v for k, v in swift_ours.items() if k not in ("external_plugins", "callbacks", "ENV", "output_dir")}
@@ -318,12 +347,12 @@ def test_meter_measures_the_window_and_traces_the_steps_after_it(tmp_path):
 def test_bench_rows_hold_every_variant_in_one_epoch():
     from types import SimpleNamespace
 
-    args = SimpleNamespace(model="qwen2_5_vl_7b", warmup=5, steps=20, profile=2, cpu=False)
+    args = SimpleNamespace(warmup=5, steps=20, profile=2, cpu=False)
     # our batch-16 recipes run 27 optimizer steps of 16: the window must not cross an epoch boundary
-    assert variants.rows_needed(["seed", "lf_default", "lf_ours"], args) == 16 * 27
-    assert variants.rows_needed(["seed"], args) == 128
+    assert variants.rows_needed(GROUNDING_7B, ["seed", "lf_default", "lf_ours"], args) == 16 * 27
+    assert variants.rows_needed(GROUNDING_7B, ["seed"], args) == 128
     with pytest.raises(ValueError, match="unknown variant"):
-        variants.rows_needed(["lf_fast"], args)
+        variants.rows_needed(GROUNDING_7B, ["lf_fast"], args)
 
 
 @pytest.mark.parametrize("timeout", [30, 2])
@@ -345,10 +374,11 @@ exec {sys.executable} -c 'import json, sys; json.dump({{"samples_per_s": 1.0}}, 
 """)
     fake_python.chmod(0o755)
     monkeypatch.setenv("QVR_TEST_HANG", "1" if timeout == 2 else "0")
-    args = SimpleNamespace(model="qwen2_vl_2b", cpu=True, profile=0, out=str(tmp_path), warmup=1, steps=1,
-                           lf_python=str(fake_python), lf_path=None, timeout=timeout)
+    args = SimpleNamespace(cpu=True, profile=0, out=str(tmp_path), warmup=1, steps=1, lf_python=str(fake_python),
+                           lf_path=None, timeout=timeout)
     with open(tmp_path / "log", "w") as log:
-        record = orchestrator.run_variant("seed", args, tmp_path / "ckpt", tmp_path / "data", tmp_path, log)
+        record = orchestrator.run_variant("seed", variants.bench_of("qwen2_vl_2b"), args, tmp_path / "ckpt",
+                                          tmp_path / "data", tmp_path, log)
     assert record.get("error") == (f"timeout after {timeout}s" if timeout == 2 else None), record
     stat = Path(f"/proc/{pid_file.read_text().strip()}/stat")
     for _ in range(50):  # SIGKILL is delivered asynchronously; a killed orphan is gone or a zombie ("Z")
@@ -357,6 +387,37 @@ exec {sys.executable} -c 'import json, sys; json.dump({{"samples_per_s": 1.0}}, 
         time.sleep(0.1)
     else:
         pytest.fail(f"{stat.parent.name}, started by the worker, is still running")
+
+
+def test_a_terminated_run_stops_its_running_variant(tmp_path):
+    """SIGTERM (`timeout` around a device command) ends the run and the variant's worker session with it: the
+    worker runs in a session of its own, which would outlive the run and hold the GPU for the next command."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nwait\n")
+    fake_python.chmod(0o755)
+    script = (f"from pathlib import Path\nfrom tools.bench import orchestrator\n"
+              f"orchestrator.prepare = lambda bench, args, work, rows: (work / 'ckpt', work / 'data')\n"
+              f"orchestrator.main(['run', '--cpu', '--model', 'qwen2_vl_2b', '--variants', 'seed', '--out', "
+              f"'{tmp_path}', '--work', '{tmp_path}', '--lf-python', '{fake_python}', '--timeout', '300'])\n")
+    run = subprocess.Popen([sys.executable, "-c", script], cwd=variants.REPO_ROOT)
+    for _ in range(300):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    child = Path(f"/proc/{pid_file.read_text().strip()}/stat")
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 128 + signal.SIGTERM
+    for _ in range(50):
+        if not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"{child.parent.name}, started by the variant's worker, outlived the terminated run")
 
 
 def test_rounds_table_gives_each_variant_per_round_median_and_spread():
@@ -373,7 +434,7 @@ def test_rounds_table_gives_each_variant_per_round_median_and_spread():
 
 def test_repeat_interleaves_the_variants(tmp_path, monkeypatch):
     order = []
-    monkeypatch.setattr(orchestrator, "prepare", lambda args, work, rows: (tmp_path / "ckpt", tmp_path / "data"))
+    monkeypatch.setattr(orchestrator, "prepare", lambda bench, args, work, rows: (tmp_path / "ckpt", tmp_path / "data"))
     monkeypatch.setattr(orchestrator, "run_variant", lambda spec, *a: order.append(spec) or dict(
         model="qwen2_vl_2b", trainer="llamafactory", variant="ours", name=spec, samples_per_s=float(len(order)),
         tokens_per_s=1.0, peak_gib=1.0, mfu=0.1, tokens_per_sample=1.0, padding_share=0.0, steps=1, wall_s=0,
@@ -381,13 +442,174 @@ def test_repeat_interleaves_the_variants(tmp_path, monkeypatch):
     orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--work", str(tmp_path), "--cpu",
                        "--repeat", "2", "--variants", "lf_ours", "swift_ours"])
     assert order == ["lf_ours", "swift_ours", "lf_ours", "swift_ours"]
-    saved = json.loads((tmp_path / "bench_qwen2_vl_2b.json").read_text())
+    saved = json.loads((tmp_path / "bench_qwen2_vl_2b_caption.json").read_text())
     assert [r["round"] for r in saved] == [1, 1, 2, 2]
-    assert "| lf_ours | 1.00 | 3.00 | 2.00 | 100.0% |" in (tmp_path / "bench_qwen2_vl_2b.md").read_text()
+    assert "| lf_ours | 1.00 | 3.00 | 2.00 | 100.0% |" in (tmp_path / "bench_qwen2_vl_2b_caption.md").read_text()
     orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--work", str(tmp_path), "--cpu",
                        "--append", "--repeat", "2", "--variants", "lf_ours"])
-    saved = json.loads((tmp_path / "bench_qwen2_vl_2b.json").read_text())
+    saved = json.loads((tmp_path / "bench_qwen2_vl_2b_caption.json").read_text())
     assert [r["round"] for r in saved] == [1, 1, 2, 2, 3, 4]  # appended rounds follow, none is overwritten
-    assert "| lf_ours | 1.00 | 3.00 | 5.00 | 6.00 | 4.00 | 125.0% |" in (tmp_path / "bench_qwen2_vl_2b.md").read_text()
+    assert "| lf_ours | 1.00 | 3.00 | 5.00 | 6.00 | 4.00 | 125.0% |" in (tmp_path / "bench_qwen2_vl_2b_caption.md").read_text()
     with pytest.raises(SystemExit):
         orchestrator.main(["run", "--model", "qwen2_vl_2b", "--out", str(tmp_path), "--repeat", "0"])
+
+
+def test_unsloth_calls_follow_its_notebook_and_the_tuned_settings(tmp_path):
+    args = dict(ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20, cpu=False)
+    notebook, warm, window = variants.trainer_config(GROUNDING_7B, "unsloth_default", {}, **args)
+    assert (warm, window, notebook["max_steps"]) == (8, 28, 7)  # whole optimizer steps of 2 x 4
+    calls = worker.unsloth_calls(notebook)
+    assert calls["load"] == dict(model_name=str(tmp_path / "ckpt"), max_seq_length=2048, load_in_4bit=False,
+                                 use_gradient_checkpointing="unsloth", local_files_only=True,
+                                 use_exact_model_name=True)
+    assert calls["peft"] == dict(finetune_vision_layers=False, finetune_language_layers=True,
+                                 finetune_attention_modules=True, finetune_mlp_modules=True, r=64, lora_alpha=16,
+                                 lora_dropout=0.0, bias="none", random_state=3407, use_gradient_checkpointing="unsloth")
+    assert calls["collator"] == {"resize": "max"}  # images not shrunk to 512 px: the processor's limits apply
+    assert calls["pixels"] == {"min_pixels": 3136, "max_pixels": 200704}  # the 7B recipes' limits
+    assert calls["sft"] == dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, optim="adamw_8bit",
+                                learning_rate=2e-4, warmup_steps=5, weight_decay=0.001, lr_scheduler_type="linear",
+                                dataloader_num_workers=0, output_dir=str(tmp_path / "out" / "unsloth_default"),
+                                max_steps=7, logging_steps=7, save_strategy="no", report_to="none", bf16=True,
+                                gradient_checkpointing=True, remove_unused_columns=False, dataset_text_field="",
+                                dataset_kwargs={"skip_prepare_dataset": True}, max_length=2048)
+    tuned = worker.unsloth_calls(variants.trainer_config(GROUNDING_7B, "unsloth_tuned", {}, **args)[0])
+    assert tuned["load"]["use_gradient_checkpointing"] is False and tuned["peft"]["use_gradient_checkpointing"] is False
+    assert {k: tuned["sft"][k] for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                         "dataloader_num_workers", "gradient_checkpointing", "max_steps")} == dict(
+        per_device_train_batch_size=16, gradient_accumulation_steps=1, dataloader_num_workers=8,
+        gradient_checkpointing=False, max_steps=25)
+
+
+FORGERY_7B = variants.BENCHES["qwen2_5_vl_7b", "forgery"]
+
+
+@pytest.mark.parametrize("cpu", [False, True])
+def test_forgery_recipes_read_the_bench_head_and_evaluate_nothing(cpu, tmp_path):
+    args = dict(ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20, cpu=cpu)
+    lf, _, _ = variants.trainer_config(FORGERY_7B, "lf_t4", {}, **args)
+    block = lf["qwenvl_recipes"]["forgery"]
+    assert block["head_checkpoint"] == str(tmp_path / "forgery_head") and block["eval_file"] is None
+    swift, _, _ = variants.trainer_config(FORGERY_7B, "swift_t5", {}, **args)
+    assert swift["ENV"]["QVR_FORGERY_HEAD_CHECKPOINT"] == str(tmp_path / "forgery_head")
+    assert swift["ENV"]["QVR_FORGERY_EVAL_FILE"] == "null"  # exported as text, read back as YAML: None
+    t1, _, _ = variants.trainer_config(FORGERY_7B, "lf_t1", {}, **args)
+    assert "head_checkpoint" not in t1["qwenvl_recipes"]["forgery"]  # only the frozen-head modes load one
+    seed, _, _ = variants.trainer_config(FORGERY_7B, "seed_t3", {}, **args)
+    assert seed["qwenvl_recipes"]["forgery"]["mode"] == "hybrid" and (seed["lora_rank"], seed["lora_alpha"]) == (16, 32)
+    if cpu:  # the tiny ViT's two blocks in place of 7/15/23/31, in the head and the LoRA targets
+        assert block["head_blocks"] == [0, 1] and seed["qwenvl_recipes"]["forgery"]["head_blocks"] == [0, 1]
+        assert lf["lora_target"] == ",".join(f"blocks.{b}.{m}" for b in (0, 1) for m in (
+            "attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+        assert swift["target_regex"].startswith(r"^(.*\.)?(blocks\.0\.attn\.qkv|") and "self_attn\\.q_proj" in swift[
+            "target_regex"]
+    else:
+        assert block["head_blocks"] == [7, 15, 23, 31] and "blocks.31.mlp.down_proj" in lf["lora_target"]
+
+
+def test_forgery_plainly_tuned_trainer_is_the_t2_recipe_without_our_plugin(tmp_path):
+    args = dict(ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20, cpu=False)
+    lf, _, _ = variants.trainer_config(FORGERY_7B, "lf_plain", {}, **args)
+    assert "qwenvl_recipes" not in lf and lf["lora_target"] == "self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,self_attn.o_proj"
+    assert (lf["per_device_train_batch_size"], lf["gradient_accumulation_steps"], lf["use_liger_kernel"],
+            lf["disable_gradient_checkpointing"], lf["gradient_checkpointing"]) == (16, 1, True, True, False)
+    swift, _, _ = variants.trainer_config(FORGERY_7B, "swift_plain", {}, **args)
+    # without our plugin its template does not exist: the family's own, and no forgery callback or settings
+    assert (swift["model_type"], swift["template"]) == ("qwen2_5_vl", "qwen2_5_vl")
+    assert "external_plugins" not in swift and "callbacks" not in swift
+    assert not [k for k in swift["ENV"] if k.startswith("QVR_")]
+
+
+def test_microscopy_8b_runs_on_one_gpu_and_report_recipes_read_a_random_encoder(tmp_path):
+    args = dict(ckpt=tmp_path / "ckpt", data=tmp_path / "data", work=tmp_path, warmup=5, steps=20, cpu=False)
+    micro = variants.BENCHES["qwen3_vl_8b", "microscopy"]
+    lf, _, _ = variants.trainer_config(micro, "lf_ours", {}, **args)
+    assert "deepspeed" not in lf and lf["per_device_train_batch_size"] == 2  # the recipe's per-GPU batch
+    assert variants.trainer_config(micro, "swift_plain", {}, **args)[0]["per_device_train_batch_size"] == 2
+    report = variants.BENCHES["qwen3_vl_4b", "report"]
+    stage2, _, _ = variants.trainer_config(report, "lf_stage2", {}, **args)
+    encoder = stage2["qwenvl_recipes"]["vision_encoder"]
+    assert encoder["encoder_path"] == str(tmp_path / "encoder") and encoder["merger_path"] is None
+    swift, _, _ = variants.trainer_config(report, "swift_stage2_tuned", {}, **args)
+    assert swift["ENV"]["QVR_VISION_ENCODER_ENCODER_PATH"] == str(tmp_path / "encoder")
+    assert swift["ENV"]["QVR_VISION_ENCODER_MERGER_PATH"] == "null"
+    assert swift["model_type"] == "qwen3_vl_vision_encoder" and swift["per_device_train_batch_size"] == 16
+
+
+def test_fp8_variant_switches_fp8_on_and_gets_torchao(tmp_path):
+    from types import SimpleNamespace
+
+    config, _, _ = variants.trainer_config(GROUNDING_7B, "lf_ours_fp8", {}, tmp_path / "ckpt", tmp_path / "data",
+                                           tmp_path, warmup=5, steps=20, cpu=False)
+    assert (config["fp8"], config["fp8_backend"]) == (True, "torchao") and "qwenvl_recipes" in config
+    args = SimpleNamespace(lf_python="py-lf", lf_path="/w/site-lf:/w/site-common", fp8_path="/w/site-fp8",
+                           swift_python="py-swift", swift_path="/w/site-swift", unsloth_python="py", unsloth_path="/u")
+    assert orchestrator.worker_python("llamafactory", config, args) == (
+        "py-lf", "/w/site-fp8:/w/site-lf:/w/site-common")
+    assert orchestrator.worker_python("llamafactory", {}, args) == ("py-lf", "/w/site-lf:/w/site-common")
+    assert orchestrator.worker_python("unsloth", {}, args) == ("py", "/u")
+
+
+def test_install_wheels_installs_each_set_once_and_gives_each_trainer_its_path(tmp_path, monkeypatch):
+    for folder, name in (("whl", "common"), ("whl", "lf"), ("whl", "swift"), ("whl-unsloth", "unsloth")):
+        (tmp_path / folder / name).mkdir(parents=True)
+        (tmp_path / folder / name / f"{name}-1.0-py3-none-any.whl").write_text("")
+    installs = []
+
+    def pip(command, check):  # installs the wheels named last into --target
+        Path(command[command.index("--target") + 1]).mkdir(parents=True)
+        installs.extend(command[command.index("--target") + 2:])
+
+    monkeypatch.setattr(orchestrator.subprocess, "run", pip)
+    site = tmp_path / "work"
+    paths = orchestrator.install_wheels([tmp_path / "whl", tmp_path / "whl-unsloth"], site)
+    assert paths == {"llamafactory": f"{site}/site-lf:{site}/site-common", "ms-swift": f"{site}/site-swift:{site}/site-common",
+                     "unsloth": f"{site}/site-unsloth"}  # no fp8 set: LLaMA-Factory's fp8 variant has no torchao
+    assert sorted(Path(p).name for p in installs) == ["common-1.0-py3-none-any.whl", "lf-1.0-py3-none-any.whl",
+                                                      "swift-1.0-py3-none-any.whl", "unsloth-1.0-py3-none-any.whl"]
+    installs.clear()  # a second command on the same machine: the sets are there already
+    assert orchestrator.install_wheels([tmp_path / "whl-unsloth"], site) == {"unsloth": f"{site}/site-unsloth"}
+    assert installs == []
+    (tmp_path / "whl-unsloth" / "unsloth" / "trl-2.0-py3-none-any.whl").write_text("")  # another set: reinstalled
+    orchestrator.install_wheels([tmp_path / "whl-unsloth"], site)
+    assert sorted(Path(p).name for p in installs) == ["trl-2.0-py3-none-any.whl", "unsloth-1.0-py3-none-any.whl"]
+
+
+class TinyTower(torch.nn.Module):
+    """Module names of a Qwen VL model: `model.visual`, `model.language_model`; the LM runs when `lm` is on."""
+
+    def __init__(self, lm: bool, encoder_adapter: bool = False):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.visual = torch.nn.Linear(2, 2)
+        self.model.language_model = torch.nn.Linear(2, 2)
+        if encoder_adapter:  # custom_modules.vision_encoder's adapter: one token per merge_size**2 grid cells
+            self.model.visual.tokens_per_image, self.model.visual.spatial_merge_size = 16, 2
+        self.lm = lm
+
+    def forward(self, x):
+        x = self.model.visual(x)
+        return self.model.language_model(x) if self.lm else x
+
+
+@pytest.mark.parametrize("lm, adapter, images_per_sample, expected", [
+    (True, False, 1, dict(lm="lora", samples=4, patches=32)),
+    (False, False, 1, dict(lm="not_run", samples=4, patches=32)),  # the forgery head's ViT-only modes
+    (True, True, 2, dict(lm="lora", samples=2, patches=8)),  # two images a sample; the encoder's own tokens
+])
+def test_meter_reads_how_the_step_runs_the_model(lm, adapter, images_per_sample, expected, monkeypatch):
+    monkeypatch.setattr(worker, "count_params", lambda model: (10, 2))
+    monkeypatch.setattr(worker, "training_mode", lambda named, prefix: "lora" if "language" in prefix else "frozen")
+    meter = worker.Meter(window=2, images_per_sample=images_per_sample)
+    model = TinyTower(lm, adapter)
+    batch = {"input_ids": torch.ones(4, 5, dtype=torch.long), "image_grid_thw": torch.tensor([[1, 2, 2]] * 4)}
+    for _ in range(2):
+        meter.count(model, batch)
+        model(torch.randn(3, 2)).sum().backward()
+        meter.check_grads(model)
+        meter.step_end()
+    record = meter.record(warmup=1)
+    assert record["trained"]["lm"] == expected["lm"]
+    assert (record["samples"], record["patches"]) == (expected["samples"], expected["patches"] // 2)
+    tokens_flops = 0 if expected["lm"] == "not_run" else 4 * 10 * record["tokens"]
+    assert record["mfu"] == pytest.approx(mfu(tokens_flops + 2 * 2 * record["patches"], record["seconds"]))

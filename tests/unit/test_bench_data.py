@@ -66,5 +66,54 @@ def test_images_are_reused_past_the_distinct_limit_and_runs_are_seeded(tmp_path)
 def test_unknown_shape_or_task_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="shape 'square'"):
         write_bench_data(tmp_path, "caption", 2, "qwen2_vl", 3136, 78400, shape="square")
-    with pytest.raises(ValueError, match="task 'focus'"):
+    with pytest.raises(ValueError, match="task .focus. with shape .coco."):
         write_bench_data(tmp_path, "focus", 2, "qwen2_vl", 3136, 78400)
+
+
+def test_forgery_rows_are_the_converters_over_forgery_set_sizes_with_masks(tmp_path):
+    from tools.bench_data import FAKE_SHARE, FORGERY_SIZES
+
+    out = write_bench_data(tmp_path, "forgery", 60, "qwen2_5_vl", 200704, 200704)
+    rows = json.loads((out / "bench_train.json").read_text())
+    assert rows == [json.loads(line) for line in (out / "bench_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and json.loads((out / "dataset_info.json").read_text())["bench_train"]
+    sizes = [Image.open(r["images"][0]).size for r in rows]
+    assert set(sizes) <= {(w, h) for w, h, _ in FORGERY_SIZES} and (384, 256) in sizes
+    fakes = [r for r in rows if r["label"] == 1]
+    assert abs(len(fakes) / len(rows) - FAKE_SHARE) < 0.15
+    assert all(r["messages"][1]["content"] == ("fake" if r["label"] else "real") for r in rows)
+    assert all(r["mask"] is None for r in rows if r["label"] == 0)
+    for r in fakes:  # the splice's mask: the image's size, partly set
+        mask = Image.open(r["mask"])
+        assert mask.size == Image.open(r["images"][0]).size and 0 < sum(mask.getdata()) < 255 * mask.size[0] * mask.size[1]
+
+
+def test_microscopy_rows_pair_two_frames_of_one_side_with_a_json_answer(tmp_path):
+    from converters.sources.microscopy import parse_answer
+
+    out = write_bench_data(tmp_path, "microscopy", 4, "qwen3_vl", 4096, 786432)
+    rows = json.loads((out / "bench_train.json").read_text())
+    assert len(rows) == 4
+    for r in rows:
+        assert r["messages"][0]["content"].startswith("<image><image>") and len(r["images"]) == 2
+        sizes = {Image.open(path).size for path in r["images"]}
+        assert len(sizes) == 1 and sizes <= {(1024, 1024), (2048, 2048)}
+        assert Image.open(r["images"][0]).mode == "L"
+        direction, distance = parse_answer(r["messages"][1]["content"])
+        assert direction in "+-" and 0 <= distance <= 300
+    assert {Image.open(r["images"][0]).size for r in rows} == {(1024, 1024), (2048, 2048)}
+
+
+def test_report_rows_are_xray_sized_with_findings_texts(tmp_path):
+    from tools.bench_data import REPORT_PROMPT, REPORT_SIZES
+
+    out = write_bench_data(tmp_path, "report", 3, "qwen3_vl", 4096, 200704)
+    rows = json.loads((out / "bench_train.json").read_text())
+    assert [Image.open(r["images"][0]).size for r in rows] == list(REPORT_SIZES[:3])
+    assert all(r["messages"][0]["content"] == "<image>" + REPORT_PROMPT for r in rows)
+    assert all(30 <= len(r["messages"][1]["content"].split()) <= 120 for r in rows)
+
+
+def test_converted_families_have_no_ideal_shape(tmp_path):
+    with pytest.raises(ValueError, match="task 'forgery' with shape 'ideal'"):
+        write_bench_data(tmp_path, "forgery", 2, "qwen2_5_vl", 200704, 200704, shape="ideal")

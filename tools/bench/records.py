@@ -7,17 +7,18 @@ import statistics
 GIB = 1024 ** 3
 RECORD_KEYS = ("model", "trainer", "variant", "samples_per_s", "tokens_per_s", "peak_gib", "mfu", "device", "date",
                "data")
-VARIANT_KINDS = ("seed_loop", "trainer_default", "trainer_tuned", "ours", "ours_24gib")
+VARIANT_KINDS = ("seed_loop", "trainer_default", "trainer_tuned", "unsloth", "ours", "ours_24gib")
 
 
 def count_params(model) -> tuple[int, int]:
     """(N_lm, N_vis) of a Qwen VL model, peft-wrapped or not: N_lm is the LM's non-embedding weights (input
     embedding and output projection excluded, tools/mfu.py), N_vis the vision tower's
-    (encoder + merger); LoRA weights are not counted."""
+    (encoder + merger); LoRA weights are not counted, nor the untrained original peft keeps beside a
+    modules_to_save copy (the custom encoder's merger)."""
     embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     n_lm = n_vis = 0
     for name, param in model.named_parameters():
-        if "lora_" in name or id(param) in embeddings:
+        if "lora_" in name or ".original_module." in name or id(param) in embeddings:
             continue
         if ".visual." in f".{name}":
             n_vis += param.numel()
@@ -26,7 +27,7 @@ def count_params(model) -> tuple[int, int]:
     return n_lm, n_vis
 
 
-def batch_count_values(inputs: dict) -> tuple:
+def batch_count_values(inputs: dict, images_per_sample: int = 1) -> tuple:
     """batch_counts() without reading GPU tensors back: tokens and patches may be 0-d tensors, so counting does
     not synchronise the host with the GPU."""
     input_ids = inputs["input_ids"]
@@ -42,15 +43,15 @@ def batch_count_values(inputs: dict) -> tuple:
         tokens = input_ids.numel()
     grid = inputs.get("image_grid_thw")
     patches = grid.prod(-1).sum() if grid is not None else 0
-    samples = int(grid.shape[0]) if grid is not None else int(input_ids.shape[0])
+    samples = int(grid.shape[0]) // images_per_sample if grid is not None else int(input_ids.shape[0])
     return samples, tokens, patches, input_ids.numel()
 
 
-def batch_counts(inputs: dict) -> tuple[int, int, int, int]:
+def batch_counts(inputs: dict, images_per_sample: int = 1) -> tuple[int, int, int, int]:
     """(samples, tokens, patches, positions) of one collated batch: real tokens (padding excluded), ViT patches,
-    one sample per image (every benchmark sample has exactly one), and the batch's token positions (padding
-    included)."""
-    return tuple(int(v) for v in batch_count_values(inputs))
+    samples counted by their images (every sample of a benchmark holds `images_per_sample`; rows would miscount
+    packed batches), and the batch's token positions (padding included)."""
+    return tuple(int(v) for v in batch_count_values(inputs, images_per_sample))
 
 
 def summarise(step_ends: list[float], counts: list[tuple[int, int, int, int]], warmup: int) -> dict:
@@ -70,12 +71,13 @@ def summarise(step_ends: list[float], counts: list[tuple[int, int, int, int]], w
 
 
 RATIOS = {"ratio_vs_seed": "seed_loop", "ratio_vs_best_default": "trainer_default",
-          "ratio_vs_best_tuned": "trainer_tuned"}
+          "ratio_vs_best_tuned": "trainer_tuned", "ratio_vs_best_unsloth": "unsloth"}
 
 
 def add_ratios(records: list[dict]) -> list[dict]:
-    """Each record of one model run gets its samples/s over the seed loop's, the faster trainer example's and the
-    faster plainly tuned trainer's (None where that baseline is absent or failed)."""
+    """Each record of one model run gets its samples/s over the seed loop's, the faster trainer example's, the
+    faster plainly tuned trainer's and the faster Unsloth variant's (None where that baseline is absent or
+    failed)."""
     def best(kind):
         rates = [r["samples_per_s"] for r in records if r["variant"] == kind and r.get("samples_per_s")]
         return max(rates) if rates else None
@@ -95,12 +97,12 @@ def _fmt(value, spec):
 def format_table(records: list[dict]) -> str:
     """Markdown table: model, trainer, settings, samples/s, tokens/s, GiB, MFU, ratios (error text if failed)."""
     lines = ["| model | data | trainer | variant | settings | steps | samples/s | tokens/s | padding | peak GiB | "
-             "MFU | x seed | x best example | x best tuned |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "MFU | x seed | x best example | x best tuned | x best Unsloth |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         head = f"| {r['model']} | {r.get('data', '')} | {r['trainer']} | {r['variant']} | {r.get('settings', '')} |"
         if r.get("error"):
-            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | | | |")
+            lines.append(f"{head} | failed: {r['error'][:80]} | | | | | | | | |")
             continue
         padding = r.get("padding_share")
         lines.append(
