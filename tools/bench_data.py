@@ -212,10 +212,10 @@ SOURCES = {"forgery": (forgery_source, "forgery", ()), "microscopy": (microscopy
 
 
 def write_converted_data(out_dir: Path, task: str, n: int, family: str, seed: int = 0) -> Path:
-    """`n` rows of a converted family (SOURCES) in `out_dir`: the source files under out_dir/source, the
-    converter's output (dataset `bench`) in out_dir."""
+    """`n` rows of a converted family (SOURCES) in `out_dir`: the source files beside it (<out_dir>-source: a
+    converter refuses an output folder holding its input), the converter's output (dataset `bench`) in out_dir."""
     make_source, command, options = SOURCES[task]
-    folder = out_dir / "source"
+    folder = out_dir.parent / f"{out_dir.name}-source"
     folder.mkdir(parents=True, exist_ok=True)
     source = make_source(folder, n, random.Random(seed), seed)
     convert(command, source, out_dir, family, *options)
