@@ -19,7 +19,7 @@ import torch
 
 from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.settings import parse_settings
-from tools.model_configs import SPECIAL_TOKEN_IDS, full_size_config
+from custom_modules.model_configs import SPECIAL_TOKEN_IDS, full_size_config
 
 ANSWER_IDS = {"real": 1933, "fake": 12418}  # any two ids: random weights give words no meaning
 

@@ -1,6 +1,6 @@
 """Speed and memory of stage 2 (merger + LM LoRA r64, encoder frozen) with random weights, plain torch loop.
 
-Full-size Qwen3-VL config (tools.model_configs) + a ViT-B/14 Dinov2 at 518 px (RAD-DINO's shape: 1369 tokens an
+Full-size Qwen3-VL config (custom_modules.model_configs) + a ViT-B/14 Dinov2 at 518 px (RAD-DINO's shape: 1369 tokens an
 image), bf16, sdpa, AdamW. Prints one JSON line per setting (samples/s, tokens/s, peak GiB, MFU by tools/mfu.py:
 LoRA LM, frozen encoder forward only) and writes them to --out.
 
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from custom_modules.model_configs import PUBLISHED_ENCODERS
 from custom_modules.vision_encoder.settings import parse_settings
 from custom_modules.vision_encoder.training import apply_stage, param_groups, prepare_model
 from tools.mfu import mfu, step_flops
 
 ENCODERS = {  # Dinov2Config sizes
-    "vit_b14": dict(image_size=518, patch_size=14, hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "vit_b14": PUBLISHED_ENCODERS["microsoft/rad-dino"],
     "tiny": dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2),
 }
 LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -65,7 +66,8 @@ def build_model(model_id: str, encoder_dir: Path, device):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3VLForConditionalGeneration
 
-    from tools.model_configs import full_size_config, tiny_config
+    from custom_modules.model_configs import full_size_config
+    from tools.model_configs import tiny_config
 
     config = tiny_config("qwen3_vl") if model_id == "tiny" else full_size_config(model_id)
     settings = parse_settings({"encoder": "dinov2", "encoder_path": str(encoder_dir), "stage": 2,

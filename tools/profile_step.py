@@ -35,7 +35,7 @@ from tools.bench.records import count_params
 from tools.bench.variants import BENCH_LIST, SEED_LORA, bench_of
 from tools.bench.worker import encode_batch
 from tools.mfu import mfu, step_flops
-from tools.model_configs import FAMILY_OF_MODEL
+from custom_modules.model_configs import FAMILY_OF_MODEL
 
 LEVERS = ("sdpa", "liger", "vision_attention", "vision_positions", "vision_mlp", "lora_input", "lora_addmm",
           "deepstack", "lm_head_loss", "compile_vision", "compile_language", "no_dropout")
@@ -46,7 +46,8 @@ def build(model_id: str, device: str, tiny: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from tools.model_configs import full_size_config, tiny_config
+    from custom_modules.model_configs import full_size_config
+    from tools.model_configs import tiny_config
 
     torch.manual_seed(0)
     config = tiny_config(FAMILY_OF_MODEL[model_id]) if tiny else full_size_config(model_id)

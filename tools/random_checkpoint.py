@@ -1,6 +1,6 @@
 """Write a full-size Qwen VL checkpoint with random weights, for speed and memory benchmarks (no download).
 
-The architecture comes from `tools.model_configs.full_size_config(model_id)`, the tokenizer and processor from
+The architecture comes from `custom_modules.model_configs.full_size_config(model_id)`, the tokenizer and processor from
 `tools.tiny_models` (the real Qwen BPE vocabulary and chat template) with the real pixel limits, so both trainers
 load the folder exactly as they load the published checkpoint. Weights are drawn on the GPU when there is one
 (a 7B model initialises in seconds there) and saved in bf16 (`--tiny`: fp32, see main).
@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 
 from qwenvl_recipes.io import staged_dir
-from tools.model_configs import FAMILY_OF_MODEL, FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config, tiny_config
+from custom_modules.model_configs import FAMILY_OF_MODEL, FULL_SIZE, SPECIAL_TOKEN_IDS, full_size_config
+from tools.model_configs import tiny_config
 
 SEED = 1234
 # The published processors' pixel limits (preprocessor_config.json of the Instruct checkpoints).

@@ -18,7 +18,7 @@ import yaml
 from custom_modules.integrations.env_settings import recipe_features
 from custom_modules.recipe_keys import BLOCK_KEY
 from qwenvl_recipes.io import write_text_atomic
-from tools.model_configs import FAMILY_OF_MODEL as MODELS  # model id in file names -> model family
+from custom_modules.model_configs import FAMILY_OF_MODEL as MODELS  # model id in file names -> model family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes"

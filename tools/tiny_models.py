@@ -18,7 +18,8 @@ from pathlib import Path
 
 from converters.trainable import shipped_tokenizer_dir
 from qwenvl_recipes.io import staged_dir
-from tools.model_configs import FAMILIES, SPECIAL_TOKEN_IDS, TINY_VARIANTS, model_family, tiny_config
+from custom_modules.model_configs import SPECIAL_TOKEN_IDS
+from tools.model_configs import FAMILIES, TINY_VARIANTS, model_family, tiny_config
 
 SEED = 1234
 # Small pixel limits keep a tiny model's image token count small whatever the input size.

@@ -73,7 +73,7 @@ from tools.bench.variants import (BENCH_LIST, ENCODER, FORGERY_HEAD, REPO_ROOT, 
                                   trainer_config)
 from tools.bench.worker import worker
 from tools.bench_data import write_bench_data
-from tools.model_configs import FAMILY_OF_MODEL
+from custom_modules.model_configs import FAMILY_OF_MODEL
 
 
 def trainer_env(pythonpath: str | None) -> dict:

@@ -13,7 +13,7 @@ import yaml
 
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
 from custom_modules.recipe_keys import BLOCK_KEY as CUSTOM_KEY, ENV_PREFIX
-from tools.model_configs import FAMILY_OF_MODEL
+from custom_modules.model_configs import FAMILY_OF_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LF_TEMPLATE = {"qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl_nothink"}
