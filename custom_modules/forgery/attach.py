@@ -87,22 +87,31 @@ def answer_token_ids(tokenizer, settings: ForgerySettings) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> ForgeryModules:
-    """Add the forgery modules and forward to `model` (call after LoRA is applied, so the head stays trainable)."""
+def build_modules(model: nn.Module, settings: ForgerySettings,
+                  answers: tuple[int, int] | None = None) -> ForgeryModules:
+    """The head / fusion sized for `model`'s ViT and LM, on the ViT's device, the head frozen in frozen-head modes."""
     hf = base_model(model)
     visual = find_visual(hf)
     head_blocks, _ = resolve_blocks(settings, len(visual.blocks))
-    spec = settings.spec
-    if spec.lm and tokenizer is None:
-        raise ValueError(f"mode {settings.mode} scores the answer word: attach needs the tokenizer")
-    answers = answer_token_ids(tokenizer, settings) if spec.lm else None
     # the ViT width: Qwen2-VL's vision config calls it embed_dim (its hidden_size is the LM's)
     modules = ForgeryModules(settings, visual.patch_embed.embed_dim, hf.config.get_text_config().hidden_size,
                              head_blocks, answers)
     modules.to(device=next(visual.parameters()).device, dtype=torch.float32)
     if modules.head is not None:
-        modules.capture = BlockCapture(visual, head_blocks)
-        modules.head.requires_grad_(spec.train_head)
+        modules.head.requires_grad_(settings.spec.train_head)
+    return modules
+
+
+def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> ForgeryModules:
+    """Add the forgery modules and forward to `model` (call after LoRA is applied, so the head stays trainable)."""
+    hf = base_model(model)
+    visual = find_visual(hf)
+    spec = settings.spec
+    if spec.lm and tokenizer is None:
+        raise ValueError(f"mode {settings.mode} scores the answer word: attach needs the tokenizer")
+    modules = build_modules(hf, settings, answer_token_ids(tokenizer, settings) if spec.lm else None)
+    if modules.head is not None:
+        modules.capture = BlockCapture(visual, modules.head_blocks)
     # LoRA-only ViT training under reentrant checkpointing needs a grad-requiring input to the blocks
     visual.patch_embed.register_forward_hook(
         lambda m, a, out: out.requires_grad_(True) if torch.is_grad_enabled() and not out.requires_grad else None)

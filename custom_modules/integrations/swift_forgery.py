@@ -9,8 +9,9 @@
   HF processor made them (swift's Qwen2/2.5-VL template would run the ViT in a pre-forward hook and pass
   inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
 - callback `forgery`: when the trainer is built (after swift's own tuner: the recipe's target_regex) it attaches
-  the head/fusion, then steps the heatmap warm-up, saves the head beside every checkpoint and scores eval_file
-  at each epoch end (best AUROC kept in <output_dir>/best_by_AUROC, with the run's args.json).
+  the head/fusion and warns where that LoRA disagrees with the mode (ViT blocks other than the head's, LM LoRA),
+  then steps the heatmap warm-up, saves the head beside every checkpoint and scores eval_file at each epoch end
+  (best AUROC kept in <output_dir>/best_by_AUROC, with the run's args.json).
 - serving (`swift infer` / `swift deploy` on a checkpoint): the template encodes plain prompts; a mode that scores
   with the head or fusion tokens is refused (check_servable), as swift would answer with the language model alone.
 Paths (eval_file, head_checkpoint) are relative to the working directory, as swift's own dataset and
@@ -24,10 +25,12 @@ from pathlib import Path
 from swift.callbacks import TrainerCallback, callbacks_map
 from swift.template import register_template
 from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
+from swift.utils import get_logger
 
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import BEST_DIR, attach_for_training
 from custom_modules.forgery.data import forgery_fields
+from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import MODES, ForgerySettings, parse_settings, resolve_paths
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
 from custom_modules.recipe_keys import env_where
@@ -36,6 +39,7 @@ TEMPLATE = "qwen2_5_vl_forgery"
 CALLBACK = FEATURE_CALLBACKS["forgery"]
 ROW_KEY = "forgery_row"
 WHERE = env_where("forgery")
+logger = get_logger()
 
 
 def settings_from(environment_settings) -> ForgerySettings:
@@ -99,6 +103,8 @@ def register(environment_settings) -> None:
 
         def on_init_end(self, args, state, control, model=None, **kwargs):
             attach_for_training(model, self.settings, self.trainer.template.tokenizer)
+            for warning in placement_warnings(model, self.settings, WHERE):
+                logger.warning(warning)
             # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated
             # tokens (num_items_in_batch); the Trainer must not divide by the accumulation steps again
             self.trainer.model_accepts_loss_kwargs = True

@@ -226,6 +226,33 @@ def test_recipes_match_their_mode(trainer, mode):
         assert recipe.get("target_regex") == (lora_target_regex(targets) if targets else None)
 
 
+@pytest.mark.parametrize("lora_block,warned", [(0, True), (1, False)])
+def test_llamafactory_warns_at_training_start_when_lora_and_head_blocks_disagree(tiny, monkeypatch, caplog,
+                                                                                  lora_block, warned):
+    """The head reads ViT block 1; LoRA on block 0 is named when LLaMA-Factory loads the model (qvr-plan says it
+    before: tests/unit/test_plan.py)."""
+    import llamafactory.train.sft.workflow as workflow
+    from llamafactory.hparams import FinetuningArguments, ModelArguments
+    from llamafactory.model import load_tokenizer
+    from transformers import HfArgumentParser
+
+    from custom_modules.integrations.llamafactory_forgery import setup
+
+    for name in ("get_dataset", "load_model", "SFTDataCollatorWith4DAttentionMask"):  # setup patches them
+        monkeypatch.setattr(workflow, name, getattr(workflow, name))
+    setup({"mode": "T1", "head_blocks": [1], "head_dim": 16}, {})
+    model_args, finetuning_args = HfArgumentParser((ModelArguments, FinetuningArguments)).parse_dict(
+        {"model_name_or_path": str(tiny[0]), "finetuning_type": "lora", "freeze_vision_tower": False,
+         "lora_target": f"blocks.{lora_block}.attn.qkv"}, allow_extra_keys=True)
+    with caplog.at_level("WARNING"):
+        workflow.load_model(load_tokenizer(model_args)["tokenizer"], model_args, finetuning_args, is_trainable=True)
+    placement = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forgery mode")]
+    assert placement == ([f"forgery mode vit_lora_head: LoRA sits on ViT blocks [0], but the head reads blocks [1] "
+                          f"(qwenvl_recipes.forgery.head_blocks) and the mode expects LoRA on blocks [1] "
+                          f"(qwenvl_recipes.forgery.vit_lora_blocks, default: the head blocks): the recipe's LoRA "
+                          f"targets and the settings disagree"] if warned else [])
+
+
 def test_llamafactory_cli_splits_the_block_and_dispatches(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stage: sft\nqwenvl_recipes:\n  forgery:\n    mode: T1\n")
