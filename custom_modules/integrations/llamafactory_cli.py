@@ -1,4 +1,5 @@
-"""qvr-llamafactory: `llamafactory-cli` with this project's features (forgery, vision_encoder, speedups).
+"""qvr-llamafactory: `llamafactory-cli` with this project's features (forgery, vision_encoder, speedups,
+learning_rates).
 
     qvr-llamafactory train recipe.yaml [key=value ...]
     FORCE_TORCHRUN=1 NPROC_PER_NODE=4 qvr-llamafactory train recipe.yaml [key=value ...]
@@ -35,6 +36,7 @@ FEATURES = {
     "forgery": "custom_modules.integrations.llamafactory_forgery:setup",
     "vision_encoder": "custom_modules.integrations.llamafactory_vision_encoder:install",
     "speedups": "custom_modules.integrations.llamafactory_speedups:setup",
+    "learning_rates": "custom_modules.integrations.llamafactory_learning_rates:setup",
 }
 
 

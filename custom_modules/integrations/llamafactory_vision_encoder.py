@@ -6,7 +6,8 @@ before `run_exp` runs (they are looked up at call time, so this also holds under
   expands `<|image_pad|>` to the encoder's token count;
 - `model.loader.init_adapter`: the encoder + merger replace `model.visual` before LoRA is added, and the stage's
   trainable set is enforced after (stage 1: merger; stage 2: merger + LoRA, encoder LoRA if asked);
-- `train.sft.trainer.create_custom_optimizer`: separate learning rates for merger, encoder and LM.
+- `train.sft.trainer.create_custom_optimizer`: separate learning rates for merger, encoder and LM
+  (llamafactory_optimizer).
 It returns the callback that writes `vision_encoder/` next to each checkpoint.
 """
 
@@ -15,8 +16,8 @@ from __future__ import annotations
 import importlib
 
 from llamafactory.extras import logging
-from transformers import Trainer
 
+from custom_modules.integrations.llamafactory_optimizer import install_param_groups
 from custom_modules.vision_encoder.processing import attach_image_processor
 from custom_modules.recipe_keys import block_where
 from custom_modules.vision_encoder.settings import parse_settings, resolve_paths
@@ -32,10 +33,8 @@ def install(section: dict, args: dict) -> list:
     where = block_where("vision_encoder")
     settings = resolve_paths(parse_settings(section, where), where, output_dir=args.get("output_dir"))
     loader = importlib.import_module("llamafactory.model.loader")
-    sft_trainer = importlib.import_module("llamafactory.train.sft.trainer")
     original_patch_processor = loader.patch_processor
     original_init_adapter = loader.init_adapter
-    original_create_optimizer = sft_trainer.create_custom_optimizer
 
     def patch_processor(processor, tokenizer, model_args):
         original_patch_processor(processor, tokenizer, model_args)
@@ -49,18 +48,8 @@ def install(section: dict, args: dict) -> list:
             logger.info_rank0(f"vision_encoder stage {settings.stage} trainable parameters: {counts}")
         return model
 
-    def create_custom_optimizer(model, training_args, finetuning_args):
-        optimizer = original_create_optimizer(model, training_args, finetuning_args)
-        if optimizer is not None:  # GaLore, BAdam, LoRA+ ... own the parameter groups
-            if any((settings.merger_lr, settings.encoder_lr, settings.lm_lr)):
-                raise ValueError("vision_encoder merger_lr / encoder_lr / lm_lr cannot combine with LLaMA-Factory's "
-                                 "custom optimizers (GaLore, APOLLO, BAdam, LoRA+, ...)")
-            return optimizer
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
-        groups = param_groups(model, settings, training_args.learning_rate, training_args.weight_decay)
-        return optimizer_cls(groups, **optimizer_kwargs)
-
     loader.patch_processor = patch_processor
     loader.init_adapter = init_adapter
-    sft_trainer.create_custom_optimizer = create_custom_optimizer
+    install_param_groups(lambda model, lr, weight_decay: param_groups(model, settings, lr, weight_decay),
+                         any((settings.merger_lr, settings.encoder_lr, settings.lm_lr)), where)
     return [SaveVisionEncoderCallback(settings)]

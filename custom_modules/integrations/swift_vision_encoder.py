@@ -6,8 +6,9 @@ The model type's loader is the Qwen3-VL loader, then the encoder's image process
 place of `model.visual`. Its arch names `model.visual.encoder` the vision tower and `model.visual.merger` the
 aligner, so swift's own flags keep their meaning: `freeze_vit` freezes the encoder, `freeze_aligner: false`
 trains the merger (a modules_to_save under LoRA), `freeze_llm` the LM; `vit_lr` / `aligner_lr` /
-`learning_rate` are the encoder / merger / LM rates. The callback writes `vision_encoder/` beside every
-checkpoint. merger_path is relative to the working directory, as swift's own output_dir is.
+`learning_rate` are the encoder / merger / LM rates. The callback warns when what swift's flags train differs from
+the settings' stage / encoder_training, and writes `vision_encoder/` beside every checkpoint. merger_path is
+relative to the working directory, as swift's own output_dir is.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from swift.callbacks import callbacks_map
 from swift.model import ModelGroup, ModelMeta, MultiModelKeys, register_model, register_model_arch
 from swift.model.models.qwen import Qwen3VLLoader
 from swift.template import TemplateType
+from swift.utils import get_logger
 
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
 from custom_modules.recipe_keys import env_where
 from custom_modules.vision_encoder.processing import attach_image_processor
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings, resolve_paths
-from custom_modules.vision_encoder.training import SaveVisionEncoderCallback, prepare_model
+from custom_modules.vision_encoder.training import SaveVisionEncoderCallback, prepare_model, stage_warnings
 
 MODEL_TYPE = "qwen3_vl_vision_encoder"
 CALLBACK = FEATURE_CALLBACKS["vision_encoder"]
 WHERE = env_where("vision_encoder")
+logger = get_logger()
 
 
 def register(environment_settings) -> None:
@@ -44,6 +47,8 @@ def register(environment_settings) -> None:
     class SwiftSaveCallback(SaveVisionEncoderCallback):
         def __init__(self, args, trainer):  # swift builds callbacks as cls(args, trainer)
             super().__init__(settings())
+            for warning in stage_warnings(trainer.model, self.settings, WHERE):
+                logger.warning(warning)
 
     register_model_arch(MultiModelKeys(MODEL_TYPE, language_model=["model.language_model", "lm_head"],
                                        aligner=["model.visual.merger"], vision_tower=["model.visual.encoder"]),

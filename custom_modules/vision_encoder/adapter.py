@@ -55,11 +55,13 @@ def qwen3_vl_core(model: nn.Module) -> nn.Module:
     return model.model if hasattr(model, "lm_head") else model
 
 
-def attach_vision_encoder(model: nn.Module, settings: VisionEncoderSettings) -> VisionEncoderAdapter:
-    """Replace the Qwen3-VL vision tower of `model` in place; the merger reads its sizes from the configs."""
+def attach_vision_encoder(model: nn.Module, settings: VisionEncoderSettings,
+                          pretrained: bool = True) -> VisionEncoderAdapter:
+    """Replace the Qwen3-VL vision tower of `model` in place; the merger reads its sizes from the configs.
+    `pretrained=False`: the encoder built from its config, without its weights (qvr-plan, on the meta device)."""
     core = qwen3_vl_core(model)
     dtype = core.language_model.embed_tokens.weight.dtype
-    encoder = build_encoder(settings, dtype)
+    encoder = build_encoder(settings, dtype, pretrained)
     merger = SimpleVisionMerger(encoder.hidden_size, model.config.text_config.hidden_size, settings.merger,
                                 settings.merger_hidden_size).to(dtype)
     adapter = VisionEncoderAdapter(encoder, merger, model.config.vision_config.spatial_merge_size,

@@ -12,7 +12,7 @@ from qwenvl_recipes.settings import parse_dataclass
 
 ENCODER_KINDS = ("dinov2", "timm", "module")
 MERGER_KINDS = ("mlp", "linear")
-ENCODER_TRAINING = ("frozen", "lora")
+ENCODER_TRAINING = ("frozen", "lora", "full")
 STAGES = (1, 2)
 
 
@@ -27,7 +27,8 @@ class VisionEncoderSettings:
     encoder: str = field(metadata={"choices": ENCODER_KINDS})
     encoder_path: str
     stage: int = field(default=1, metadata={"choices": STAGES})
-    # stage 2 only: `lora` trains the LoRA the trainer puts on the encoder
+    # stage 2 only: `lora` trains the LoRA the trainer puts on the encoder, `full` the whole encoder (a PEFT
+    # modules_to_save: `visual.encoder` in additional_target / modules_to_save), at encoder_lr (ms-swift: vit_lr)
     encoder_training: str = field(default="frozen", metadata={"choices": ENCODER_TRAINING})
     merger: str = field(default="mlp", metadata={"choices": MERGER_KINDS})
     merger_hidden_size: int | None = None  # mlp width; default: the LM hidden size
@@ -36,7 +37,9 @@ class VisionEncoderSettings:
     patch_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
-    prefix_tokens: int | None = None  # leading non-patch tokens (CLS, registers) dropped from the encoder output
+    # leading non-patch tokens (CLS, registers) dropped from the encoder output; dinov2: 1 (its CLS), 0 keeps the
+    # CLS token for the merger (patches + 1 tokens per image)
+    prefix_tokens: int | None = None
     merger_lr: float | None = None  # None: the trainer's learning_rate (LLaMA-Factory; swift uses aligner_lr)
     encoder_lr: float | None = None  # (swift: vit_lr)
     lm_lr: float | None = None

@@ -1,9 +1,10 @@
 """Stages, per-part learning rates, and the saved form of a trained custom encoder.
 
 Stage 1 trains the merger only (encoder and LM frozen). Stage 2 trains the merger and the LM's LoRA, plus the
-encoder's LoRA when `encoder_training: lora`. Whatever the trainer, a run's output folder holds
-`vision_encoder/` (settings.json: the encoder choice; merger.safetensors) next to the trainer's own files (its
-LoRA adapter in stage 2), and `load_trained` rebuilds the same model from base model + that folder.
+encoder's LoRA when `encoder_training: lora`, or the whole encoder when `full` (a PEFT modules_to_save, so the
+adapter carries it). Whatever the trainer, a run's output folder holds `vision_encoder/` (settings.json: the
+encoder choice, merger kind and token layout; merger.safetensors) next to the trainer's own files (its LoRA adapter
+in stage 2), and `load_trained` rebuilds the same model from base model + that folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 
+from custom_modules import learning_rates
 from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
 from qwenvl_recipes.io import staged_dir
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
@@ -36,46 +38,74 @@ def part_of(name: str) -> str:
     return "lm"
 
 
-def prepare_model(model: nn.Module, settings: VisionEncoderSettings) -> nn.Module:
-    """Attach the encoder + merger to a loaded Qwen3-VL, the merger initialised from `merger_path` if set."""
-    adapter = attach_vision_encoder(model, settings)
-    if settings.merger_path:
+def prepare_model(model: nn.Module, settings: VisionEncoderSettings, pretrained: bool = True) -> nn.Module:
+    """Attach the encoder + merger to a loaded Qwen3-VL, the merger initialised from `merger_path` if set
+    (`pretrained=False`: neither weights read, for qvr-plan on the meta device)."""
+    adapter = attach_vision_encoder(model, settings, pretrained)
+    if pretrained and settings.merger_path:
         adapter.merger.load_state_dict(load_file(str(Path(settings.merger_path) / "merger.safetensors")))
     return model
+
+
+def trains(name: str, settings: VisionEncoderSettings) -> bool:
+    """Whether the stage trains the parameter `name` (the model after the trainer added its LoRA / copies)."""
+    part = part_of(name)
+    if part == "merger":
+        return "original_module." not in name  # PEFT keeps an untrained original beside its copy
+    if settings.stage == 1:
+        return False
+    if part == "encoder":
+        return ("lora_" in name if settings.encoder_training == "lora"
+                else PEFT_COPY in name if settings.encoder_training == "full" else False)
+    return "lora_" in name
 
 
 def apply_stage(model: nn.Module, settings: VisionEncoderSettings) -> dict[str, int]:
     """Set requires_grad for the stage (after the trainer has added its LoRA); returns trainable counts per part."""
     counts = {"merger": 0, "encoder": 0, "lm": 0}
     for name, param in model.named_parameters():
-        part = part_of(name)
-        if part == "merger":
-            train = "original_module." not in name  # PEFT keeps an untrained original beside its copy
-        elif part == "encoder":
-            train = settings.stage == 2 and settings.encoder_training == "lora" and "lora_" in name
-        else:
-            train = settings.stage == 2 and "lora_" in name
+        train = trains(name, settings)
         param.requires_grad_(train)
-        counts[part] += param.numel() if train else 0
+        counts[part_of(name)] += param.numel() if train else 0
     if settings.stage == 2 and counts["lm"] == 0:
         raise ValueError("vision_encoder stage 2 trains the LM's LoRA, but the model has no LoRA parameters in the "
                          "LM: use LoRA fine-tuning (finetuning_type: lora / tuner_type: lora)")
     if settings.stage == 2 and settings.encoder_training == "lora" and counts["encoder"] == 0:
         raise ValueError("vision_encoder.encoder_training is lora, but no LoRA sits on the encoder: add its linear "
                          "layers (Dinov2: query, value) to the LoRA target modules")
+    if settings.stage == 2 and settings.encoder_training == "full" and counts["encoder"] == 0:
+        raise ValueError("vision_encoder.encoder_training is full, but the encoder is not trained whole: add "
+                         "visual.encoder to additional_target (LLaMA-Factory) / modules_to_save (ms-swift), so PEFT "
+                         "trains it and saves it with the adapter")
     return counts
+
+
+def stage_warnings(model: nn.Module, settings: VisionEncoderSettings, where: str) -> list[str]:
+    """One line per part (merger, encoder, LM) trained otherwise than the stage says: whole, with LoRA, or not at
+    all (ms-swift's own flags decide what trains there; LLaMA-Factory runs apply_stage). `where` names the settings."""
+    expected = {"merger": {"whole"}, "encoder": set(), "lm": set()}
+    if settings.stage == 2:
+        expected.update(lm={"lora"}, encoder={"frozen": set(), "lora": {"lora"}, "full": {"whole"}}[
+            settings.encoder_training])
+    actual: dict[str, set] = {part: set() for part in expected}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            actual[part_of(name)].add("lora" if "lora_" in name else "whole")
+
+    def trains(kinds: set, what: str) -> str:
+        return (f"trains {what} " + " and ".join({"lora": "with LoRA", "whole": "whole"}[kind] for kind in sorted(kinds))
+                if kinds else f"freezes {what}")
+
+    stage = f"{where} stage {settings.stage} (encoder_training {settings.encoder_training})"
+    return [f"{stage} {trains(expected[part], f'the {part}')}, but this run {trains(actual[part], 'it')}"
+            for part in expected if actual[part] != expected[part]]
 
 
 def param_groups(model: nn.Module, settings: VisionEncoderSettings, learning_rate: float,
                  weight_decay: float = 0.0) -> list[dict]:
     """Optimizer groups with the merger / encoder / LM learning rates (unset ones: `learning_rate`)."""
     rates = {"merger": settings.merger_lr, "encoder": settings.encoder_lr, "lm": settings.lm_lr}
-    groups: dict[str, list] = {part: [] for part in rates}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups[part_of(name)].append(param)
-    return [{"params": params, "lr": rates[part] or learning_rate, "weight_decay": weight_decay, "name": part}
-            for part, params in groups.items() if params]
+    return learning_rates.param_groups(model, part_of, rates, learning_rate, weight_decay)
 
 
 def merger_state(model: nn.Module) -> dict[str, torch.Tensor]:

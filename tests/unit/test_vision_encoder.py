@@ -20,6 +20,8 @@ from tools.tiny_dinov2 import RAD_DINO_MEAN, RAD_DINO_STD, TINY_DINOV2, ensure_t
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_PAD = 151655
 TINY_TOKENS = (TINY_DINOV2["image_size"] // TINY_DINOV2["patch_size"]) ** 2  # 16
+# prefix_tokens -> the tokens an image gives: the dinov2 default drops the CLS token, 0 keeps it (patches + 1)
+TOKENS_KEPT = {None: TINY_TOKENS, 0: TINY_TOKENS + 1}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,8 @@ def test_processor_uses_encoder_size_and_normalisation(dinov2_dir):
     out = processor([grey, image(1)], return_tensors="pt")
     assert out["pixel_values"].shape == (2, 3, 56, 56)
     assert out["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 8]]  # 4x4 tokens announced as an 8x8 grid / 2x2
+    with_cls = EncoderImageProcessor(image_size=56, patch_size=14, merge_size=2, leading_tokens=1)
+    assert with_cls([grey], return_tensors="pt")["image_grid_thw"].tolist() == [[1, 2, 34]]  # 17 tokens in a row
     expected = (51 / 255 - RAD_DINO_MEAN[0]) / RAD_DINO_STD[0]
     assert torch.allclose(out["pixel_values"][0], torch.full((3, 56, 56), expected), atol=1e-5)
     # The encoder's own preprocessor_config.json supplies size and RAD-DINO's mean / std.
@@ -115,22 +119,29 @@ def test_processor_uses_encoder_size_and_normalisation(dinov2_dir):
     assert (own.image_size, own.patch_size, own.image_mean, own.image_std) == (56, 14, RAD_DINO_MEAN, RAD_DINO_STD)
 
 
-def test_prompt_placeholders_equal_encoder_tokens_in_hf_and_llamafactory(tiny_model_dir, dinov2_dir):
+@pytest.mark.parametrize("prefix_tokens", sorted(TOKENS_KEPT, key=str))
+def test_prompt_placeholders_equal_encoder_tokens_in_hf_and_llamafactory(tiny_model_dir, dinov2_dir, prefix_tokens):
     from llamafactory.data.mm_plugin import get_mm_plugin
 
-    model, processor = tiny_qwen3_vl(tiny_model_dir, settings_for(dinov2_dir))
+    tokens = TOKENS_KEPT[prefix_tokens]
+    model, processor = tiny_qwen3_vl(tiny_model_dir, settings_for(dinov2_dir, prefix_tokens=prefix_tokens))
     images = [image(1, (300, 200)), image(2, (40, 64))]  # sizes do not matter: the encoder input is fixed
     inputs = batch(processor, images)
-    assert (inputs["input_ids"] == IMAGE_PAD).sum(1).tolist() == [TINY_TOKENS, TINY_TOKENS]
+    assert (inputs["input_ids"] == IMAGE_PAD).sum(1).tolist() == [tokens, tokens]
     with torch.no_grad():
         features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-    assert [f.shape for f in features.pooler_output] == [(TINY_TOKENS, 64)] * 2
+    assert [f.shape for f in features.pooler_output] == [(tokens, 64)] * 2
     assert features.deepstack_features == []
+    if prefix_tokens == 0:  # the CLS token goes first, as the encoder gives it
+        with torch.no_grad():
+            encoded = model.model.visual.encoder(pixel_values=inputs["pixel_values"][:1]).last_hidden_state
+            assert torch.allclose(features.pooler_output[0][:1], model.model.visual.merger(encoded[:, :1])[0],
+                                  atol=1e-5)
 
     plugin = get_mm_plugin(name="qwen3_vl", image_token="<|image_pad|>", video_token="<|video_pad|>")
     messages = [{"role": "user", "content": "<image>Findings?"}, {"role": "assistant", "content": "Clear."}]
     expanded = plugin.process_messages(messages, images[:1], [], [], processor)
-    assert expanded[0]["content"].count("<|image_pad|>") == TINY_TOKENS
+    assert expanded[0]["content"].count("<|image_pad|>") == tokens
 
 
 SWIFT_TOKEN_COUNT = """
@@ -142,12 +153,14 @@ from swift.template import get_template
 os.environ.update(QVR_VISION_ENCODER_ENCODER="dinov2", QVR_VISION_ENCODER_ENCODER_PATH=sys.argv[2])
 import custom_modules.integrations.swift_plugin
 from custom_modules.integrations.swift_vision_encoder import MODEL_TYPE
-processor = get_processor(sys.argv[1], model_type=MODEL_TYPE, check_model=False)
-template = get_template(processor)
 row = {"messages": [{"role": "user", "content": "<image>Findings?"}, {"role": "assistant", "content": "Clear."}],
        "images": [Image.new("RGB", (300, 200), (10, 200, 30))]}
-encoded = template.encode(row)
-print(json.dumps({"pads": encoded["input_ids"].count(151655), "pixels": list(encoded["pixel_values"].shape)}))
+found = []
+for prefix_tokens in ("null", "0"):  # the plugin reads the settings when swift loads the processor
+    os.environ["QVR_VISION_ENCODER_PREFIX_TOKENS"] = prefix_tokens
+    encoded = get_template(get_processor(sys.argv[1], model_type=MODEL_TYPE, check_model=False)).encode(row)
+    found.append({"pads": encoded["input_ids"].count(151655), "pixels": list(encoded["pixel_values"].shape)})
+print(json.dumps(found))
 """
 
 
@@ -155,7 +168,8 @@ def test_prompt_placeholders_equal_encoder_tokens_in_swift(tiny_model_dir, dinov
     result = subprocess.run([str(swift_bin / "python"), "-c", SWIFT_TOKEN_COUNT, str(tiny_model_dir("qwen3_vl")),
                              str(dinov2_dir)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"pads": TINY_TOKENS, "pixels": [1, 3, 56, 56]}
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        {"pads": TOKENS_KEPT[None], "pixels": [1, 3, 56, 56]}, {"pads": TOKENS_KEPT[0], "pixels": [1, 3, 56, 56]}]
 
 
 def test_forward_loss_generate_with_deepstack_off(tiny_model_dir, dinov2_dir):
@@ -195,29 +209,44 @@ def test_stage1_trains_only_the_merger(tiny_model_dir, dinov2_dir):
     assert set(changed_parts(before, model)) == {"merger"}
 
 
-def lora_model(model, settings, encoder_lora=False):
+def lora_model(model, settings, encoder_training="frozen"):
+    """The trainers' stage 2: LM LoRA, the merger a modules_to_save; the encoder's LoRA (query, value) or the whole
+    encoder as a modules_to_save (visual.encoder) as encoder_training says."""
     from peft import LoraConfig, get_peft_model
 
-    targets = ["q_proj", "v_proj"] + (["query", "value"] if encoder_lora else [])
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, modules_to_save=["merger"], init_lora_weights=False)
+    targets = ["q_proj", "v_proj"] + (["query", "value"] if encoder_training == "lora" else [])
+    whole = ["merger"] + (["visual.encoder"] if encoder_training == "full" else [])
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, modules_to_save=whole, init_lora_weights=False)
     model = get_peft_model(model, config)
     apply_stage(model, settings)
     return model
 
 
-@pytest.mark.parametrize("encoder_training", ["frozen", "lora"])
+@pytest.mark.parametrize("encoder_training", ["frozen", "lora", "full"])
 def test_stage2_trains_merger_and_lora_only(tiny_model_dir, dinov2_dir, encoder_training):
     settings = settings_for(dinov2_dir, stage=2, encoder_training=encoder_training, merger_lr=5e-3, encoder_lr=1e-3)
     model, processor = tiny_qwen3_vl(tiny_model_dir, settings)
-    model = lora_model(model, settings, encoder_lora=encoder_training == "lora")
+    model = lora_model(model, settings, encoder_training)
     groups = {group["name"]: group["lr"] for group in param_groups(model, settings, 1e-2)}
-    assert groups == {"merger": 5e-3, "lm": 1e-2, **({"encoder": 1e-3} if encoder_training == "lora" else {})}
+    assert groups == {"merger": 5e-3, "lm": 1e-2, **({"encoder": 1e-3} if encoder_training != "frozen" else {})}
     before = snapshot(model)
     train_steps(model, batch(processor, [image(1), image(2)], ["No acute findings.", "Effusion."]), settings)
     changed = changed_parts(before, model)
-    assert set(changed) == {"merger", "lm"} | ({"encoder"} if encoder_training == "lora" else set())
-    assert all("lora_" in name for name in changed["lm"] + changed.get("encoder", []))
+    assert set(changed) == {"merger", "lm"} | ({"encoder"} if encoder_training != "frozen" else set())
+    assert all("lora_" in name for name in changed["lm"])
     assert all("modules_to_save" in name for name in changed["merger"])
+    if encoder_training != "frozen":  # the LoRA pairs, or the weights of the encoder's trained copy
+        piece = "lora_" if encoder_training == "lora" else "visual.encoder.modules_to_save."
+        assert all(piece in name for name in changed["encoder"])
+        assert len(changed["encoder"]) > (10 if encoder_training == "full" else 0)
+
+
+def test_stage2_full_encoder_must_be_trained_whole(tiny_model_dir, dinov2_dir):
+    settings = settings_for(dinov2_dir, stage=2, encoder_training="full")
+    model, _ = tiny_qwen3_vl(tiny_model_dir, settings)
+    with pytest.raises(ValueError, match="encoder_training is full, but the encoder is not trained whole: add "
+                                         "visual.encoder to additional_target"):
+        lora_model(model, settings, "frozen")
 
 
 def test_stage2_without_lora_is_refused(tiny_model_dir, dinov2_dir):
@@ -225,6 +254,21 @@ def test_stage2_without_lora_is_refused(tiny_model_dir, dinov2_dir):
     model, _ = tiny_qwen3_vl(tiny_model_dir, settings)
     with pytest.raises(ValueError, match="no LoRA parameters in the LM"):
         apply_stage(model, settings)
+
+
+@pytest.mark.parametrize("whole", [["merger"], ["merger", "visual.encoder"]])
+def test_stage_warnings_name_a_part_the_trainer_trains_otherwise(tiny_model_dir, dinov2_dir, whole):
+    """ms-swift's own flags decide what trains: the settings' stage is checked against them when training starts."""
+    from peft import LoraConfig, get_peft_model
+
+    from custom_modules.vision_encoder.training import stage_warnings
+
+    settings = settings_for(dinov2_dir, stage=2, encoder_training="full")
+    model, _ = tiny_qwen3_vl(tiny_model_dir, settings)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=whole))
+    expected = [] if "visual.encoder" in whole else [
+        "QVR_VISION_ENCODER stage 2 (encoder_training full) trains the encoder whole, but this run freezes it"]
+    assert stage_warnings(model, settings, "QVR_VISION_ENCODER") == expected
 
 
 def test_save_reload_gives_the_same_predictions(tiny_model_dir, dinov2_dir, tmp_path):
@@ -270,6 +314,9 @@ def test_plain_torch_module_encoder(tiny_model_dir):
 
 
 def test_token_count_mismatch_is_a_clear_error(tiny_model_dir, dinov2_dir):
-    model, processor = tiny_qwen3_vl(tiny_model_dir, settings_for(dinov2_dir, prefix_tokens=0))  # keeps the CLS
-    with pytest.raises(ValueError, match="returned 17 tokens per image, the processor announced 16"):
+    # a patch size the encoder does not have: the processor announces (56 / 7)^2 tokens, the encoder gives 16
+    model, processor = tiny_qwen3_vl(tiny_model_dir, settings_for(dinov2_dir, patch_size=7))
+    with pytest.raises(ValueError, match="returned 16 tokens per image, the processor announced 64"):
         model(**batch(processor, [image(1)]))
+    with pytest.raises(ValueError, match="prefix_tokens 2: a dinov2 encoder gives 1 token"):
+        tiny_qwen3_vl(tiny_model_dir, settings_for(dinov2_dir, prefix_tokens=2))
