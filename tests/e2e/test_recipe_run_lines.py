@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from custom_modules.forgery.vit import lora_target_regex, lora_targets
-from tests.recipes.recipe_cases import RECIPES, recipe_id
+from tests.recipes.recipe_cases import RECIPES, recipe_id, run_plan_worker
 from tools import synthetic_data
 from tools.tiny_dinov2 import ensure_tiny_dinov2
 from tools.trainers import REPO_ROOT, loss_history, run_logged, trainer_env, venv_bin
@@ -40,6 +40,20 @@ DATA = {
     "report": (synthetic_data.make_coco_caption, "coco-caption", ["--name", "report", "--split", "train"]),
     "refcoco": (synthetic_data.make_refcoco, "refcoco", ["--name", "refcoco", "--max-pixels", "200704"]),
 }
+
+
+# The seed's custom encoder set-up on the stage 2 recipes: the one-Linear merger over the CLS token and the patches, the
+# whole encoder trained at its own learning rate, from a fresh merger (no stage 1). variant -> trainer -> what a user
+# adds: our settings and the trainer's own keys.
+ENCODER_LR = 1e-3
+SEED_ENCODER = {"merger": "linear", "prefix_tokens": 0, "encoder_training": "full", "merger_path": None}
+VARIANTS = {"seed_encoder": {
+    "llamafactory": {"settings": {"vision_encoder": {**SEED_ENCODER, "encoder_lr": ENCODER_LR}},
+                     "overrides": {"additional_target": "merger,visual.encoder"}},
+    "swift": {"settings": {"vision_encoder": SEED_ENCODER},
+              "overrides": {"modules_to_save": ["merger", "visual.encoder"], "vit_lr": ENCODER_LR}},
+}}
+VARIANT_RECIPES = {"seed_encoder": "qwen3_vl_4b_raddino_stage2"}
 
 
 def data_name(recipe) -> str:
@@ -92,11 +106,18 @@ def tiny_lora(recipe) -> tuple[str, object] | None:
     return key, ",".join(names) if recipe.trainer == "llamafactory" else lora_target_regex(names)
 
 
-def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path | None, plugin: str):
-    """(argv, extra environment) of the recipe's Run line plus the tiny-run overrides."""
+def word(value) -> str:
+    """A setting or override as the command line / an ENV variable carries it: YAML (lists, null, true/false)."""
+    return json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+
+
+def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path | None, plugin: str,
+             variant: dict | None = None):
+    """(argv, extra environment) of the recipe's Run line plus the tiny-run overrides; `variant`: more settings
+    ({"settings": {feature: {key: value}}, "overrides": {key: value}}), as a user would add them."""
     words = shlex.split(recipe.header["Run"])
     words[words.index(recipe.rel)] = str(recipe.path)  # the run starts outside the repository
-    custom, config = recipe.custom, recipe.config
+    custom, config, variant = recipe.custom, recipe.config, variant or {}
     settings = {}  # feature -> {key: value}
     if "head_blocks" in custom.get("forgery", {}):
         settings.setdefault("forgery", {})["head_blocks"] = list(TINY_BLOCKS)
@@ -104,25 +125,27 @@ def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path
         settings["vision_encoder"] = {"encoder_path": str(encoder)}
     if custom.get("speedups", {}).get("compile_vision"):
         settings["speedups"] = {"compile_vision": False}  # minutes of CPU compilation for a one-step run
+    for feature, values in variant.get("settings", {}).items():
+        settings.setdefault(feature, {}).update(values)
     # one step, logged, without warm-up (a warm-up step has learning rate 0)
     overrides = {"max_steps": 1, "logging_steps": 1, "warmup_ratio": 0,
                  **({"use_liger_kernel": False} if "use_liger_kernel" in config else {})}
     if lora := tiny_lora(recipe):
         overrides[lora[0]] = lora[1]
+    overrides.update(variant.get("overrides", {}))
     env = {}
     if recipe.trainer == "llamafactory":
         overrides.update(model_name_or_path=tiny, dataset_dir=data_dir, output_dir=output_dir, bf16=False)
-        overrides.update({f"qwenvl_recipes.{feature}.{key}": json.dumps(value) if isinstance(value, list) else value
+        overrides.update({f"qwenvl_recipes.{feature}.{key}": value
                           for feature, values in settings.items() for key, value in values.items()})
-        words += [f"{key}={str(value).lower() if isinstance(value, bool) else value}"
-                  for key, value in overrides.items()]
+        words += [f"{key}={word(value)}" for key, value in overrides.items()]
         if recipe.path.stem == TWO_PROCESSES:
             env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": MASTER_PORTS["llamafactory"]}
     else:
         overrides.update(model=tiny, torch_dtype="float32", check_model=False, external_plugins=plugin)
-        words += [part for key, value in overrides.items()
-                  for part in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
-        env = {f"QVR_{feature.upper()}_{key.upper()}": json.dumps(value) if isinstance(value, list) else str(value)
+        words += [part for key, value in overrides.items() for part in
+                  (f"--{key}", *([str(v) for v in value] if isinstance(value, list) else [word(value)]))]
+        env = {f"QVR_{feature.upper()}_{key.upper()}": word(value)
                for feature, values in settings.items() for key, value in values.items()}
         if recipe.path.stem == TWO_PROCESSES:
             env.update(NPROC_PER_NODE="2", MASTER_PORT=MASTER_PORTS["swift"])
@@ -140,7 +163,7 @@ def needed(request) -> list:
     chosen = []
     for item in request.session.items:
         params = getattr(item, "callspec", None) and item.callspec.params
-        if item.module is not request.module or not params:
+        if item.module is not request.module or not params or "trained" not in item.fixturenames:
             continue
         chosen.append(params["recipe"] if "recipe" in params else
                       next(r for r in CUSTOM if r.trainer == params["trainer"] and r.path.stem == TWO_PROCESSES))
@@ -161,29 +184,40 @@ def needed(request) -> list:
 LANES = 2
 
 
+def prepare_run(workspace, tiny_model_dir, recipe, variant: str | None = None):
+    """(argv, extra environment, working directory, log, output dir) of the recipe's run (a VARIANTS entry with
+    `variant`); its data and folders made."""
+    root, data, encoder, plugin = workspace
+    data_dir = data(data_name(recipe), recipe.family)
+    name = recipe.path.stem + (f"-{variant}" if variant else "")
+    extra = VARIANTS[variant][recipe.trainer] if variant else {}
+    if recipe.trainer == "llamafactory":
+        cwd, output_dir = root / "llamafactory", root / "llamafactory-out" / name
+    else:  # a directory laid out as the recipe expects: data/<name>/ here, outputs/ written here
+        cwd = root / f"swift-{recipe.family}"
+        (cwd / "data").mkdir(parents=True, exist_ok=True)
+        if not (cwd / "data" / data_dir.name).exists():
+            (cwd / "data" / data_dir.name).symlink_to(data_dir)
+        output_dir = cwd / recipe.config["output_dir"]
+        if variant:
+            output_dir = output_dir.with_name(name)
+            extra = {**extra, "overrides": {**extra.get("overrides", {}), "output_dir": output_dir}}
+    cwd.mkdir(parents=True, exist_ok=True)
+    words, env = run_line(recipe, tiny_model_dir(recipe.family), data_dir, encoder,
+                          output_dir if recipe.trainer == "llamafactory" else None, plugin, extra)
+    log = root / "logs" / f"{recipe_id(recipe).replace('/', '_')}{f'-{variant}' if variant else ''}.log"
+    return words, env, cwd, log, output_dir
+
+
 @pytest.fixture(scope="module")
 def trained(request, workspace, tiny_model_dir):
     """trained(recipe) -> its output dir. Every Run line the selected tests need runs once, in LANES lanes, each
     after the run of the earlier stage it reads; a run that failed fails every test that needs it."""
-    root, data, encoder, plugin = workspace
     runs, outputs = {}, {}
 
     def plan(recipe):
         """(argv, environment, working directory, log) of the recipe's run; its data and folders made."""
-        data_dir = data(data_name(recipe), recipe.family)
-        if recipe.trainer == "llamafactory":
-            cwd, output_dir = root / "llamafactory", root / "llamafactory-out" / recipe.path.stem
-        else:  # a directory laid out as the recipe expects: data/<name>/ here, outputs/ written here
-            cwd = root / f"swift-{recipe.family}"
-            (cwd / "data").mkdir(parents=True, exist_ok=True)
-            if not (cwd / "data" / data_dir.name).exists():
-                (cwd / "data" / data_dir.name).symlink_to(data_dir)
-            output_dir = cwd / recipe.config["output_dir"]
-        cwd.mkdir(parents=True, exist_ok=True)
-        outputs[recipe.rel] = output_dir
-        words, env = run_line(recipe, tiny_model_dir(recipe.family), data_dir, encoder,
-                              output_dir if recipe.trainer == "llamafactory" else None, plugin)
-        log = root / "logs" / f"{recipe_id(recipe).replace('/', '_')}.log"
+        words, env, cwd, log, outputs[recipe.rel] = prepare_run(workspace, tiny_model_dir, recipe)
         return words, trainer_env(recipe.trainer, **env), cwd, log
 
     def run(recipe, words, env, cwd, log, before):
@@ -339,3 +373,118 @@ def test_swift_infer_serves_the_checkpoint(recipe, trained, workspace, tiny_mode
     scored = [json.loads(line) for line in (serve / "predict" / "scores.jsonl").read_text().splitlines()]
     assert [row["image"] for row in scored] == images
     assert all((serve / "predict" / row["heatmap"]).is_file() for row in scored)
+
+
+def variant_recipe(trainer: str, variant: str):
+    return next(r for r in CUSTOM if (r.trainer, r.path.stem) == (trainer, VARIANT_RECIPES[variant]))
+
+
+@pytest.fixture(scope="module")
+def variant_runs(workspace, tiny_model_dir):
+    """variant_runs(trainer, variant) -> output dir of the VARIANTS run, every variant started at the first request,
+    in LANES lanes (the module's Run lines have finished by then: these tests come last)."""
+    runs, pool = {}, ThreadPoolExecutor(max_workers=LANES)
+    for variant in VARIANTS:
+        for trainer in VARIANTS[variant]:
+            recipe = variant_recipe(trainer, variant)
+            words, env, cwd, log, out = prepare_run(workspace, tiny_model_dir, recipe, variant)
+            runs[trainer, variant] = (pool.submit(run_logged, words, log, env=trainer_env(trainer, **env), cwd=cwd,
+                                                  timeout=900), out)
+    yield lambda trainer, variant: runs[trainer, variant][0].result() and runs[trainer, variant][1]
+    pool.shutdown(cancel_futures=True)
+
+
+def optimizer_groups(checkpoint: Path) -> list[dict]:
+    """The run's optimizer parameter groups as its checkpoint saved them (initial_lr: the group's own rate)."""
+    return torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["param_groups"]
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+def test_seed_encoder_full_linear_merger_with_cls(trainer, variant_runs, tiny_model_dir, workspace):
+    """Stage 2 with the one-Linear merger over CLS + patches and the encoder trained whole at its own rate: the
+    placeholders count patches + 1 (the run would stop otherwise), the encoder moved, its optimizer group has its
+    rate, and the saved folder names merger and token layout so a loader rebuilds the same model."""
+    from custom_modules.vision_encoder.training import load_trained
+    from tests.unit.test_vision_encoder import IMAGE_PAD, TOKENS_KEPT, batch, image
+
+    out = variant_runs(trainer, "seed_encoder")
+    settings = json.loads((out / "vision_encoder" / "settings.json").read_text())
+    assert {key: settings[key] for key in SEED_ENCODER if key != "merger_path"} == {
+        key: value for key, value in SEED_ENCODER.items() if key != "merger_path"}
+    assert set(load_file(out / "vision_encoder" / "merger.safetensors")) == {"norm.weight", "norm.bias",
+                                                                            "proj.weight", "proj.bias"}
+    checkpoint = saved(variant_recipe(trainer, "seed_encoder"), out)
+    adapter = {k.removeprefix("base_model.model."): v for k, v in load_file(checkpoint / "adapter_model.safetensors").items()}
+    encoder = {k.split("model.visual.encoder.", 1)[1]: v for k, v in adapter.items() if "model.visual.encoder." in k}
+    base = load_file(workspace[2] / "model.safetensors")
+    assert encoder.keys() == base.keys()
+    assert [k for k in encoder if not torch.equal(encoder[k], base[k])], "the encoder did not move"
+    groups = optimizer_groups(checkpoint if trainer == "swift" else out / "checkpoint-1")
+    assert sum(len(g["params"]) for g in groups if g["initial_lr"] == ENCODER_LR) == len(encoder)
+
+    model, processor = load_trained(tiny_model_dir("qwen3_vl"), checkpoint)
+    inputs = batch(processor, [image(1)], answers=["Clear."])
+    assert (inputs["input_ids"] == IMAGE_PAD).sum() == TOKENS_KEPT[0]
+    assert torch.isfinite(model(**inputs).loss)
+
+
+@pytest.fixture(scope="module")
+def plans(workspace, tiny_model_dir):
+    """id -> qvr-plan's JSON of that run (recipe.rel, or (trainer, variant)): its Run line's overrides, our settings'
+    variables (ms-swift), its working directory; each trainer's runs planned in one process of its venv."""
+    found = {}
+    for trainer in ("llamafactory", "swift"):
+        items = []
+        runs = [(recipe, None) for recipe in CUSTOM if recipe.trainer == trainer]
+        runs += [(variant_recipe(trainer, variant), variant) for variant in VARIANTS if trainer in VARIANTS[variant]]
+        for recipe, variant in runs:
+            words, env, cwd, _, _ = prepare_run(workspace, tiny_model_dir, recipe, variant)
+            items.append({"id": f"{recipe.rel}#{variant}" if variant else recipe.rel, "recipe": str(recipe.path),
+                          "overrides": words[words.index(str(recipe.path)) + 1:], "cwd": str(cwd),
+                          "env": {k: v for k, v in env.items() if k.startswith("QVR_")}})
+        found.update(run_plan_worker(trainer, items))
+    return found
+
+
+def trained_names(recipe, out: Path) -> set[str]:
+    """The parameters a run trained, as its files name them: its adapter (LoRA pairs, modules_to_save), its forgery
+    head and fusion (the head only where the mode trains it: the frozen modes load it, test above), a stage 1
+    encoder run's merger."""
+    names, checkpoint = set(), saved(recipe, out)
+    if (checkpoint / "adapter_model.safetensors").is_file():
+        names |= {k.removeprefix("base_model.model.") for k in load_file(checkpoint / "adapter_model.safetensors")}
+    if "forgery" in recipe.custom:
+        frozen = recipe.custom["forgery"]["mode"] in ("frozen_head", "frozen_head_hybrid")
+        names |= {f"forgery.{k}" for k in load_file(checkpoint / "forgery_head.safetensors")
+                  if not (frozen and k.startswith("head."))}
+    if recipe.custom.get("vision_encoder", {}).get("stage") == 1:
+        names |= {f"model.visual.merger.{k}" for k in load_file(out / "vision_encoder" / "merger.safetensors")}
+    return names
+
+
+@pytest.mark.parametrize("recipe", CUSTOM, ids=recipe_id)
+def test_plan_names_what_the_run_trained(recipe, trained, plans):
+    out = trained(recipe)
+    plan = plans[recipe.rel]
+    assert plan.get("failure") is None and plan["errors"] == [], plan
+    assert set(plan["trainable"]) == trained_names(recipe, out)
+    checkpoint = out / "checkpoint-1"
+    if (checkpoint / "optimizer.pt").is_file():  # stage 1 through ms-swift saves no checkpoint
+        assert sum(len(group["params"]) for group in optimizer_groups(checkpoint)) == len(plan["trainable"])
+    assert not [w for w in plan["warnings"] if w.startswith(("forgery mode", "qwenvl_recipes.vision_encoder stage",
+                                                             "QVR_VISION_ENCODER stage"))]
+    if "learning_rates" in recipe.custom:  # the merger's own rate, in the plan and in the run's optimizer
+        merger_lr = recipe.custom["learning_rates"]["merger_lr"]
+        assert plan["parts"]["merger"]["learning_rates"] == [merger_lr]
+        merger = [name for name in plan["trainable"] if ".visual.merger." in name]
+        assert [len(g["params"]) for g in optimizer_groups(checkpoint) if g["initial_lr"] == merger_lr] == [len(merger)]
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+def test_plan_names_what_the_seed_encoder_run_trained(trainer, variant_runs, plans):
+    recipe = variant_recipe(trainer, "seed_encoder")
+    out = variant_runs(trainer, "seed_encoder")
+    plan = plans[f"{recipe.rel}#seed_encoder"]
+    assert plan.get("failure") is None and plan["errors"] == [], plan
+    assert set(plan["trainable"]) == trained_names(recipe, out)
+    assert plan["parts"]["vision encoder (ours)"]["learning_rates"] == [ENCODER_LR]

@@ -9,7 +9,7 @@ from pathlib import Path
 from tools import synthetic_data
 from tools.offline import offline_env
 from tools.recipes_table import REPO_ROOT, discover
-from tools.trainers import trainer_env
+from tools.trainers import trainer_env, venv_bin
 
 RECIPES = discover()
 HERE = Path(__file__).resolve().parent
@@ -47,4 +47,15 @@ def run_parse_worker(trainer: str, bin_dir: Path, items: list[dict]) -> dict:
                             capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
     if result.returncode != 0 or not result.stdout.strip():
         raise RuntimeError(f"{trainer} parse worker failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_plan_worker(trainer: str, items: list[dict]) -> dict:
+    """qvr-plan's JSON of every item ({"id", "recipe", "overrides", "env", "cwd"}) from ONE subprocess of the
+    trainer's venv (plan_worker.py); {id: plan | {"failure": error}}."""
+    result = subprocess.run([str(venv_bin(trainer) / "python"), str(HERE / "plan_worker.py")],
+                            input=json.dumps(items), capture_output=True, text=True, cwd=REPO_ROOT,
+                            env=trainer_env(trainer), timeout=600)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"{trainer} plan worker failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,5 +1,6 @@
 """Two training steps per trainer x method on the tiny models with the recipe's own settings (only model,
-data, output dir, max_steps and CPU dtype overridden), then: exactly the intended parameters changed.
+data, output dir, max_steps and CPU dtype overridden), then: exactly the intended parameters changed, and they are
+the ones qvr-plan names for the same recipe and overrides (QLoRA, which needs CUDA, is planned against its LoRA twin).
 Plus the export recipes: merged model loads with from_pretrained and generates."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.recipes.recipe_cases import RECIPES, make_dataset, trainer_env
+from tests.recipes.recipe_cases import RECIPES, make_dataset, run_plan_worker, trainer_env
 from tools.trainers import CPU_OVERRIDES, run_logged, train_command, venv_bin
 
 # One recipe per method: the seeds (caption LoRA, Qwen3-VL LoRA + merger), DeepSpeed ZeRO-3 (it runs on CPU:
@@ -25,6 +26,7 @@ SMOKE = {  # longest runs first: they start first in the pool
     "grounding_lora": ("grounding", "qwen2_5_vl_7b_lora", "lora"),
     "lora": ("caption", "qwen2_vl_2b_lora", "lora"),
 }
+QLORA = ("caption", "qwen2_vl_2b_qlora")  # planned only: bitsandbytes' 4-bit base needs CUDA
 EXPORTS = {"llamafactory": ("caption", "qwen2_vl_2b_lora_export"), "swift": ("caption", "qwen2_vl_2b_lora_export")}
 LM, VIT, MERGER = "language_model", "visual.blocks", "visual.merger"
 MASTER_PORTS = {"llamafactory": 29571, "swift": 29572}  # the two trainers' runs may overlap
@@ -91,6 +93,42 @@ def trained(tiny_model_dir, datasets, tmp_path_factory):
 def saved_dir(trainer: str, out: Path) -> Path:
     """LLaMA-Factory saves the final model in output_dir; swift in output_dir/checkpoint-<last step>."""
     return out if trainer == "llamafactory" else out / "checkpoint-2"
+
+
+@pytest.fixture(scope="session")
+def plans(tiny_model_dir, datasets, tmp_path_factory):
+    """(trainer, task, name) -> qvr-plan's JSON for the smoke run of that recipe (its overrides), each trainer's
+    recipes planned in one process of its venv."""
+    out = tmp_path_factory.mktemp("plans")
+    cases = [case[:2] for case in SMOKE.values()] + [QLORA]
+    found = {}
+    for trainer in ("llamafactory", "swift"):
+        items = []
+        for task, name in cases:
+            recipe = find_recipe(trainer, task, name)
+            overrides = smoke_overrides(recipe, tiny_model_dir(recipe.family), datasets(task, recipe.family), out)
+            items.append({"id": name, "recipe": str(recipe.path),
+                          "overrides": train_command(trainer, recipe.path, overrides)[3:]})
+        found.update({(trainer, name): plan for name, plan in run_plan_worker(trainer, items).items()})
+    return lambda trainer, task, name: found[trainer, name]
+
+
+def trained_names(method: str, saved: Path, tiny: Path) -> set[str]:
+    """The parameters a run trained, as its files show: a LoRA run's adapter (LoRA pairs, modules_to_save), a full
+    run's parameters that moved (named as model.named_parameters names them: tied weights once)."""
+    if method != "full":
+        return set(adapter_tensors(saved))
+    from transformers import AutoModelForImageTextToText
+
+    base = dict(AutoModelForImageTextToText.from_pretrained(tiny).named_parameters())
+    tuned = dict(AutoModelForImageTextToText.from_pretrained(saved).named_parameters())
+    return {name for name, param in tuned.items() if not torch.equal(param, base[name])}
+
+
+def optimizer_tensors(saved: Path) -> int:
+    """How many tensors the run's optimizer trained (its checkpoint's optimizer.pt, parameter groups)."""
+    state = torch.load(saved / "optimizer.pt", map_location="cpu", weights_only=False)
+    return sum(len(group["params"]) for group in state["param_groups"])
 
 
 def base_state(tiny: Path) -> dict:
@@ -167,6 +205,28 @@ def test_two_steps_change_only_intended_parameters(trainer, case, trained, tiny_
         assert extra and all(MERGER in k for k in extra), f"fully trained modules besides the merger: {sorted(extra)}"
         changed = [k for k, v in extra.items() if not torch.equal(v, base[k])]
         assert changed, "the merger did not move"
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+@pytest.mark.parametrize("case", sorted(SMOKE))
+def test_plan_names_what_the_run_trained(trainer, case, trained, plans, tiny_model_dir):
+    task, name, method = SMOKE[case]
+    recipe = find_recipe(trainer, task, name)
+    out = trained(trainer, task, name)
+    plan = plans(trainer, task, name)
+    assert plan.get("failure") is None and plan["errors"] == [], plan
+    assert set(plan["trainable"]) == trained_names(method, saved_dir(trainer, out), tiny_model_dir(recipe.family))
+    if trainer == "llamafactory":  # LLaMA-Factory logs its own count of what it set trainable
+        assert f"trainable params: {plan['trainable_parameters']:,} ||" in (out / "train.log").read_text()
+    if method != "full":  # DeepSpeed keeps its optimizer elsewhere
+        assert optimizer_tensors(out / "checkpoint-2") == len(plan["trainable"])
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "swift"])
+def test_qlora_plan_is_its_lora_twin_on_a_4_bit_base(trainer, plans):
+    qlora, lora = plans(trainer, *QLORA), plans(trainer, *SMOKE["lora"][:2])
+    assert "QLoRA" in qlora["method"] and "4 bits" in qlora["method"]
+    assert qlora["errors"] == [] and qlora["trainable"] == lora["trainable"]
 
 
 def export_overrides(trainer: str, adapter: Path, tiny: Path, out: Path) -> list[str]:
