@@ -159,13 +159,17 @@ def trained_copies(model: nn.Module) -> list[str]:
             if isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict)]
 
 
-def parameters(model: nn.Module, rate_of: Callable[[nn.Parameter], float | None]) -> list[Parameter]:
+def parameters(model: nn.Module, learning_rate: float, groups: list[dict] | None = None) -> list[Parameter]:
+    """Every parameter of `model`, the trainable ones at their learning rate: their optimizer group's (`groups`, as
+    the trainer builds them) or the one `learning_rate`."""
+    rates = {id(param): group["lr"] for group in groups or [] for param in group["params"]}
     found = []
     for name, param in model.named_parameters():
         lora = bool(LORA_PARAMETER.search(name))
         added = lora or bool(TRAINED_COPY.search(name))
+        rate = (rates.get(id(param)) if groups else learning_rate) if param.requires_grad else None
         found.append(Parameter(saved_name(name.replace(FROZEN_ORIGINAL, ".")), param.numel(), param.requires_grad,
-                               added, lora, rate_of(param) if param.requires_grad else None))
+                               added, lora, rate))
     return found
 
 

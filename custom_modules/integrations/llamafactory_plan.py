@@ -100,6 +100,9 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
                                                                               block_where("learning_rates"))
     except ValueError as error:
         raise PlanError(f"{recipe}: {error}") from error
+    if encoder and rates:
+        raise PlanError(f"{recipe}: {block_where('vision_encoder')}: {block_where('learning_rates')} already sets the "
+                        f"learning rates per part; keep one of the two")
     try:  # a later stage's inputs need not exist yet when the plan is made
         if forgery:
             forgery_paths(forgery, block_where("forgery"), args.get("dataset_dir", "data"), args.get("output_dir"))
@@ -142,12 +145,12 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
             warnings += stage_warnings(model, encoder, block_where("vision_encoder"))
 
     learning_rate = float(args.get("learning_rate", DEFAULT_LEARNING_RATE))
-    rate_of = lambda param: learning_rate  # noqa: E731 - LLaMA-Factory's optimizer: one rate
-    if adapter_error is None and (encoder or rates):
-        groups = (param_groups(model, encoder, learning_rate) if encoder else
-                  learning_rates.param_groups(model, learning_rates.stock_part, learning_rates.rates_of(rates),
-                                              learning_rate))
-        by_id = {id(param): group["lr"] for group in groups for param in group["params"]}
-        rate_of = lambda param: by_id.get(id(param))  # noqa: E731
+    groups = None  # LLaMA-Factory's own optimizer: one rate; ours: the groups qvr-llamafactory installs
+    if adapter_error is None and encoder:
+        groups = param_groups(model, encoder, learning_rate)
+    elif adapter_error is None and rates:
+        groups = learning_rates.param_groups(model, learning_rates.stock_part, learning_rates.rates_of(rates),
+                                             learning_rate)
     return Plan(recipe, f"{TRAINER} {VERSION} (llamafactory.model.adapter.init_adapter)", described,
-                method(model_args, finetuning_args), results, parameters(model, rate_of), warnings, errors)
+                method(model_args, finetuning_args), results, parameters(model, learning_rate, groups), warnings,
+                errors)

@@ -87,17 +87,15 @@ def method(args) -> str:
     return f"{args.tuner_type} (tuner_type)"
 
 
-def learning_rates(args, model):
-    """param -> learning rate, from the optimizer swift's optimizer callback builds (vit_lr / aligner_lr: its
-    multimodal one; else the HF Trainer's, one rate)."""
+def optimizer_groups(args, model) -> list[dict] | None:
+    """The parameter groups of the optimizer swift's optimizer callback builds over `model` (vit_lr / aligner_lr: its
+    multimodal one); None for the HF Trainer's, one rate."""
     training_args = args.training_args  # the trainer's arguments: vit_lr / aligner_lr set its optimizer there
     if not training_args.optimizer:
-        return lambda param: args.learning_rate
+        return None
     from swift.optimizers import optimizers_map
 
-    optimizer = optimizers_map[training_args.optimizer](training_args, None).create_optimizer(model)
-    by_id = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
-    return lambda param: by_id.get(id(param))
+    return optimizers_map[training_args.optimizer](training_args, None).create_optimizer(model).param_groups
 
 
 def plan(recipe: str, overrides: list[str]) -> Plan:
@@ -169,12 +167,12 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
     errors = pattern_errors(recipe, results, described)
     if adapter_error is not None and not errors:
         raise training_failure(recipe, adapter_error)
-    rate_of = lambda param: args.learning_rate  # noqa: E731
+    groups = None
     if adapter_error is None:
         if forgery:
             warnings += placement_warnings(model, forgery, env_where("forgery"))
         if encoder:
             warnings += stage_warnings(model, encoder, env_where("vision_encoder"))
-        rate_of = learning_rates(args, model)
+        groups = optimizer_groups(args, model)
     return Plan(recipe, f"{TRAINER} {__version__} (swift.pipelines.train.tuner.TunerMixin.prepare_model)",
-                described, method(args), results, parameters(model, rate_of), warnings, errors)
+                described, method(args), results, parameters(model, args.learning_rate, groups), warnings, errors)

@@ -47,7 +47,9 @@ def register(environment_settings) -> None:
     class SwiftSaveCallback(SaveVisionEncoderCallback):
         def __init__(self, args, trainer):  # swift builds callbacks as cls(args, trainer)
             super().__init__(settings())
-            for warning in stage_warnings(trainer.model, self.settings, WHERE):
+
+        def on_init_end(self, args, state, control, model=None, **kwargs):  # the trainer has its (tuned) model
+            for warning in stage_warnings(model, self.settings, WHERE):
                 logger.warning(warning)
 
     register_model_arch(MultiModelKeys(MODEL_TYPE, language_model=["model.language_model", "lm_head"],
