@@ -16,16 +16,19 @@ from tests.recipes.recipe_cases import RECIPES, make_dataset, run_plan_worker, t
 from tools.trainers import CPU_OVERRIDES, run_logged, train_command, venv_bin
 
 # One recipe per method: the seeds (caption LoRA, Qwen3-VL LoRA + merger), DeepSpeed ZeRO-3 (it runs on CPU:
-# gloo + DeepSpeed's shm comm op) and the cheapest ViT-LoRA recipe (the microscopy ones take 16 two-image
-# samples of ~200 tokens a step: ~100 s on 2 cores), plus the Qwen2.5-VL grounding LoRA, so each model family
-# trains. The same file name in both trainers. case -> (task, recipe name, method).
+# gloo + DeepSpeed's shm comm op) and the cheapest ViT-LoRA recipe, plus the Qwen2.5-VL grounding LoRA, so each model
+# family trains, and the Qwen3-VL ViT LoRA (microscopy: its own block names, the deepstack mergers beside them left
+# out) on one sample a step (its own batch is 16 two-image samples of ~200 tokens: ~100 s on 2 cores; the batch
+# changes nothing of what trains). The same file name in both trainers. case -> (task, recipe name, method).
 SMOKE = {  # longest runs first: they start first in the pool
     "full": ("caption", "qwen2_vl_2b_full_zero3", "full"),
     "lora_vit": ("caption", "qwen2_vl_2b_lora_vit", "lora_vit"),
+    "microscopy_lora_vit": ("microscopy", "qwen3_vl_2b_lora_vit", "lora_vit"),
     "merger": ("forgery", "qwen3_vl_4b_merger", "merger"),
     "grounding_lora": ("grounding", "qwen2_5_vl_7b_lora", "lora"),
     "lora": ("caption", "qwen2_vl_2b_lora", "lora"),
 }
+ONE_SAMPLE = {"qwen3_vl_2b_lora_vit": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1}}
 QLORA = ("caption", "qwen2_vl_2b_qlora")  # planned only: bitsandbytes' 4-bit base needs CUDA
 EXPORTS = {"llamafactory": ("caption", "qwen2_vl_2b_lora_export"), "swift": ("caption", "qwen2_vl_2b_lora_export")}
 LM, VIT, MERGER = "language_model", "visual.blocks", "visual.merger"
@@ -78,8 +81,8 @@ def trained(tiny_model_dir, datasets, tmp_path_factory):
         recipe = find_recipe(trainer, task, name)
         out = tmp_path_factory.mktemp(f"{trainer}-{name}")
         overrides = smoke_overrides(recipe, tiny_model_dir(recipe.family), datasets(task, recipe.family), out)
-        run_logged(train_command(trainer, recipe.path, overrides), out / "train.log", env=launch_env(recipe),
-                   timeout=600)
+        run_logged(train_command(trainer, recipe.path, {**overrides, **ONE_SAMPLE.get(name, {})}), out / "train.log",
+                   env=launch_env(recipe), timeout=600)
         return out
 
     for task, name, _ in SMOKE.values():  # data first, in this thread: the converters are not run concurrently
@@ -106,7 +109,8 @@ def plans(tiny_model_dir, datasets, tmp_path_factory):
         items = []
         for task, name in cases:
             recipe = find_recipe(trainer, task, name)
-            overrides = smoke_overrides(recipe, tiny_model_dir(recipe.family), datasets(task, recipe.family), out)
+            overrides = {**smoke_overrides(recipe, tiny_model_dir(recipe.family), datasets(task, recipe.family), out),
+                         **ONE_SAMPLE.get(name, {})}
             items.append({"id": name, "recipe": str(recipe.path),
                           "overrides": train_command(trainer, recipe.path, overrides)[3:]})
         found.update({(trainer, name): plan for name, plan in run_plan_worker(trainer, items).items()})
