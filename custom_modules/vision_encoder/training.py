@@ -92,12 +92,12 @@ def stage_warnings(model: nn.Module, settings: VisionEncoderSettings, where: str
         if param.requires_grad:
             actual[part_of(name)].add("lora" if "lora_" in name else "whole")
 
-    def trains(kinds: set, what: str) -> str:
-        return (f"trains {what} " + " and ".join({"lora": "with LoRA", "whole": "whole"}[kind] for kind in sorted(kinds))
-                if kinds else f"freezes {what}")
+    def training(kinds: set, what: str) -> str:
+        ways = " and ".join({"lora": "with LoRA", "whole": "whole"}[kind] for kind in sorted(kinds))
+        return f"trains {what} {ways}" if kinds else f"freezes {what}"
 
     stage = f"{where} stage {settings.stage} (encoder_training {settings.encoder_training})"
-    return [f"{stage} {trains(expected[part], f'the {part}')}, but this run {trains(actual[part], 'it')}"
+    return [f"{stage} {training(expected[part], f'the {part}')}, but this run {training(actual[part], 'it')}"
             for part in expected if actual[part] != expected[part]]
 
 

@@ -414,7 +414,8 @@ def test_seed_encoder_full_linear_merger_with_cls(trainer, variant_runs, tiny_mo
     assert set(load_file(out / "vision_encoder" / "merger.safetensors")) == {"norm.weight", "norm.bias",
                                                                             "proj.weight", "proj.bias"}
     checkpoint = saved(variant_recipe(trainer, "seed_encoder"), out)
-    adapter = {k.removeprefix("base_model.model."): v for k, v in load_file(checkpoint / "adapter_model.safetensors").items()}
+    adapter = {k.removeprefix("base_model.model."): v
+               for k, v in load_file(checkpoint / "adapter_model.safetensors").items()}
     encoder = {k.split("model.visual.encoder.", 1)[1]: v for k, v in adapter.items() if "model.visual.encoder." in k}
     base = load_file(workspace[2] / "model.safetensors")
     assert encoder.keys() == base.keys()

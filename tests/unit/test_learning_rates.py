@@ -47,8 +47,9 @@ def test_one_feature_owns_the_optimizer_groups(monkeypatch, tmp_path):
     import llamafactory.model.loader as loader
     import llamafactory.train.sft.trainer as sft_trainer
 
-    for module, name in ((sft_trainer, "create_custom_optimizer"), (loader, "patch_processor"), (loader, "init_adapter")):
-        monkeypatch.setattr(module, name, getattr(module, name))  # the features patch them for the process
+    patched = ((sft_trainer, "create_custom_optimizer"), (loader, "patch_processor"), (loader, "init_adapter"))
+    for module, name in patched:  # the features patch them for the process
+        monkeypatch.setattr(module, name, getattr(module, name))
     block = {"learning_rates": {"merger_lr": 1e-5},
              "vision_encoder": {"encoder": "dinov2", "encoder_path": str(tmp_path), "merger_lr": 1e-4}}
     with pytest.raises(RecipeError, match=r"r\.yaml: qwenvl_recipes\.vision_encoder: qwenvl_recipes\.learning_rates "

@@ -1,4 +1,4 @@
-"""qvr-plan on LLaMA-Factory recipes (this environment's trainer; ms-swift's side: test_plan_swift in the recipe tests)
+"""qvr-plan on LLaMA-Factory recipes (this environment's trainer; ms-swift's side: tests/recipes/test_plan_recipes.py)
 on the tiny models: the target lists users paste from their own code, flagged before any weight loads, and the
 forgery mode checks. Every run builds the model on the meta device."""
 from __future__ import annotations
