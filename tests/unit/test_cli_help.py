@@ -41,8 +41,8 @@ def test_qvr_llamafactory_help_says_it_takes_llamafactory_cli_arguments(capsys):
     assert "qvr-llamafactory train recipe.yaml [key=value ...]" in text and "FORCE_TORCHRUN" in text
 
 
-@pytest.mark.parametrize("script,subcommand", [("qvr-convert", "coco-caption"), ("qvr-eval", "score"),
-                                               ("qvr-llamafactory", "train")])
+@pytest.mark.parametrize("script,subcommand", [("qvr-convert", "coco-caption"), ("qvr-eval", "predict"),
+                                               ("qvr-llamafactory", "train"), ("qvr-plan", "RECIPE")])
 def test_console_scripts_run_from_any_directory(script, subcommand, lf_bin, tmp_path):
     """`make install` put the project's console scripts into the environment; they need no checkout as cwd."""
     import subprocess
