@@ -193,12 +193,13 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
     """Where the model, data and outputs are, how many steps (logged ~25 times, saved at the end, the model alone),
     CPU precision and offline use: the keys every run on a local tiny model changes, whatever it trains.
     A learning run is scored, never resumed, so its checkpoint holds no optimizer state (with the output layer
-    trained, Adam's two moments of it are ~80 MB of a tiny model's ~120 MB checkpoint)."""
+    trained, Adam's two moments of it are ~80 MB of a tiny model's ~120 MB checkpoint), and a rerun into the same
+    output_dir trains again (LLaMA-Factory would otherwise resume from the earlier run's last checkpoint)."""
     common = {"output_dir": output_dir, "max_steps": steps, "logging_steps": max(1, steps // 25), "save_steps": steps,
               "save_only_model": True, **OFFLINE_OVERRIDES[trainer], **CPU_OVERRIDES[trainer]}
     if trainer == "llamafactory":
         return {"model_name_or_path": model_dir, "dataset_dir": data_dir, "dataset": f"{data_name}_train",
-                **common}
+                "overwrite_output_dir": True, **common}
     return {"model": model_dir, "dataset": data_dir / f"{data_name}_train.jsonl", **common}
 
 

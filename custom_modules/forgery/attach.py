@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from custom_modules.checkpoints import transformers_model
 from custom_modules.forgery.head import DetectionHead, FusionProjector, HeadOutput
 from custom_modules.forgery.losses import forgery_loss
 from custom_modules.forgery.settings import ForgerySettings, resolve_blocks
@@ -64,12 +65,6 @@ class ForgeryModules(nn.Module):
         return self.last_head
 
 
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under PEFT / DDP wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def find_modules(model: nn.Module) -> ForgeryModules:
     for module in model.modules():
         if isinstance(module, ForgeryModules):
@@ -90,7 +85,7 @@ def answer_token_ids(tokenizer, settings: ForgerySettings) -> tuple[int, int]:
 def build_modules(model: nn.Module, settings: ForgerySettings,
                   answers: tuple[int, int] | None = None) -> ForgeryModules:
     """The head / fusion sized for `model`'s ViT and LM, on the ViT's device, the head frozen in frozen-head modes."""
-    hf = base_model(model)
+    hf = transformers_model(model)
     visual = find_visual(hf)
     head_blocks, _ = resolve_blocks(settings, len(visual.blocks))
     # the ViT width: Qwen2-VL's vision config calls it embed_dim (its hidden_size is the LM's)
@@ -104,7 +99,7 @@ def build_modules(model: nn.Module, settings: ForgerySettings,
 
 def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> ForgeryModules:
     """Add the forgery modules and forward to `model` (call after LoRA is applied, so the head stays trainable)."""
-    hf = base_model(model)
+    hf = transformers_model(model)
     visual = find_visual(hf)
     spec = settings.spec
     if spec.lm and tokenizer is None:

@@ -1,6 +1,7 @@
 """transformers TrainerCallback for any HF-Trainer-based trainer (LLaMA-Factory, ms-swift): step counter for
-the heatmap warm-up, head weights saved beside every adapter checkpoint, and (with `eval_file`) evaluation
-at each epoch end keeping the best-AUROC checkpoint in <output_dir>/best_by_AUROC."""
+the heatmap warm-up, head weights saved beside every adapter checkpoint and loaded back when the trainer resumes
+from one, and (with `eval_file`) evaluation at each epoch end keeping the best-AUROC checkpoint in
+<output_dir>/best_by_AUROC."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,15 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
+from custom_modules.checkpoints import save_trained_parts_only
 from custom_modules.forgery.attach import find_modules
-from custom_modules.forgery.checkpoint import BEST_DIR, save_checkpoint, save_head
+from custom_modules.forgery.checkpoint import BEST_DIR, load_head_weights, save_checkpoint, save_head
 from custom_modules.forgery.data import read_rows
 from custom_modules.forgery.evaluate import evaluate
 from custom_modules.forgery.settings import ForgerySettings
 
 EVAL_LOG = "forgery_eval.jsonl"
+BEST_KEY = "forgery_best_auroc"  # the trainer's log_history entry of each new best, saved in every checkpoint
 
 
 class ForgeryCallback(TrainerCallback):
@@ -25,6 +28,19 @@ class ForgeryCallback(TrainerCallback):
         processor (known only once the trainer has loaded it)."""
         self.settings, self.processor = settings, processor
         self.best_auroc = None
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        """The modules attached, before the optimizer exists: a resumed run takes them from its checkpoint (the
+        trainer restores only its own adapters there; optimizer state follows, the parameter order unchanged); with
+        nothing of the base training, checkpoints hold the modules alone."""
+        modules = find_modules(model)
+        if args.resume_from_checkpoint:
+            load_head_weights(modules, args.resume_from_checkpoint)
+        save_trained_parts_only(model, [modules], args)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """The best AUROC so far, from the log a resumed run continues (so a worse epoch never replaces the best)."""
+        self.best_auroc = max((entry[BEST_KEY] for entry in state.log_history if BEST_KEY in entry), default=None)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         find_modules(model).global_step = state.global_step
@@ -47,7 +63,7 @@ class ForgeryCallback(TrainerCallback):
         if auroc is not None and (self.best_auroc is None or auroc > self.best_auroc):
             self.best_auroc = auroc
             save_checkpoint(model, Path(args.output_dir) / BEST_DIR)
-            state.log_history.append({"forgery_best_auroc": auroc, "step": state.global_step})
+            state.log_history.append({BEST_KEY: auroc, "step": state.global_step})
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:

@@ -40,7 +40,7 @@ def load_head_weights(modules: ForgeryModules, ckpt_dir: str | os.PathLike, only
     """Load saved forgery weights (only the detection head's when `only_head`: T4/T5 take a pretrained head)."""
     path = Path(ckpt_dir) / HEAD_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no forgery head weights (a head_pretrain output dir is expected)")
+        raise FileNotFoundError(f"{path}: no forgery head weights (not a checkpoint of a forgery run)")
     state = load_file(str(path))
     if only_head:
         state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}

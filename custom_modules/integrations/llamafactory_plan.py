@@ -15,7 +15,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from custom_modules import learning_rates
-from custom_modules.forgery.attach import base_model, build_modules
+from custom_modules.checkpoints import transformers_model
+from custom_modules.forgery.attach import build_modules
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import parse_settings as forgery_settings
 from custom_modules.forgery.settings import resolve_paths as forgery_paths
@@ -129,7 +130,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
             adapter_error = error
         if forgery and adapter_error is None:
             try:
-                base_model(model).add_module("forgery", build_modules(model, forgery))
+                transformers_model(model).add_module("forgery", build_modules(model, forgery))
             except ValueError as error:  # head blocks outside the model's ViT
                 raise PlanError(f"{recipe}: {error}") from error
 

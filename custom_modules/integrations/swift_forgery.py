@@ -108,6 +108,7 @@ def register(environment_settings) -> None:
             # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated
             # tokens (num_items_in_batch); the Trainer must not divide by the accumulation steps again
             self.trainer.model_accepts_loss_kwargs = True
+            ForgeryCallback.on_init_end(self, args, state, control, model=model, **kwargs)
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             super().on_epoch_end(args, state, control, model=model, **kwargs)

@@ -17,7 +17,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from custom_modules.forgery.attach import base_model, build_modules
+from custom_modules.checkpoints import transformers_model
+from custom_modules.forgery.attach import build_modules
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import parse_settings as forgery_settings
 from custom_modules.forgery.settings import resolve_paths as forgery_paths
@@ -159,7 +160,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
             adapter_error = error
         if forgery and adapter_error is None:
             try:
-                base_model(model).add_module("forgery", build_modules(model, forgery))
+                transformers_model(model).add_module("forgery", build_modules(model, forgery))
             except ValueError as error:  # head blocks outside the model's ViT
                 raise PlanError(f"{recipe}: {error}") from error
 

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from custom_modules import learning_rates
+from custom_modules.checkpoints import save_trained_parts_only, transformers_model
 from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
 from qwenvl_recipes.io import staged_dir
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
@@ -162,10 +163,14 @@ def load_trained(base_model: str | os.PathLike, output_dir: str | os.PathLike, d
 
 
 class SaveVisionEncoderCallback(TrainerCallback):
-    """Writes `vision_encoder/` into every checkpoint and into the output folder at the end of training."""
+    """Writes `vision_encoder/` into every checkpoint and into the output folder at the end of training; when only
+    the merger trains (stage 1), the trainer's own checkpoints hold the merger alone."""
 
     def __init__(self, settings: VisionEncoderSettings):
         self.settings = settings
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        save_trained_parts_only(model, [qwen3_vl_core(transformers_model(model)).visual.merger], args)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:

@@ -18,6 +18,7 @@ import math
 import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ from safetensors.torch import load_file
 from custom_modules.forgery.vit import lora_target_regex, lora_targets
 from tests.recipes.recipe_cases import RECIPES, recipe_id, run_plan_worker
 from tools import synthetic_data
+from tools.checkpoint_size import checkpoint_bytes, recipe_settings
+from tools.model_configs import tiny_config
 from tools.tiny_dinov2 import ensure_tiny_dinov2
 from tools.trainers import REPO_ROOT, loss_history, run_logged, trainer_env, venv_bin
 
@@ -263,6 +266,16 @@ def test_run_line_trains_the_recipe(recipe, trained, workspace):
             head, loaded = load_file(out / "forgery_head.safetensors"), load_file(pretrained)
             assert [k for k in loaded if k.startswith("head.")]
             assert all(torch.equal(head[k], loaded[k]) for k in loaded if k.startswith("head."))
+    weights = saved(recipe, out) / "model.safetensors"
+    if recipe.custom.get("forgery", {}).get("mode") == "head_pretrain":
+        # the base is frozen: the trainer's save holds the head alone, the size tools.checkpoint_size computes
+        head = load_file(weights)
+        assert head and not [name for name in head if not name.startswith("forgery.head.")]
+        settings = replace(recipe_settings(recipe.path), head_blocks=TINY_BLOCKS)
+        expected = checkpoint_bytes(tiny_config(recipe.family), settings)["trained_bytes"]
+        assert sum(t.numel() * t.element_size() for t in head.values()) == expected
+    if recipe.custom.get("vision_encoder", {}).get("stage") == 1 and weights.is_file():  # swift's saves nothing
+        assert not [name for name in load_file(weights) if "visual.merger." not in name]
     if "vision_encoder" in recipe.custom:
         merger = load_file(out / "vision_encoder" / "merger.safetensors")
         if recipe.custom["vision_encoder"]["stage"] == 2:  # started from stage 1's merger, then trained
