@@ -7,12 +7,23 @@ about 16 GB a save at 7B. `_keys_to_ignore_on_save` is the transformers model's 
 `save_pretrained` leaves out, and the Trainer's resume (`_load_from_checkpoint`) loads the saved file non-strictly
 and takes exactly these keys as expected to be missing. So each checkpoint's `model.safetensors` holds the trained
 parameters alone, and a resume restores them through the trainer's own code.
+
+A pickled file that torch's weights-only loader refuses because it names a callable (an adapter_model.bin, a
+resumed checkpoint's optimizer.pt) is an InputError naming the file (`refused_pickle`, `load_adapter`), not a
+traceback.
 """
 from __future__ import annotations
 
+import os
+import pickle
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
+import torch
 from torch import nn
+
+from qwenvl_recipes.io import InputError
 
 
 def transformers_model(model: nn.Module) -> nn.Module:
@@ -39,3 +50,29 @@ def save_trained_parts_only(model: nn.Module, parts: Iterable[nn.Module], args=N
                          f"would load; resume with resume_from_checkpoint alone")
     hf._keys_to_ignore_on_save = [key for key in hf.state_dict() if key not in trainable]
     return True
+
+
+def refused_pickle(folder: str | os.PathLike, error: pickle.UnpicklingError) -> InputError:
+    """torch's weights-only refusal of a pickle in `folder` (a page of advice, one clause of which matters) as one
+    line naming the file: the one whose refusal is `error`'s."""
+    refused = Path(folder)
+    for path in sorted(path for pattern in ("*.bin", "*.pt", "*.pth") for path in refused.glob(pattern)):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as again:
+            if str(again) == str(error):
+                refused = path
+                break
+    named = re.search(r"GLOBAL (\S+)", str(error))
+    reason = f"it names {named.group(1)}" if named else str(error).strip().splitlines()[0]
+    return InputError(f"{refused}: refused to unpickle ({reason}; only tensors and plain data are loaded)")
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
+    """PeftModel.from_pretrained(model, adapter_dir), a refused pickle an InputError naming the file."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except pickle.UnpicklingError as error:
+        raise refused_pickle(adapter_dir, error) from error

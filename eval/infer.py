@@ -156,9 +156,9 @@ class TransformersGenerator:
                 self.processor = AutoProcessor.from_pretrained(model)
                 self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=getattr(torch, dtype))
             if self.adapter is not None:
-                from peft import PeftModel
+                from custom_modules.checkpoints import load_adapter
                 with loading(f"--adapter {self.adapter} on --model {model}"):
-                    self.model = PeftModel.from_pretrained(self.model, str(self.adapter))
+                    self.model = load_adapter(self.model, self.adapter)
         self.model.to(self.device).eval()
         model_type = self.model.config.model_type
         if model_type not in FAMILY_BY_MODEL_TYPE:

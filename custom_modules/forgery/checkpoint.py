@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
+from custom_modules.checkpoints import load_adapter
 from qwenvl_recipes.io import atomic_open, write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules, attach, find_modules
 from custom_modules.forgery.settings import ForgerySettings, parse_settings
@@ -66,9 +67,7 @@ def load_checkpoint(model: torch.nn.Module, ckpt_dir: str | os.PathLike, tokeniz
     settings = parse_settings(json.loads((ckpt_dir / SETTINGS_FILE).read_text(encoding="utf-8")),
                               where=str(ckpt_dir / SETTINGS_FILE))
     if (ckpt_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(ckpt_dir))
+        model = load_adapter(model, ckpt_dir)
     modules = attach(model, settings, tokenizer)
     load_head_weights(modules, ckpt_dir)
     return model, modules

@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import os
+import sys
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -102,7 +104,19 @@ def main(argv=None) -> None:
     parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="fp32")
     parser.add_argument("--threshold", type=float, help="image decision threshold (default: the recipe's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (otherwise one line)")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from custom_modules.forgery.checkpoint import load_checkpoint

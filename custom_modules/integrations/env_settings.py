@@ -64,8 +64,18 @@ def read_settings(environment: Mapping[str, object], source: str, recipe_env: Ma
             keys = sorted(setting_key(env_where(match[0]), k) for k in known[match[0]])
             raise ValueError(f"{source}: ENV {name} is not a {match[0]} setting; known: {', '.join(keys)}")
         value = environment.get(name, recipe_env.get(name) if recipe_env else None)
-        settings.setdefault(match[0], {})[match[1]] = yaml.safe_load(value) if isinstance(value, str) else value
+        settings.setdefault(match[0], {})[match[1]] = (yaml_value(value, name, source) if isinstance(value, str)
+                                                       else value)
     return settings
+
+
+def yaml_value(text: str, name: str, source: str):
+    """A variable's string read as YAML; a malformed one is a ValueError naming the variable and the recipe."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{source}: ENV {name}={text!r} is not a YAML value ({problem})") from None
 
 
 def recipe_source() -> tuple[str, dict]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import subprocess
 import sys
 
@@ -44,7 +45,8 @@ WORKER_MODULE = "custom_modules.integrations.llamafactory_cli"  # what each torc
 
 
 class RecipeError(ValueError):
-    """A recipe's `qwenvl_recipes:` block is wrong; the message names the file and the key."""
+    """A user error of the run: a recipe's `qwenvl_recipes:` block is wrong (the message names the file and the
+    key), or the checkpoint it resumes from holds a refused pickle (the message names that file)."""
 
 
 def read_recipe(argv: list[str]) -> tuple[dict, dict]:
@@ -81,7 +83,20 @@ def train(argv: list[str]) -> None:
     callbacks = feature_callbacks(argv[0], block, args)
     from llamafactory.train.tuner import run_exp
 
-    run_exp(args, callbacks=callbacks)
+    try:
+        run_exp(args, callbacks=callbacks)
+    except pickle.UnpicklingError as error:  # torch refused a resumed checkpoint's optimizer / scheduler / RNG state
+        from custom_modules.checkpoints import refused_pickle
+
+        raise RecipeError(str(refused_pickle(resumed_checkpoint(args), error))) from error
+
+
+def resumed_checkpoint(args: dict) -> str:
+    """The checkpoint a run resumes from: the recipe's resume_from_checkpoint, else (as LLaMA-Factory finds it) the
+    last checkpoint-N in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return args.get("resume_from_checkpoint") or get_last_checkpoint(args["output_dir"])
 
 
 def distributed() -> bool:
@@ -165,11 +180,17 @@ def main(argv: list[str] | None = None) -> None:
         tune_allocator()
         train(rest)
     except RecipeError as error:
-        raise SystemExit(f"qvr-llamafactory: {error}") from None
+        stop(error)
+
+
+def stop(error: RecipeError) -> None:
+    """A user error: one line, exit status 2."""
+    print(f"qvr-llamafactory: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # a torchrun worker: the launcher already decided
     try:
         train(sys.argv[1:])
     except RecipeError as error:
-        raise SystemExit(f"qvr-llamafactory: {error}") from None
+        stop(error)

@@ -34,24 +34,36 @@ def environment_settings(feature: str) -> dict:
     return read_settings(os.environ, source).get(feature, {})
 
 
-def register() -> None:
-    from swift.arguments import InferArguments
-
+def check_settings() -> None:
+    """Every QVR_* setting of the run checked; a bad one stops swift with one line naming it (SystemExit: swift
+    imports this file while it parses its arguments, and would otherwise print the import's traceback)."""
     from custom_modules.forgery.settings import parse_settings as forgery_settings
-    from custom_modules.integrations import swift_forgery, swift_serving, swift_speedups, swift_vision_encoder
     from custom_modules.integrations.env_settings import read_settings, recipe_source
     from custom_modules.recipe_keys import env_where
     from custom_modules.speedups import parse_settings as speedups_settings
     from custom_modules.vision_encoder.settings import parse_settings as vision_encoder_settings
 
-    args = swift_serving.prepare(os.environ)  # before any setting is read: serving restores them
     source, recipe_env = recipe_source()
     parsers = {"forgery": forgery_settings, "vision_encoder": vision_encoder_settings, "speedups": speedups_settings}
-    for feature, settings in read_settings(os.environ, source, recipe_env).items():
-        try:
-            parsers[feature](settings, env_where(feature))
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}") from error
+    try:
+        for feature, settings in read_settings(os.environ, source, recipe_env).items():
+            try:
+                parsers[feature](settings, env_where(feature))
+            except ValueError as error:
+                raise ValueError(f"{source}: {error}") from None
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def register() -> None:
+    from custom_modules.integrations import swift_serving
+
+    args = swift_serving.prepare(os.environ)  # before any setting is read: serving restores them
+    check_settings()
+    from swift.arguments import InferArguments
+
+    from custom_modules.integrations import swift_forgery, swift_speedups, swift_vision_encoder
+
     if isinstance(args, InferArguments):  # swift infer / deploy / app / eval
         swift_forgery.check_servable(environment_settings("forgery"), f"{args.ckpt_dir or args.model}")
     swift_forgery.register(environment_settings)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from custom_modules import learning_rates
-from custom_modules.checkpoints import save_trained_parts_only, transformers_model
+from custom_modules.checkpoints import load_adapter, save_trained_parts_only, transformers_model
 from custom_modules.vision_encoder.adapter import attach_vision_encoder, qwen3_vl_core
 from qwenvl_recipes.io import staged_dir
 from custom_modules.vision_encoder.settings import VisionEncoderSettings, parse_settings
@@ -153,11 +153,9 @@ def load_trained(base_model: str | os.PathLike, output_dir: str | os.PathLike, d
     model = Qwen3VLForConditionalGeneration.from_pretrained(base_model, dtype=dtype)
     prepare_model(model, settings)
     if (output_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(output_dir))
+        model = load_adapter(model, output_dir)
     processor = AutoProcessor.from_pretrained(base_model)
-    adapter = qwen3_vl_core(model.get_base_model() if hasattr(model, "get_base_model") else model).visual
+    adapter = qwen3_vl_core(transformers_model(model)).visual
     attach_image_processor(processor, settings, adapter.spatial_merge_size)
     return model.eval(), processor
 

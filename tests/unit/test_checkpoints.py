@@ -1,6 +1,8 @@
 """What our checkpoints hold and how they load: a frozen base saves only what trains and still resumes through the
-Trainer's own code; a resumed forgery run takes its modules from the checkpoint and its best AUROC from the log."""
+Trainer's own code; a resumed forgery run takes its modules from the checkpoint and its best AUROC from the log;
+a refused pickle is one line naming the file."""
 import logging
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -8,12 +10,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Trainer, TrainingArguments
 
-from custom_modules.checkpoints import save_trained_parts_only, transformers_model
+from custom_modules.checkpoints import load_adapter, save_trained_parts_only, transformers_model
 from custom_modules.forgery.attach import find_modules
 from custom_modules.forgery.callbacks import BEST_KEY, ForgeryCallback
 from custom_modules.forgery.checkpoint import HEAD_FILE, save_checkpoint
 from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.settings import parse_settings
+from qwenvl_recipes.io import InputError
 
 TINY = {"head_blocks": [0, 1], "head_dim": 16, "fusion_tokens": 2, "mask_size": 16}
 
@@ -99,3 +102,62 @@ def test_a_resumed_run_takes_the_forgery_modules_from_its_checkpoint(tiny_model_
     assert callback.best_auroc == 0.8
     callback.on_train_begin(args, SimpleNamespace(log_history=[]), None)
     assert callback.best_auroc is None
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("open('ran', 'w')",))
+
+
+def test_a_pickle_torch_refuses_is_one_line_naming_the_file(tiny_model_dir, tmp_path, monkeypatch):
+    model, _ = build(tiny_model_dir, "vit_lora_head")
+    model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    torch.save({"weights": Payload()}, tmp_path / "adapter" / "adapter_model.bin")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as refused:
+        load_adapter(AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen2_5_vl")), tmp_path / "adapter")
+    assert str(refused.value) == (f"{tmp_path / 'adapter' / 'adapter_model.bin'}: refused to unpickle (it names "
+                                  f"exec; only tensors and plain data are loaded)")
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_evaluating_a_refused_checkpoint_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys):
+    from custom_modules.forgery.evaluate import main
+
+    model, _ = build(tiny_model_dir, "vit_lora_head")
+    save_checkpoint(model, tmp_path / "best_by_AUROC")
+    (tmp_path / "best_by_AUROC" / "adapter_model.safetensors").unlink()
+    torch.save({"weights": Payload()}, tmp_path / "best_by_AUROC" / "adapter_model.bin")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--model", str(tiny_model_dir("qwen2_5_vl")), "--checkpoint", str(tmp_path / "best_by_AUROC"),
+              "--data", str(tmp_path / "val.jsonl"), "--out", str(tmp_path / "report"), "--device", "cpu"])
+    assert exit_status.value.code == 2
+    err = capsys.readouterr().err  # after transformers' loading progress bars
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"error: {tmp_path / 'best_by_AUROC' / 'adapter_model.bin'}: refused to unpickle "
+                                    f"(it names exec; only tensors and plain data are loaded)")
+
+
+def test_resuming_from_a_refused_checkpoint_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """qvr-llamafactory names the file of the checkpoint LLaMA-Factory resumed from that torch refused."""
+    import llamafactory.train.tuner as tuner
+
+    from custom_modules.integrations.llamafactory_cli import main
+
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    torch.save({"state": {}}, checkpoint / "scheduler.pt")
+    torch.save({"state": Payload()}, checkpoint / "optimizer.pt")
+
+    def run_exp(args, callbacks):  # the Trainer's resume loads the checkpoint's optimizer state weights-only
+        torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    monkeypatch.setattr(tuner, "run_exp", run_exp)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'out'}\n")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["train", str(recipe)])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err == (f"qvr-llamafactory: {checkpoint / 'optimizer.pt'}: refused to unpickle (it "
+                                       f"names exec; only tensors and plain data are loaded)\n")

@@ -1,5 +1,9 @@
 """Our features' settings as each trainer's recipe carries them: the keys errors name, the ENV variables of an
 ms-swift recipe, and the paths that follow the run (dataset_dir / output_dir)."""
+import re
+import runpy
+from pathlib import Path
+
 import pytest
 
 from custom_modules.forgery.settings import parse_settings as forgery_settings
@@ -8,6 +12,8 @@ from custom_modules.integrations.env_settings import read_settings, recipe_featu
 from custom_modules.recipe_keys import setting_key
 from custom_modules.vision_encoder.settings import parse_settings as encoder_settings
 from custom_modules.vision_encoder.settings import resolve_paths as encoder_paths
+
+PLUGIN = Path(__file__).resolve().parents[2] / "custom_modules" / "integrations" / "swift_plugin.py"
 
 
 def test_setting_key_spells_the_key_as_each_recipe_does():
@@ -35,6 +41,19 @@ def test_env_settings_typos_name_the_variable_and_the_recipe():
     with pytest.raises(ValueError, match=r"r\.yaml: ENV QVR_FORGRY_MODE is not one of our settings; "
                                          r"they are QVR_FORGERY_\*"):
         read_settings({}, "r.yaml", {"QVR_FORGRY_MODE": "T1"})
+
+
+def test_a_malformed_env_value_names_the_variable_and_the_recipe(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"^r\.yaml: ENV QVR_FORGERY_HEAD_BLOCKS='\[7, 15' is not a YAML value "
+                                         r"\(expected ',' or '\]', but got '<stream end>'\)$"):
+        read_settings({"QVR_FORGERY_HEAD_BLOCKS": "[7, 15"}, "r.yaml")
+    # swift imports the plugin while it parses its arguments: the run stops with that one line, no traceback
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ENV:\n  QVR_FORGERY_MODE: T1\n")
+    monkeypatch.setenv("SWIFT_CONFIG_FILE", str(recipe))
+    monkeypatch.setenv("QVR_FORGERY_MASK_SIZE", "{32")
+    with pytest.raises(SystemExit, match=rf"^{re.escape(str(recipe))}: ENV QVR_FORGERY_MASK_SIZE='{{32' is not a "):
+        runpy.run_path(str(PLUGIN))
 
 
 def test_recipe_features_from_callbacks_and_env():
