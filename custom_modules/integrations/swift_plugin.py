@@ -64,7 +64,7 @@ def register() -> None:
 
     from custom_modules.integrations import swift_forgery, swift_speedups, swift_vision_encoder
 
-    if isinstance(args, InferArguments):  # swift infer / deploy / app / eval
+    if isinstance(args, InferArguments):  # swift infer / deploy / app / eval (None: not imported by swift's arguments)
         swift_forgery.check_servable(environment_settings("forgery"), f"{args.ckpt_dir or args.model}")
     swift_forgery.register(environment_settings)
     swift_vision_encoder.register(environment_settings)

@@ -95,12 +95,12 @@ def restore(args, environment: MutableMapping[str, str]) -> dict[str, str]:
 def prepare(environment: MutableMapping[str, str]):
     """Record (training) or restore (any other swift command on a checkpoint), for the arguments importing us;
     returns those arguments (None: see importing_arguments)."""
-    from swift.arguments import SftArguments
-    from swift.utils import get_logger
-
     args = importing_arguments()
     if args is None:
         return None
+    from swift.arguments import SftArguments
+    from swift.utils import get_logger
+
     if isinstance(args, SftArguments):
         record(args, environment)
     elif getattr(args, "ckpt_dir", None):
