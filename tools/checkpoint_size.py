@@ -18,7 +18,7 @@ from custom_modules.forgery.attach import attach
 from custom_modules.forgery.settings import ForgerySettings, parse_settings
 from custom_modules.integrations.env_settings import recipe_features
 from custom_modules.recipe_keys import BLOCK_KEY
-from tools.model_configs import full_size_config
+from custom_modules.model_configs import full_size_config
 
 
 def recipe_settings(recipe: str | Path) -> ForgerySettings:

@@ -207,7 +207,8 @@ def write_bench_assets(bench: Bench, work: Path, cpu: bool) -> None:
         from custom_modules.forgery.checkpoint import HEAD_FILE, SETTINGS_FILE
         from custom_modules.forgery.head import DetectionHead
         from custom_modules.forgery.settings import parse_settings, resolve_blocks
-        from tools.model_configs import full_size_config, tiny_config
+        from custom_modules.model_configs import full_size_config
+        from tools.model_configs import tiny_config
 
         config = tiny_config(FAMILY_OF_MODEL[bench.model]) if cpu else full_size_config(bench.model)
         settings = parse_settings({"mode": "head_pretrain", "head_blocks": list(TINY_VIT_BLOCKS) if cpu else None})
