@@ -16,7 +16,7 @@ import json
 import re
 from typing import Sequence
 
-from converters.geometry import FACTORS, resized_size
+from converters.geometry import resized_size
 from converters.schema import Box
 
 MODEL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

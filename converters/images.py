@@ -39,20 +39,28 @@ def _bomb_reason(path: str, error: Exception) -> str:
     return f"image {path} is too large to decode safely: {error}"
 
 
-def image_size(path: str, field: str = "image", expected: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(width, height) from the image header (PIL opens lazily; no pixels are decoded). Opening it is what
-    proves the file is an image: a text file named .jpg is skipped here, and so is a header announcing more
-    pixels than PIL's decompression-bomb limit. `expected` is the size the source claims (COCO/refer json);
-    a file of another size is skipped, as its boxes would be misplaced."""
+@contextlib.contextmanager
+def _opened(path: str, field: str, read_from: str | None = None):
+    """The image `path` (read from `read_from` when it is not there yet), opened lazily; a file that is missing,
+    not an image or a decompression bomb is a SkipRecord naming `path`."""
     try:
-        with _open(path) as image:
-            size = image.size
+        with _open(read_from or path) as image:
+            yield image
     except FileNotFoundError:
         raise SkipRecord(f"missing image {path}", field) from None
     except _BOMB as error:
         raise SkipRecord(_bomb_reason(path, error), field) from None
     except (UnidentifiedImageError, OSError) as error:
         raise SkipRecord(f"unreadable image {path}: {error}", field) from None
+
+
+def image_size(path: str, field: str = "image", expected: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) from the image header (PIL opens lazily; no pixels are decoded). Opening it is what
+    proves the file is an image: a text file named .jpg is skipped here, and so is a header announcing more
+    pixels than PIL's decompression-bomb limit. `expected` is the size the source claims (COCO/refer json);
+    a file of another size is skipped, as its boxes would be misplaced."""
+    with _opened(path, field) as image:
+        size = image.size
     _check_expected(path, size, expected, field)
     return size
 
@@ -365,16 +373,9 @@ def trainer_image(path: str, field: str = "image", expected: tuple[int, int] | N
     copy (module comment above). Size and bomb checks as image_size; the pixels of a 16-bit or float image
     are decoded here (the copy needs them), those of an 8-bit one in converters.trainable. `read_from`: where
     the file is now, when that is not yet `path` (a file of the output being staged)."""
-    try:
-        with _open(read_from or path) as image:
-            size, mode, wide = image.size, image.mode, _wide_colour(image)
-            values = np.asarray(image) if mode in HIGH_DEPTH_MODES else None
-    except FileNotFoundError:
-        raise SkipRecord(f"missing image {path}", field) from None
-    except _BOMB as error:
-        raise SkipRecord(_bomb_reason(path, error), field) from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise SkipRecord(f"unreadable image {path}: {error}", field) from None
+    with _opened(path, field, read_from) as image:
+        size, mode, wide = image.size, image.mode, _wide_colour(image)
+        values = np.asarray(image) if mode in HIGH_DEPTH_MODES else None
     _check_expected(path, size, expected, field)
     if wide:
         raise SkipRecord(f"image {path} is a 16-bit colour image ({mode}): PIL, and so both trainers, read only "

@@ -133,6 +133,31 @@ def meta_model(config) -> nn.Module:
     return AutoModelForImageTextToText.from_config(config)
 
 
+def model_before_adapters(config, encoder, scratch: Path, recipe: str) -> nn.Module:
+    """The recipe's model on the meta device, with our vision encoder in place of its ViT when the recipe sets one
+    (`encoder`: its vision_encoder settings or None; call inside on_meta)."""
+    from custom_modules.vision_encoder.training import prepare_model
+
+    model = meta_model(config)
+    if encoder:
+        try:
+            prepare_model(model, encoder_on_disk(encoder, scratch), pretrained=False)
+        except (OSError, ValueError) as error:
+            raise PlanError(f"{recipe}: {' '.join(str(error).split())}") from error
+    return model
+
+
+def attach_forgery(model: nn.Module, forgery, recipe: str) -> None:
+    """Our forgery head / fusion on the adapted model, as training attaches them (`forgery`: its settings)."""
+    from custom_modules.checkpoints import transformers_model
+    from custom_modules.forgery.attach import build_modules
+
+    try:
+        transformers_model(model).add_module("forgery", build_modules(model, forgery))
+    except ValueError as error:  # head blocks outside the model's ViT
+        raise PlanError(f"{recipe}: {error}") from error
+
+
 def candidate_modules(model: nn.Module) -> dict[str, bool]:
     """Every module name before any adapter is added -> whether a LoRA target can be that module."""
     return {name: isinstance(module, LORA_LAYERS) for name, module in model.named_modules() if name}

@@ -15,18 +15,16 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from custom_modules import learning_rates
-from custom_modules.checkpoints import transformers_model
-from custom_modules.forgery.attach import build_modules
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import parse_settings as forgery_settings
 from custom_modules.forgery.settings import resolve_paths as forgery_paths
 from custom_modules.integrations.llamafactory_cli import FEATURES, read_recipe
-from custom_modules.plan import (Pattern, Plan, PlanError, candidate_modules, encoder_on_disk, meta_model,
+from custom_modules.plan import (Pattern, Plan, PlanError, attach_forgery, candidate_modules, model_before_adapters,
                                  model_config, on_meta, parameters, pattern_errors, resolve_patterns, training_failure)
 from custom_modules.recipe_keys import block_where
 from custom_modules.vision_encoder.settings import parse_settings as encoder_settings
 from custom_modules.vision_encoder.settings import resolve_paths as encoder_paths
-from custom_modules.vision_encoder.training import apply_stage, param_groups, prepare_model, stage_warnings
+from custom_modules.vision_encoder.training import apply_stage, param_groups, stage_warnings
 
 TRAINER = "LLaMA-Factory"
 DEFAULT_LEARNING_RATE = 5e-5  # transformers' TrainingArguments default, which LLaMA-Factory keeps
@@ -115,12 +113,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
     config, described = model_config(model_args.model_name_or_path, f"{recipe}: model_name_or_path")
     adapter_error = None
     with on_meta(), tempfile.TemporaryDirectory(prefix="qvr-plan-") as scratch:
-        model = meta_model(config)
-        if encoder:
-            try:
-                prepare_model(model, encoder_on_disk(encoder, Path(scratch)), pretrained=False)
-            except (OSError, ValueError) as error:
-                raise PlanError(f"{recipe}: {' '.join(str(error).split())}") from error
+        model = model_before_adapters(config, encoder, Path(scratch), recipe)
         candidates = candidate_modules(model)
         try:
             model = init_adapter(config, model, model_args, finetuning_args, is_trainable=True)
@@ -129,10 +122,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
         except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError) as error:
             adapter_error = error
         if forgery and adapter_error is None:
-            try:
-                transformers_model(model).add_module("forgery", build_modules(model, forgery))
-            except ValueError as error:  # head blocks outside the model's ViT
-                raise PlanError(f"{recipe}: {error}") from error
+            attach_forgery(model, forgery, recipe)
 
     found = patterns(finetuning_args, drop_reasons(config, finetuning_args))
     results = resolve_patterns(found, candidates, model, placed=adapter_error is None)

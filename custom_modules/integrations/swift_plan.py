@@ -17,19 +17,17 @@ import re
 import tempfile
 from pathlib import Path
 
-from custom_modules.checkpoints import transformers_model
-from custom_modules.forgery.attach import build_modules
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import parse_settings as forgery_settings
 from custom_modules.forgery.settings import resolve_paths as forgery_paths
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS, read_settings, recipe_source
-from custom_modules.plan import (Pattern, Plan, PlanError, candidate_modules, encoder_on_disk, meta_model,
+from custom_modules.plan import (Pattern, Plan, PlanError, attach_forgery, candidate_modules, model_before_adapters,
                                  model_config, on_meta, parameters, pattern_errors, regex_patterns, resolve_patterns,
                                  training_failure)
 from custom_modules.recipe_keys import env_where
 from custom_modules.vision_encoder.settings import parse_settings as encoder_settings
 from custom_modules.vision_encoder.settings import resolve_paths as encoder_paths
-from custom_modules.vision_encoder.training import prepare_model, stage_warnings
+from custom_modules.vision_encoder.training import stage_warnings
 
 TRAINER = "ms-swift"
 SUFFIX_RULE = ("PEFT puts LoRA on every module whose name is a target_modules entry or ends with '.' + it: "
@@ -146,12 +144,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
 
     adapter_error = None
     with on_meta(), tempfile.TemporaryDirectory(prefix="qvr-plan-") as scratch:
-        model = meta_model(config)
-        if encoder:
-            try:
-                prepare_model(model, encoder_on_disk(encoder, Path(scratch)), pretrained=False)
-            except (OSError, ValueError) as error:
-                raise PlanError(f"{recipe}: {' '.join(str(error).split())}") from error
+        model = model_before_adapters(config, encoder, Path(scratch), recipe)
         model.model_meta, model.model_info = args.model_meta, args.model_info
         candidates = candidate_modules(model)
         try:
@@ -159,10 +152,7 @@ def plan(recipe: str, overrides: list[str]) -> Plan:
         except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError) as error:
             adapter_error = error
         if forgery and adapter_error is None:
-            try:
-                transformers_model(model).add_module("forgery", build_modules(model, forgery))
-            except ValueError as error:  # head blocks outside the model's ViT
-                raise PlanError(f"{recipe}: {error}") from error
+            attach_forgery(model, forgery, recipe)
 
     results = resolve_patterns(patterns(args), candidates, model, placed=adapter_error is None)
     errors = pattern_errors(recipe, results, described)
