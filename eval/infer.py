@@ -220,7 +220,7 @@ class ForgeryHeadScorer:
     """A forgery checkpoint (custom_modules.forgery: adapters + forgery_head.safetensors) scored by its own
     mode: P(fake) from the head, the answer word or their mix, exactly as custom_modules.forgery.evaluate
     computes it; the answer is the fake word when P(fake) >= the checkpoint's threshold, else the real word.
-    Images go through the processor as the forgery training loop fed them (no pre-resize)."""
+    Images reach the processor as the checkpoint records its trainer fed them (custom_modules.forgery.data)."""
 
     def __init__(self, model: str, checkpoint: Path, *, words: tuple[str, str] | None = None,
                  device: str | None = None):

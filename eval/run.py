@@ -209,7 +209,7 @@ def run_eval(task: str, model: str, data: str | Path, out: str | Path, *, adapte
     out = Path(out)
     head = forgery_head(Path(adapter)) if task == "forgery" and adapter else None
     if head is not None:
-        # The forgery loop feeds images through the processor alone: both split files serve.
+        # Images are sized as the checkpoint records its trainer did: either trainer's split file serves.
         resolved, data_file = head.parent, choose_data_file(Path(data), split)
     else:
         resolved = resolve_adapter(adapter) if adapter else None

@@ -50,6 +50,7 @@ class ForgeryModules(nn.Module):
                                        settings.fusion_hidden_dropout) if spec.fusion else None)
         self.global_step = 0          # set by the training loop / callback (heatmap warm-up)
         self.maskless_fakes = 0       # fakes whose heatmap loss was skipped (no mask), since attach
+        self.training_images = None   # data.TrainingImages: how the trainer sized images (set by the integration)
         self.capture: BlockCapture | None = None
         self.fusion_positions: torch.Tensor | None = None
         self.last_head: HeadOutput | None = None

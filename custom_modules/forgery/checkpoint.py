@@ -1,8 +1,10 @@
-"""A forgery checkpoint is one directory: PEFT adapters (when any) + forgery_head.safetensors + forgery_settings.json."""
+"""A forgery checkpoint is one directory: PEFT adapters (when any) + forgery_head.safetensors + forgery_settings.json
+(the settings, and how training sized the images: scoring feeds them the same way)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,23 +12,29 @@ import torch
 from safetensors.torch import load_file, save
 
 from custom_modules.checkpoints import load_adapter
-from qwenvl_recipes.io import atomic_open, write_text_atomic
+from qwenvl_recipes.io import atomic_open, read_json, write_text_atomic
 from custom_modules.forgery.attach import ForgeryModules, attach, find_modules
+from custom_modules.forgery.data import parse_training_images
 from custom_modules.forgery.settings import ForgerySettings, parse_settings
 
 HEAD_FILE = "forgery_head.safetensors"
 SETTINGS_FILE = "forgery_settings.json"
+TRAINING_IMAGES = "training_images"  # SETTINGS_FILE's key beside the settings: data.TrainingImages, or null
 BEST_DIR = "best_by_AUROC"  # the checkpoint kept by best validation AUROC, under the output dir
+logger = logging.getLogger(__name__)
 
 
 def save_head(modules: ForgeryModules, out_dir: str | os.PathLike) -> None:
-    """Head/fusion weights and the settings that built them (what T4/T5 and evaluation load)."""
+    """Head/fusion weights, the settings that built them and how training sized images (what T4/T5 and
+    evaluation load)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in modules.state_dict().items()}
     with atomic_open(out_dir / HEAD_FILE, "wb") as f:
         f.write(save(state))
-    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(dataclasses.asdict(modules.settings), indent=1) + "\n")
+    images = modules.training_images
+    saved = {**dataclasses.asdict(modules.settings), TRAINING_IMAGES: dataclasses.asdict(images) if images else None}
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(saved, indent=1) + "\n")
 
 
 def save_checkpoint(model: torch.nn.Module, out_dir: str | os.PathLike) -> None:
@@ -64,10 +72,18 @@ def attach_for_training(model: torch.nn.Module, settings: ForgerySettings, token
 def load_checkpoint(model: torch.nn.Module, ckpt_dir: str | os.PathLike, tokenizer=None):
     """Base model + checkpoint dir -> (model with adapters and head, modules) ready for evaluation."""
     ckpt_dir = Path(ckpt_dir)
-    settings = parse_settings(json.loads((ckpt_dir / SETTINGS_FILE).read_text(encoding="utf-8")),
-                              where=str(ckpt_dir / SETTINGS_FILE))
+    path = ckpt_dir / SETTINGS_FILE
+    saved = read_json(path, dict, "a forgery checkpoint's settings")
+    if TRAINING_IMAGES not in saved:
+        logger.warning(f"{path} records no {TRAINING_IMAGES} (saved before checkpoints recorded how training sized "
+                       "images): scoring assumes the processor's own pixel limits, no resize before it; for training's "
+                       f'grid add "{TRAINING_IMAGES}": {{"resize": "llamafactory" or "swift", "min_pixels": N, '
+                       '"max_pixels": N} with the recipe\'s limits')
+    training_images = parse_training_images(saved.pop(TRAINING_IMAGES, None), f"{path}: {TRAINING_IMAGES}")
+    settings = parse_settings(saved, where=str(path))
     if (ckpt_dir / "adapter_config.json").is_file():
         model = load_adapter(model, ckpt_dir)
     modules = attach(model, settings, tokenizer)
+    modules.training_images = training_images
     load_head_weights(modules, ckpt_dir)
     return model, modules

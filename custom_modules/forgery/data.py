@@ -4,18 +4,23 @@ per-image label/mask lookup the trainer integrations add to their batches.
 A row: {"messages": [user "<image>prompt", assistant word], "images": [path], "label": 0|1, "mask": png|null}.
 Masks are compared at `mask_size` x `mask_size` (image frame, aspect not kept): a real image's mask is all
 zeros; a fake without a mask file is marked invalid, so its heatmap loss is skipped (and counted).
+Images reach the processor as the trainer handed them to it (TrainingImages, recorded with every checkpoint), so
+evaluation sees the patch grid training saw.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from converters.geometry import llamafactory_prescale, smart_resize_qwen_vl_utils
 from converters.images import read_mask
+from qwenvl_recipes.settings import parse_dataclass
 
 IMAGE_PLACEHOLDER = "<image>"
 QWEN_IMAGE_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -81,11 +86,50 @@ def prompt_text(tokenizer, row: dict) -> str:
                                          add_generation_prompt=True)
 
 
-class Collator:
-    """rows -> processor batch (+ LM labels on the answer word when `with_answer`) + forgery fields."""
+@dataclass(frozen=True)
+class TrainingImages:
+    """How a trainer sized each image for the processor (converters/geometry.py's resize paths), with its limits:
+    "llamafactory": its Qwen2-VL plugin scales the image into [min_pixels, max_pixels] (image_min/max_pixels),
+    then the processor smart_resizes it at the processor's own limits; "swift": qwen-vl-utils' smart_resize into
+    [min_pixels, max_pixels] (MIN_PIXELS / MAX_PIXELS as whole visual tokens), the processor then keeps that size."""
+    resize: str = field(metadata={"choices": ("llamafactory", "swift")})
+    min_pixels: int
+    max_pixels: int
 
-    def __init__(self, processor, mask_size: int, with_answer: bool = True):
+
+def parse_training_images(raw, where: str) -> TrainingImages | None:
+    """A checkpoint's recorded TrainingImages (null: images went to the processor as they are)."""
+    return None if raw is None else parse_dataclass(TrainingImages, raw, where, lambda key: f"{where}.{key}")
+
+
+def as_trained(images: list[Image.Image], training: TrainingImages | None,
+               image_processor) -> tuple[list[Image.Image], dict]:
+    """(images, processor keyword arguments) that give the processor's output for these images in training: the
+    same resize before it, the same resizing (or none) in it. `training` None: the processor at its own limits."""
+    if training is None:
+        return images, {}
+    sized = []
+    for image in images:
+        width, height = image.size
+        if training.resize == "llamafactory":
+            size = llamafactory_prescale(width, height, training.max_pixels, training.min_pixels)
+        else:
+            factor = image_processor.patch_size * image_processor.merge_size
+            height, width = smart_resize_qwen_vl_utils(height, width, factor, training.min_pixels,
+                                                       training.max_pixels)
+            size = (width, height)
+        sized.append(image if size == image.size else image.resize(size, Image.Resampling.BICUBIC))
+    return sized, {"do_resize": False} if training.resize == "swift" else {}
+
+
+class Collator:
+    """rows -> processor batch (+ LM labels on the answer word when `with_answer`) + forgery fields; images sized
+    as `training_images` says the trainer sized them (None: as they are, the processor at its own limits)."""
+
+    def __init__(self, processor, mask_size: int, with_answer: bool = True,
+                 training_images: TrainingImages | None = None):
         self.processor, self.mask_size, self.with_answer = processor, mask_size, with_answer
+        self.training_images = training_images
         tokenizer = processor.tokenizer
         self.end_ids = tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
 
@@ -99,8 +143,9 @@ class Collator:
                 answers.append(tokenizer.encode(answer, add_special_tokens=False) + self.end_ids[:-1])
                 text += answer + "<|im_end|>\n"
             texts.append(text)
-        images = [Image.open(row["images"][0]).convert("RGB") for row in rows]
-        batch = dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True))
+        images, sizing = as_trained([Image.open(row["images"][0]).convert("RGB") for row in rows],
+                                    self.training_images, self.processor.image_processor)
+        batch = dict(self.processor(text=texts, images=images, return_tensors="pt", padding=True, **sizing))
         if self.with_answer:
             batch["labels"] = self._labels(batch, answers)
         batch.update(forgery_fields(rows, self.mask_size))

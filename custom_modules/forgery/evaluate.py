@@ -43,7 +43,8 @@ def predict(model, modules: ForgeryModules, processor, rows: list[dict], batch_s
     """Per-sample predictions, plus the heatmap probabilities and masks of fakes with a mask; with `heatmaps`,
     every record also carries its own map (`heatmap`: mask_size x mask_size probabilities, None without a head)."""
     device = next(model.parameters()).device
-    collate = Collator(processor, modules.settings.mask_size, with_answer=False)
+    collate = Collator(processor, modules.settings.mask_size, with_answer=False,
+                       training_images=modules.training_images)
     was_training = model.training
     model.eval()
     records, prob_maps, masks = [], [], []

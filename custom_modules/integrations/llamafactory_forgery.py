@@ -5,8 +5,9 @@ looked up by image path in the same dataset files; its collator still sees each 
 `setup` patches three names of `llamafactory.train.sft.workflow` for this process:
 - get_dataset: also reads the rows of the recipe's datasets (dataset_dir/dataset_info.json) and keeps
   the processor for evaluation;
-- load_model: after LLaMA-Factory's own LoRA (the recipe's lora_target), attaches the head/fusion and warns where
-  that LoRA disagrees with the mode (ViT blocks other than the head's, LM LoRA);
+- load_model: after LLaMA-Factory's own LoRA (the recipe's lora_target), attaches the head/fusion (recording
+  image_min/max_pixels, which its plugin scales every image into, for scoring) and warns where that LoRA disagrees
+  with the mode (ViT blocks other than the head's, LM LoRA);
 - SFTDataCollatorWith4DAttentionMask: adds forgery_labels / forgery_masks / forgery_mask_valid.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import attach_for_training
-from custom_modules.forgery.data import RowIndex, forgery_fields, read_rows
+from custom_modules.forgery.data import RowIndex, TrainingImages, forgery_fields, read_rows
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import parse_settings, resolve_paths
 from custom_modules.recipe_keys import block_where
@@ -56,7 +57,9 @@ def setup(block: dict, args: dict) -> list:
 
     def load_model(tokenizer, model_args, finetuning_args, is_trainable=False, add_valuehead=False):
         model = original_load_model(tokenizer, model_args, finetuning_args, is_trainable, add_valuehead)
-        attach_for_training(model, settings, tokenizer)
+        modules = attach_for_training(model, settings, tokenizer)
+        modules.training_images = TrainingImages("llamafactory", model_args.image_min_pixels,
+                                                 model_args.image_max_pixels)
         for warning in placement_warnings(model, settings, where):
             logger.warning_rank0(warning)
         return model

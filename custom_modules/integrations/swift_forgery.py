@@ -9,9 +9,10 @@
   HF processor made them (swift's Qwen2/2.5-VL template would run the ViT in a pre-forward hook and pass
   inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
 - callback `forgery`: when the trainer is built (after swift's own tuner: the recipe's target_regex) it attaches
-  the head/fusion and warns where that LoRA disagrees with the mode (ViT blocks other than the head's, LM LoRA),
-  then steps the heatmap warm-up, saves the head beside every checkpoint and scores eval_file at each epoch end
-  (best AUROC kept in <output_dir>/best_by_AUROC, with the run's args.json).
+  the head/fusion (recording the pixel limits the template resizes images into, for scoring) and warns where that
+  LoRA disagrees with the mode (ViT blocks other than the head's, LM LoRA), then steps the heatmap warm-up, saves
+  the head beside every checkpoint and scores eval_file at each epoch end (best AUROC kept in
+  <output_dir>/best_by_AUROC, with the run's args.json).
 - serving (`swift infer` / `swift deploy` on a checkpoint): the template encodes plain prompts; a mode that scores
   with the head or fusion tokens is refused (check_servable), as swift would answer with the language model alone.
 Paths (eval_file, head_checkpoint) are relative to the working directory, as swift's own dataset and
@@ -29,7 +30,7 @@ from swift.utils import get_logger
 
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import BEST_DIR, attach_for_training
-from custom_modules.forgery.data import forgery_fields
+from custom_modules.forgery.data import TrainingImages, forgery_fields
 from custom_modules.forgery.lora import placement_warnings
 from custom_modules.forgery.settings import MODES, ForgerySettings, parse_settings, resolve_paths
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
@@ -45,6 +46,16 @@ logger = get_logger()
 def settings_from(environment_settings) -> ForgerySettings:
     """The recipe's QVR_FORGERY_* settings, checked, paths checked (`environment_settings`: swift_plugin's reader)."""
     return resolve_paths(parse_settings(environment_settings("forgery"), WHERE), WHERE)
+
+
+def training_images(processor) -> TrainingImages:
+    """How the template sizes training images: qwen-vl-utils' fetch_image, into the token limits swift set in it
+    from MIN_PIXELS / MAX_PIXELS (or IMAGE_MIN/MAX_TOKEN_NUM, or its defaults) when it loaded `processor`."""
+    from qwen_vl_utils import vision_process
+
+    token = (processor.image_processor.patch_size * vision_process.SPATIAL_MERGE_SIZE) ** 2
+    return TrainingImages("swift", vision_process.IMAGE_MIN_TOKEN_NUM * token,
+                          vision_process.IMAGE_MAX_TOKEN_NUM * token)
 
 
 class ForgeryTemplate(Qwen2_5VLTemplate):
@@ -102,7 +113,8 @@ def register(environment_settings) -> None:
             trainer.template.mask_size = self.settings.mask_size
 
         def on_init_end(self, args, state, control, model=None, **kwargs):
-            attach_for_training(model, self.settings, self.trainer.template.tokenizer)
+            modules = attach_for_training(model, self.settings, self.trainer.template.tokenizer)
+            modules.training_images = training_images(self.trainer.template.processor)
             for warning in placement_warnings(model, self.settings, WHERE):
                 logger.warning(warning)
             # swift's compute_sft_loss already scales the loss by this micro-batch's share of the accumulated

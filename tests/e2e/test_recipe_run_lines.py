@@ -260,6 +260,12 @@ def test_run_line_trains_the_recipe(recipe, trained, workspace):
         evals = [json.loads(line) for line in (out / "forgery_eval.jsonl").read_text().splitlines()]
         assert evals[-1]["n"] == 2 and evals[-1]["auroc"] is not None
         assert (out / "best_by_AUROC" / "forgery_head.safetensors").is_file()
+        # every saved head records the limits its trainer sized images into, which scoring then uses
+        limits, low, high = ((recipe.config, "image_min_pixels", "image_max_pixels") if recipe.trainer == "llamafactory"
+                             else (recipe.config["ENV"], "MIN_PIXELS", "MAX_PIXELS"))
+        for folder in {out, out / "best_by_AUROC", saved(recipe, out)}:
+            recorded = json.loads((folder / "forgery_settings.json").read_text())["training_images"]
+            assert recorded == {"resize": recipe.trainer, "min_pixels": limits[low], "max_pixels": limits[high]}, folder
         if recipe.custom["forgery"]["mode"] in ("frozen_head", "frozen_head_hybrid"):
             # the head came from the previous stage, frozen: it is saved exactly as loaded
             pretrained = out.parent / "qwen2_5_vl_7b_head_pretrain" / "best_by_AUROC" / "forgery_head.safetensors"
