@@ -1,6 +1,7 @@
 """Benchmark data shaped like users' data: COCO's mix of image sizes and the task's own range of text lengths.
 
-`write_bench_data(out, task, n, family=...)` writes `n` one-image training rows (LLaMA-Factory sharegpt +
+`write_bench_data(out, task, n, family=...)` (or `python -m tools.bench_data '{"out_dir": ..., "task": ...}'`, its
+arguments as one JSON object) writes `n` one-image training rows (LLaMA-Factory sharegpt +
 dataset_info, ms-swift jsonl, the same rows) over up to 512 distinct seeded JPEGs:
 
 - `shape="coco"` (the default of every benchmark): image sizes drawn from COCO's size mix (COCO_SIZES; most
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 # (width, height, percent of images): the most common sizes of COCO-2014 train images, approximate shares. The
@@ -229,6 +231,7 @@ def write_bench_data(out_dir: Path, task: str, n: int, family: str, min_pixels: 
     images a resizing converter wrote (coco shape only). Returns `out_dir`, which holds dataset `bench_train`."""
     from converters.targets import dataset_info_entry
 
+    out_dir = Path(out_dir)
     if shape not in SHAPES:
         raise ValueError(f"shape {shape!r}: expected one of {SHAPES}")
     if task in CONVERTED and shape == "coco":
@@ -264,3 +267,7 @@ def write_bench_data(out_dir: Path, task: str, n: int, family: str, min_pixels: 
     info = {"bench_train": dataset_info_entry("bench_train.json")}
     (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return out_dir
+
+
+if __name__ == "__main__":
+    write_bench_data(**json.loads(sys.argv[1]))

