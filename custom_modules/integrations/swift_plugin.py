@@ -55,12 +55,36 @@ def check_settings() -> None:
         raise SystemExit(str(error)) from None
 
 
+def name_refused_pickles(checkpoint: str) -> None:
+    """A resumed checkpoint whose optimizer / scheduler / RNG state torch refuses to unpickle (weights-only) ends the
+    run with one line naming the file and exit status 2, not swift's traceback (swift's sft has no hook around its
+    resume: the process's last handler does it)."""
+    import pickle
+    import sys
+
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback):
+        if not isinstance(error, pickle.UnpicklingError):
+            return previous(kind, error, traceback)
+        from custom_modules.checkpoints import refused_pickle
+
+        print(f"swift: {refused_pickle(checkpoint, error)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)  # an excepthook cannot choose the exit status
+
+    sys.excepthook = hook
+
+
 def register() -> None:
     from custom_modules.integrations import swift_serving
 
     args = swift_serving.prepare(os.environ)  # before any setting is read: serving restores them
     check_settings()
-    from swift.arguments import InferArguments
+    from swift.arguments import InferArguments, SftArguments
+
+    if isinstance(args, SftArguments) and args.resume_from_checkpoint:
+        name_refused_pickles(args.resume_from_checkpoint)
 
     from custom_modules.integrations import swift_forgery, swift_speedups, swift_vision_encoder
 

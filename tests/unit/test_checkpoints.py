@@ -1,8 +1,9 @@
 """What our checkpoints hold and how they load: a frozen base saves only what trains and still resumes through the
 Trainer's own code; a resumed forgery run takes its modules from the checkpoint and its best AUROC from the log;
-a refused pickle is one line naming the file."""
+a refused pickle is one line naming the file, in both trainers."""
 import logging
 import pickle
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,7 @@ from custom_modules.forgery.checkpoint import HEAD_FILE, save_checkpoint
 from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.settings import parse_settings
 from qwenvl_recipes.io import InputError
+from tools.trainers import REPO_ROOT, trainer_env, venv_bin
 
 TINY = {"head_blocks": [0, 1], "head_dim": 16, "fusion_tokens": 2, "mask_size": 16}
 
@@ -161,3 +163,30 @@ def test_resuming_from_a_refused_checkpoint_is_one_line_and_exit_2(tmp_path, mon
     assert exit_status.value.code == 2
     assert capsys.readouterr().err == (f"qvr-llamafactory: {checkpoint / 'optimizer.pt'}: refused to unpickle (it "
                                        f"names exec; only tensors and plain data are loaded)\n")
+
+
+RESUME_IN_SWIFT = """import sys
+from pathlib import Path
+
+import torch
+
+from custom_modules.integrations.swift_plugin import name_refused_pickles
+
+name_refused_pickles(sys.argv[1])  # what the plugin does for `swift sft --resume_from_checkpoint`
+print("resuming", flush=True)
+torch.load(Path(sys.argv[1]) / "optimizer.pt", weights_only=True)  # as the Trainer's resume loads it
+"""
+
+
+def test_resuming_from_a_refused_checkpoint_in_swift_is_one_line_and_exit_2(tmp_path):
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    torch.save({"state": Payload()}, checkpoint / "optimizer.pt")
+    resumed = subprocess.run([venv_bin("swift") / "python", "-c", RESUME_IN_SWIFT, str(checkpoint)], cwd=REPO_ROOT,
+                             env=trainer_env("swift", PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 2 and resumed.stdout == "resuming\n"
+    assert "Traceback" not in resumed.stderr  # swift's own import logs come before the line
+    assert resumed.stderr.splitlines()[-1] == (f"swift: {checkpoint / 'optimizer.pt'}: refused to unpickle (it names "
+                                               f"exec; only tensors and plain data are loaded)")
+    assert not (tmp_path / "ran").exists() and not (REPO_ROOT / "ran").exists()
