@@ -32,9 +32,10 @@ CASES = {
     "forgery_t3": ("qwen2_5_vl_7b_t3_hybrid", ("visual.blocks.0.", "language_model.", "head.", "fusion.")),
     "vision_encoder_stage2": ("qwen3_vl_4b_raddino_stage2", ("visual.encoder.", "visual.merger.", "language_model.")),
 }
-STEPS = {"max_steps": 2, "save_steps": 1, "gradient_accumulation_steps": 1}
-NO_POOLS = {"llamafactory": {"preprocessing_num_workers": 1},  # the tiny data needs no worker processes
-            "swift": {"dataset_num_proc": 1, "dataloader_num_workers": 0}}
+# a batch of 4: the recipes' batch 16 would only make each step longer
+STEPS = {"max_steps": 2, "save_steps": 1, "gradient_accumulation_steps": 1, "per_device_train_batch_size": 4}
+NO_POOLS = {"llamafactory": {"preprocessing_num_workers": 1, "dataloader_num_workers": 0},  # the tiny data needs
+            "swift": {"dataset_num_proc": 1, "dataloader_num_workers": 0}}  # no worker processes
 ONE_PROCESS = ("NPROC_PER_NODE", "FORCE_TORCHRUN", "MASTER_PORT")  # the hybrid's Run-line test uses two
 LM_AND_ENCODER = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,query,value"
 LOG = {"llamafactory": "trainer_log.jsonl", "swift": "logging.jsonl"}
