@@ -104,7 +104,8 @@ def grounding_task(family: str) -> "LearningTask":
 # which `eval run` feeds them at (ms-swift takes those from the environment: FORGERY_ENV).
 FORGERY_TINY_BLOCKS = (0, 1)
 FORGERY_TINY_PIXELS = {"min": 3136, "max": 50176}
-# no loader workers: the tiny images load in no time, and the recipes' 8 workers would start again every epoch
+# no loader workers: the tiny images load in no time, and the recipes' 8 workers cost more to start than they
+# save (LLaMA-Factory starts them again every epoch)
 _FORGERY_COMMON = {"learning_rate": 1e-2, "max_steps": 160, "per_device_train_batch_size": 4,
                    "gradient_accumulation_steps": 1, "dataloader_num_workers": 0}
 # The recipe's forgery settings: LLaMA-Factory takes them as dotted keys, ms-swift as QVR_FORGERY_* variables.
