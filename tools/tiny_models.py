@@ -22,6 +22,7 @@ from custom_modules.model_configs import SPECIAL_TOKEN_IDS
 from tools.model_configs import FAMILIES, TINY_VARIANTS, model_family, tiny_config
 
 SEED = 1234
+STAMP = "tiny_model.json"  # marks a complete build (written in the staging folder, so it appears with the rest)
 # Small pixel limits keep a tiny model's image token count small whatever the input size.
 TINY_MIN_PIXELS = {"qwen2_vl": 28 * 28 * 4, "qwen2_5_vl": 28 * 28 * 4, "qwen3_vl": 32 * 32 * 4}
 TINY_MAX_PIXELS = {"qwen2_vl": 28 * 28 * 64, "qwen2_5_vl": 28 * 28 * 64, "qwen3_vl": 32 * 32 * 64}
@@ -138,6 +139,7 @@ def build_tiny_model(name: str, out_dir: str | os.PathLike) -> Path:
     with staged_dir(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        (staging / STAMP).write_text(json.dumps({"family": family, "name": name, "seed": SEED}) + "\n")
     return out_dir
 
 
@@ -176,10 +178,8 @@ def ensure_tiny_models(cache_dir: str | os.PathLike, names=FAMILIES) -> dict[str
     paths = {}
     for name in names:
         path = cache_dir / name
-        stamp = path / "tiny_model.json"
-        if not stamp.exists():
+        if not (path / STAMP).exists():
             build_tiny_model(name, path)
-            stamp.write_text(json.dumps({"family": model_family(name), "name": name, "seed": SEED}) + "\n")
         paths[name] = path
     return paths
 

@@ -1,6 +1,7 @@
 """The product's spine end to end: sample data -> converter CLI -> each trainer's own CLI on the seed caption
 recipe -> an adapter that loads for generation; all offline, with any hub request caught."""
 
+import json
 import math
 import socket
 import subprocess
@@ -149,9 +150,11 @@ def test_token_id_check_catches_a_drifted_config(tiny_model_dir, tmp_path):
 def test_tiny_models_are_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    from tools.tiny_models import build_tiny_model
+    from tools.tiny_models import STAMP, build_tiny_model
 
     first = load_file(build_tiny_model("qwen2_vl", tmp_path / "a") / "model.safetensors")
     second = load_file(build_tiny_model("qwen2_vl", tmp_path / "b") / "model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
+    # the stamp comes with the committed folder: a test process that finds it never reads a half-built model
+    assert json.loads((tmp_path / "a" / STAMP).read_text())["name"] == "qwen2_vl"
