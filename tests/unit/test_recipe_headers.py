@@ -2,6 +2,7 @@
 the block of `#` lines a recipe starts with; a `###` line opens the first section of the YAML (LLaMA-Factory's
 style), not the header. Figures belong in docs/performance.md, not in headers. A header's bound on visual tokens
 per image is what its trainer's resize gives at the recipe's pixel limits."""
+import functools
 import re
 from pathlib import Path
 
@@ -53,12 +54,12 @@ def pixel_limits(recipe) -> tuple[int, int]:
     return int(recipe.config["ENV"]["MIN_PIXELS"]), int(recipe.config["ENV"]["MAX_PIXELS"])
 
 
-def most_tokens(recipe) -> int:
-    min_pixels, max_pixels = pixel_limits(recipe)
-    family, factor = recipe.family, FACTORS[recipe.family]
+@functools.cache  # the recipes share a few (family, trainer, limits): each sweep runs once
+def most_tokens(family: str, trainer: str, min_pixels: int, max_pixels: int) -> int:
+    factor = FACTORS[family]
     sizes = {(side, max(28, round(side * aspect))) for side in SIDES for aspect in ASPECTS}
     return max((w // factor) * (h // factor) for w, h in (
-        resized_size(width, height, family, recipe.trainer, min_pixels=min_pixels, max_pixels=max_pixels,
+        resized_size(width, height, family, trainer, min_pixels=min_pixels, max_pixels=max_pixels,
                      processor_pixels=PROCESSOR_PIXELS[family]) for width, height in sizes))
 
 
@@ -72,5 +73,5 @@ def test_some_headers_bound_the_visual_tokens():
 @pytest.mark.parametrize("recipe", BOUNDED, ids=lambda r: r.rel)
 def test_header_token_bound_is_what_the_trainer_gives(recipe):
     stated = int(TOKEN_BOUND.search(recipe.header["GPUs"]).group(1))
-    most = most_tokens(recipe)
+    most = most_tokens(recipe.family, recipe.trainer, *pixel_limits(recipe))
     assert most == stated, f"{recipe.rel}: the header says <= {stated} visual tokens, {recipe.trainer} gives {most}"
