@@ -332,12 +332,15 @@ def test_meter_measures_the_window_and_traces_the_steps_after_it(tmp_path):
              "image_grid_thw": torch.tensor([[1, 2, 2], [1, 2, 2]])}
     meter.n_lm = meter.n_vis = 1
     meter.modes = {"lm": "lora", "vision": "frozen"}
-    for _ in range(7):
+    for step in range(7):
         meter.counts.append(records.batch_count_values(batch))
-        model(torch.randn(4, 3)).sum().backward()
+        loss = model(torch.randn(4, 3)).sum() * 0 + step
+        loss.backward()
+        meter.loss(loss)
         meter.step_end()
     record = meter.record(warmup=1)
     assert record["steps"] == 3 and record["samples"] == 6 and record["tokens"] == 30 and record["patches"] == 24
+    assert record["losses"] == [0.0, 1.0, 2.0, 3.0]  # the window's micro-steps, warm-up included
     events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
     assert any(e.get("name") == "aten::linear" for e in events)  # the two traced steps
     report = (tmp_path / "trace_x.txt").read_text()
@@ -430,6 +433,32 @@ def test_rounds_table_gives_each_variant_per_round_median_and_spread():
         "|---|---|---|---|---|---|",
         "| a | 10.00 | 12.00 | 11.00 | 11.00 | 18.2% |",
         "| b | 8.00 | - | 9.00 | 8.50 | 11.8% |"]
+
+
+def test_loss_gap_compares_block_means_with_the_first_variant_of_the_trainer():
+    bf16 = [4.0] * 20 + [2.0] * 20 + [1.0] * 5  # the 5-step tail is no whole block: left out
+    fp8 = [4.1] * 20 + [2.0] * 20 + [9.0] * 5
+    rows = records.add_loss_gaps([
+        dict(trainer="llamafactory", name="lf_ours", losses=bf16),
+        dict(trainer="ms-swift", name="swift_ours", losses=[3.0] * 40),
+        dict(trainer="llamafactory", name="lf_ours_fp8", losses=fp8),
+        dict(trainer="llamafactory", name="lf_ours_short", losses=fp8[:20]),  # other blocks: not comparable
+        dict(trainer="llamafactory", name="failed", error="exit 1")])
+    assert [r.get("loss_gap") for r in rows] == [0.0, 0.0, pytest.approx(0.025), None, None]
+    assert rows[2]["loss_reference"] == "lf_ours" and rows[1]["loss_reference"] == "swift_ours"
+    table = records.format_losses(rows).splitlines()
+    assert table[0] == "| trainer | variant | steps 1-20 | steps 21-40 | largest gap | reference |"
+    assert table[4] == "| llamafactory | lf_ours_fp8 | 4.1000 | 2.0000 | 2.50% | lf_ours |"
+    assert table[5] == "| llamafactory | lf_ours_short | 4.1000 | - | - | - |"
+    assert len(table) == 6 and records.format_losses([dict(trainer="x", name="y", losses=[1.0] * 19)]) == ""
+
+
+def test_report_keeps_the_loss_gap_but_not_the_curve(tmp_path):
+    source = tmp_path / "bench_qwen2_5_vl_7b.json"
+    source.write_text(json.dumps([dict(record("ours", 12.0), losses=[1.0] * 40, loss_gap=0.0)]))
+    orchestrator.main(["report", str(source), "--docs", str(tmp_path)])
+    (written,) = json.loads((tmp_path / "performance.json").read_text())
+    assert written["loss_gap"] == 0.0 and "losses" not in written
 
 
 def test_repeat_interleaves_the_variants(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ from pathlib import Path
 import yaml
 
 from tools.bench.chart import write_chart
-from tools.bench.records import add_ratios, check_record, format_rounds, format_table
+from tools.bench.records import add_loss_gaps, add_ratios, check_record, format_losses, format_rounds, format_table
 from tools.bench.variants import (BENCH_LIST, ENCODER, FORGERY_HEAD, REPO_ROOT, TINY_VIT_BLOCKS, Bench, bench_of,
                                   data_label, parse_variant, pop_worker_env, rows_needed, settings_text,
                                   trainer_config)
@@ -276,7 +276,7 @@ def run(args) -> list[dict]:
             if args.repeat > 1:
                 record["round"] = round_
             records.append(record)
-            add_ratios(records)
+            add_loss_gaps(add_ratios(records))
             records_path.write_text(json.dumps(records, indent=1))
             print(f"{spec}: " + (record.get("error") or f"{record['samples_per_s']:.2f} samples/s, "
                   f"{record['peak_gib']:.1f} GiB, MFU {record['mfu']:.1%}, {record['tokens_per_sample']:.0f} "
@@ -286,6 +286,8 @@ def run(args) -> list[dict]:
     table = format_table(records)
     if args.repeat > 1:
         table += "\n\n" + format_rounds(records)
+    if losses := format_losses(records):
+        table += "\n\nMean micro-step loss per block, and the largest gap from the reference's:\n\n" + losses
     (out / f"{stem}.md").write_text(table + "\n")
     print(table)
     return records
@@ -299,7 +301,8 @@ def report(args) -> None:
         check_record(r)
     if args.run:
         records = [r if "run" in r else dict(r, run=args.run) for r in records]
-    measured = [r for r in records if not r.get("error")]  # failures stay in the printed table only
+    # failures stay in the printed table only; the loss curves stay in the job's own records (their gap is kept)
+    measured = [{k: v for k, v in r.items() if k != "losses"} for r in records if not r.get("error")]
     docs = Path(args.docs)
     (docs / "performance.json").write_text(json.dumps(measured, indent=1) + "\n")
     write_chart(measured, docs / "performance.png")

@@ -130,6 +130,49 @@ def format_rounds(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+LOSS_BLOCK = 20  # micro-steps a block of the loss table averages: single micro-steps' losses vary with their rows
+
+
+def block_means(losses: list[float], block: int = LOSS_BLOCK) -> list[float]:
+    """Mean loss of each whole block of `block` micro-steps (a shorter tail is left out)."""
+    return [statistics.fmean(losses[i:i + block]) for i in range(0, len(losses) - block + 1, block)]
+
+
+def add_loss_gaps(records: list[dict], block: int = LOSS_BLOCK) -> list[dict]:
+    """Each record with losses gets `loss_gap`: the largest relative difference of its block means from those of
+    the first record of its trainer (the reference of an A/B of numerics: the same rows in the same order, so
+    the curves differ only by what the variant changes), and `loss_reference`, that record's name."""
+    firsts = {}
+    for r in records:
+        if block_means(r.get("losses") or [], block):
+            firsts.setdefault(r["trainer"], r)
+    for r in records:
+        ref = firsts.get(r["trainer"])
+        ours, theirs = block_means(r.get("losses") or [], block), block_means(ref["losses"], block) if ref else []
+        if ours and len(ours) == len(theirs):
+            r["loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
+            r["loss_reference"] = ref["name"]
+    return records
+
+
+def format_losses(records: list[dict], block: int = LOSS_BLOCK) -> str:
+    """Markdown table of each variant's mean micro-step loss per block of `block` micro-steps (warm-up included)
+    and its `loss_gap` from its reference; empty when no record has a whole block."""
+    rows = [(r, block_means(r.get("losses") or [], block)) for r in records]
+    rows = [(r, means) for r, means in rows if means]
+    if not rows:
+        return ""
+    n = max(len(means) for _, means in rows)
+    lines = [f"| trainer | variant | " + " | ".join(f"steps {i * block + 1}-{(i + 1) * block}" for i in range(n)) +
+             " | largest gap | reference |", "|---|---|" + "---|" * (n + 2)]
+    for r, means in rows:
+        cells = [_fmt(means[i] if i < len(means) else None, ".4f") for i in range(n)]
+        gap = "-" if r.get("loss_gap") is None else f"{r['loss_gap']:.2%}"
+        lines.append(f"| {r['trainer']} | {r['name']} | " + " | ".join(cells) +
+                     f" | {gap} | {r.get('loss_reference', '-')} |")
+    return "\n".join(lines)
+
+
 def check_record(record: dict) -> None:
     """Raise ValueError unless `record` follows the docs/performance.json schema."""
     missing = [k for k in RECORD_KEYS if k not in record]

@@ -24,11 +24,13 @@ class Meter:
     Nothing here synchronises the host with the GPU inside the run (a sync would let the GPU idle while the host
     prepares the next step, which the trainers otherwise overlap): on a GPU each micro-step's end is a CUDA event
     and the counts stay on the device until `record()`. With `window` set, micro-steps after it are not measured;
-    `profile` micro-steps after the window are traced with torch.profiler into `trace_path` (chrome trace, gzip)."""
+    `profile` micro-steps after the window are traced with torch.profiler into `trace_path` (chrome trace, gzip).
+    Each micro-step's loss is kept as the trainer returns it (detached, on the device) and read back in `record()`,
+    so an A/B of numerics (FP8) compares the two loss curves of one job."""
 
     def __init__(self, window: int | None = None, profile: int = 0, trace_path: str | None = None,
                  images_per_sample: int = 1):
-        self.step_ends, self.counts = [], []
+        self.step_ends, self.counts, self.losses = [], [], []
         self.n_lm = self.n_vis = self.n_trainable = self.n_with_grad = self.modes = None
         self.window, self.profile, self.trace_path, self.profiler = window, profile, trace_path, None
         self.images_per_sample, self.patches_per_grid_cell = images_per_sample, 1.0
@@ -51,6 +53,9 @@ class Meter:
             visual = next(m for name, m in modules.items() if name.endswith("visual"))
             if hasattr(visual, "tokens_per_image"):
                 self.patches_per_grid_cell = 1 / visual.spatial_merge_size ** 2
+
+    def loss(self, value):
+        self.losses.append(value.detach())
 
     def lm_called(self, module, args):
         self.lm_calls += 1
@@ -102,7 +107,8 @@ class Meter:
         rates = summarise(self.step_seconds(), counts, warmup)
         cuda = torch.cuda.is_available()
         flops = step_flops(self.n_lm, self.n_vis, rates["tokens"], rates["patches"], **self.modes)
-        return dict(rates, n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
+        losses = torch.stack(self.losses[:self.window]).float().tolist() if self.losses else []
+        return dict(rates, losses=losses, n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
                     n_trainable_with_grad=self.n_with_grad, trained=self.modes, mfu=mfu(flops, rates["seconds"]),
                     peak_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
                     peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
@@ -171,6 +177,7 @@ def install_meter(meter: Meter, on_train_end) -> None:
         def counted_training_step(model, inputs, *rest, **kw):
             meter.count(model, inputs)
             loss = training_step(model, inputs, *rest, **kw)
+            meter.loss(loss)
             meter.check_grads(model)
             return loss
 
@@ -311,7 +318,9 @@ def seed_loop(config: dict, ckpt: Path, data: Path, meter: Meter, cpu: bool = Fa
         batch = [rows[(step * batch_size + i) % len(rows)] for i in range(batch_size)]
         inputs = {k: v.to(device) for k, v in collate(batch).items()}
         meter.count(model, inputs)
-        model(**inputs).loss.backward()
+        loss = model(**inputs).loss
+        loss.backward()
+        meter.loss(loss)
         meter.check_grads(model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
