@@ -1,4 +1,4 @@
-"""Speed-ups for LoRA training of Qwen-VL models that leave what is learned unchanged.
+"""Speed-ups for LoRA training of Qwen-VL models that leave what is learned unchanged, and one opt-in that does not.
 
     vision_attention   the vision towers' windowed/per-image attention as one call per layer (PyTorch's varlen flash
                        kernel on CUDA in half precision, else one sdpa call per distinct segment length)
@@ -23,6 +23,8 @@
                        which after the first change of size they compile for as a dynamic shape
     compile_language   torch.compile of each language-model decoder layer, LoRA inside (off by default: compile
                        time; after the first change of sequence length it compiles for dynamic shapes)
+    fp8_base           the LM's frozen base weights in FP8 matmuls, forward and input gradient (off by default: it
+                       rounds those matmuls' operands to e4m3, so it changes numerics; Ada/Hopper GPUs)
 
 `apply_speedups(model, settings, autocast)` applies the switched-on ones to a loaded model (peft-wrapped or not);
 `SpeedupsCallback` does it when a transformers Trainer begins training, after the trainer has loaded, frozen
@@ -56,6 +58,7 @@ class SpeedupSettings:
     skip_cudnn_attention: bool = True
     compile_vision: bool = False
     compile_language: bool = False
+    fp8_base: bool = False
 
 
 DEFAULTS = asdict(SpeedupSettings())
@@ -81,6 +84,7 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
     """Apply the switched-on speed-ups to `model`; returns {name: how many modules changed}."""
     from custom_modules.speedups.attention_backend import skip_cudnn_attention
     from custom_modules.speedups.deepstack import use_scattered_deepstack
+    from custom_modules.speedups.fp8_base import use_fp8_frozen_base
     from custom_modules.speedups.frozen_vision import drop_frozen_vision_graph
     from custom_modules.speedups.lm_head_loss import use_labelled_rows
     from custom_modules.speedups.lora_addmm import use_addmm_lora
@@ -112,6 +116,8 @@ def apply_speedups(model, settings: dict, autocast: bool) -> dict:
         changed["parameter_count"] = count_parameters_once(model)
     if settings["skip_cudnn_attention"]:
         changed["skip_cudnn_attention"] = skip_cudnn_attention()
+    if settings["fp8_base"]:
+        changed["fp8_base"] = use_fp8_frozen_base(model)
     if settings["compile_vision"]:
         changed["compile_vision"] = compile_each(vision_blocks(model))
     if settings["compile_language"]:
