@@ -73,6 +73,10 @@ def parse_settings(block: dict | None, where: str = "qwenvl_recipes.speedups") -
         raise ValueError(f"{setting_key(where, 'compile_vision')} needs {setting_key(where, 'vision_attention')} "
                          "(transformers' own vision attention splits each batch by its image sizes, and every new "
                          "mix of sizes recompiles)")
+    if settings["fp8_base"] and settings["compile_language"]:
+        raise ValueError(f"{setting_key(where, 'fp8_base')} and {setting_key(where, 'compile_language')} cannot both "
+                         "be on: the FP8 layers reuse the quantised input across calls, which a compiled graph "
+                         "does not see")
     return settings
 
 

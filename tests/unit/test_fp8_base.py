@@ -97,3 +97,26 @@ def test_fp8_matmul_on_the_gpu_matches_the_cpu_product():
         results.append((out.float().cpu(), xd.grad.float().cpu()))
     for cpu, gpu in zip(*results):
         torch.testing.assert_close(gpu, cpu, rtol=2e-2, atol=2e-2)
+
+
+def test_the_last_input_is_quantised_once_while_layers_read_the_same_tensor():
+    from custom_modules.speedups.fp8_base import LastInput
+
+    cache = LastInput()
+    x = torch.randn(4, 6, 32, dtype=torch.bfloat16)
+    first = cache.quantize(x.reshape(-1, 32))
+    assert cache.quantize(x.reshape(-1, 32)) is first  # another view of the same input (k_proj after q_proj)
+    with torch.no_grad():
+        x.mul_(2)
+    assert cache.quantize(x.reshape(-1, 32)) is not first  # changed in place: quantised again
+    other = x.clone().reshape(-1, 32)
+    assert cache.quantize(other) is not cache.quantize(x.reshape(-1, 32))
+    assert torch.equal(cache.quantize(other)[0].float(), quantize_rows(other)[0].float())
+
+
+def test_fp8_base_and_compiled_language_layers_are_refused_together():
+    from custom_modules.speedups import parse_settings
+
+    assert parse_settings({"fp8_base": True})["fp8_base"] is True
+    with pytest.raises(ValueError, match=r"QVR_SPEEDUPS_FP8_BASE and QVR_SPEEDUPS_COMPILE_LANGUAGE cannot both be on"):
+        parse_settings({"fp8_base": True, "compile_language": True}, where="QVR_SPEEDUPS")
