@@ -22,6 +22,7 @@ copies), the weight has become trainable, or autocast would not bring the input 
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -109,6 +110,19 @@ def _fp8_forward(self, x: torch.Tensor) -> torch.Tensor:
     return out.view(*leading, out.shape[-1])
 
 
+@functools.cache
+def rowwise_fp8_supported(device: torch.device) -> bool:
+    """Whether `device` runs torch._scaled_mm with a scale per row (CUDA compute capability 8.9+; CPU in recent
+    torch releases only)."""
+    try:
+        a = torch.ones(16, 16, device=device).to(E4M3)
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1, device=device), scale_b=torch.ones(1, 16, device=device),
+                         out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def _convertible(module) -> bool:
     weight = getattr(module, "weight", None)
     return (type(module) is nn.Linear and weight.dtype == torch.bfloat16 and not weight.requires_grad
@@ -119,11 +133,14 @@ def use_fp8_frozen_base(model) -> int:
     """Give every frozen bf16 linear layer of `model`'s decoder layers the FP8 forward; returns how many changed."""
     from custom_modules.speedups.parts import decoder_layers
 
-    changed = 0
-    for layer in decoder_layers(model):
-        for module in layer.modules():
-            if getattr(module, "bf16_forward", None) is None and _convertible(module):
-                module.bf16_forward, module.fp8_weight = module.forward, FrozenWeightFp8()
-                module.forward = types.MethodType(_fp8_forward, module)
-                changed += 1
-    return changed
+    modules = [m for layer in decoder_layers(model) for m in layer.modules()
+               if getattr(m, "bf16_forward", None) is None and _convertible(m)]
+    for device in {m.weight.device for m in modules}:
+        if not rowwise_fp8_supported(device):
+            raise RuntimeError(f"speedups fp8_base (qwenvl_recipes.speedups.fp8_base, QVR_SPEEDUPS_FP8_BASE) needs "
+                               f"FP8 matmuls with a scale per row, which {device} does not run (CUDA GPUs of compute "
+                               f"capability 8.9 or more: Ada, Hopper); switch it off")
+    for module in modules:
+        module.bf16_forward, module.fp8_weight = module.forward, FrozenWeightFp8()
+        module.forward = types.MethodType(_fp8_forward, module)
+    return len(modules)

@@ -435,22 +435,29 @@ def test_rounds_table_gives_each_variant_per_round_median_and_spread():
         "| b | 8.00 | - | 9.00 | 8.50 | 11.8% |"]
 
 
-def test_loss_gap_compares_block_means_with_the_first_variant_of_the_trainer():
+def test_loss_gap_compares_block_means_with_the_first_variant_that_ran_the_same_batches():
     bf16 = [4.0] * 20 + [2.0] * 20 + [1.0] * 5  # the 5-step tail is no whole block: left out
     fp8 = [4.1] * 20 + [2.0] * 20 + [9.0] * 5
     rows = records.add_loss_gaps([
-        dict(trainer="llamafactory", name="lf_ours", losses=bf16),
-        dict(trainer="ms-swift", name="swift_ours", losses=[3.0] * 40),
-        dict(trainer="llamafactory", name="lf_ours_fp8", losses=fp8),
-        dict(trainer="llamafactory", name="lf_ours_short", losses=fp8[:20]),  # other blocks: not comparable
+        dict(trainer="llamafactory", name="lf_ours", losses=bf16, batch_digest="a"),
+        dict(trainer="ms-swift", name="swift_ours", losses=[3.0] * 40, batch_digest="a"),
+        dict(trainer="llamafactory", name="lf_ours_fp8", losses=fp8, batch_digest="a"),
+        dict(trainer="llamafactory", name="lf_plain", losses=fp8, batch_digest="b"),  # other batches: no reference
         dict(trainer="llamafactory", name="failed", error="exit 1")])
-    assert [r.get("loss_gap") for r in rows] == [0.0, 0.0, pytest.approx(0.025), None, None]
-    assert rows[2]["loss_reference"] == "lf_ours" and rows[1]["loss_reference"] == "swift_ours"
+    assert [r.get("loss_gap") for r in rows] == [None, None, pytest.approx(0.025), None, None]
+    assert rows[2]["loss_reference"] == "lf_ours" and "loss_reference" not in rows[1]
     table = records.format_losses(rows).splitlines()
     assert table[0] == "| trainer | variant | steps 1-20 | steps 21-40 | largest gap | reference |"
+    assert table[2] == "| llamafactory | lf_ours | 4.0000 | 2.0000 | - | - |"
     assert table[4] == "| llamafactory | lf_ours_fp8 | 4.1000 | 2.0000 | 2.50% | lf_ours |"
-    assert table[5] == "| llamafactory | lf_ours_short | 4.1000 | - | - | - |"
     assert len(table) == 6 and records.format_losses([dict(trainer="x", name="y", losses=[1.0] * 19)]) == ""
+
+
+def test_batch_digest_tells_apart_rows_and_batching():
+    steps = [(16, 5000, 4096, 5200), (16, 5100, 4096, 5200)]
+    assert worker.batch_digest(steps) == worker.batch_digest(list(steps))
+    assert worker.batch_digest(steps) != worker.batch_digest(steps[::-1])
+    assert worker.batch_digest(steps) != worker.batch_digest([(8, 2500, 2048, 2600)] * 4)
 
 
 def test_report_keeps_the_loss_gap_but_not_the_curve(tmp_path):

@@ -139,25 +139,25 @@ def block_means(losses: list[float], block: int = LOSS_BLOCK) -> list[float]:
 
 
 def add_loss_gaps(records: list[dict], block: int = LOSS_BLOCK) -> list[dict]:
-    """Each record with losses gets `loss_gap`: the largest relative difference of its block means from those of
-    the first record of its trainer (the reference of an A/B of numerics: the same rows in the same order, so
-    the curves differ only by what the variant changes), and `loss_reference`, that record's name."""
+    """Each record with losses whose trainer ran the same batches (`batch_digest`: the same rows in the same order,
+    the same micro-batch) in an earlier record gets `loss_gap`, the largest relative difference of its block means
+    from that first record's, and `loss_reference`, that record's name: an A/B of numerics (FP8 against bf16),
+    where the curves differ only by what the variant changes."""
     firsts = {}
     for r in records:
-        if block_means(r.get("losses") or [], block):
-            firsts.setdefault(r["trainer"], r)
-    for r in records:
-        ref = firsts.get(r["trainer"])
-        ours, theirs = block_means(r.get("losses") or [], block), block_means(ref["losses"], block) if ref else []
-        if ours and len(ours) == len(theirs):
-            r["loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(ours, theirs))
+        means = block_means(r.get("losses") or [], block)
+        if not means:
+            continue
+        ref = firsts.setdefault((r["trainer"], r.get("batch_digest")), r)
+        if ref is not r:
+            r["loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(means, block_means(ref["losses"], block)))
             r["loss_reference"] = ref["name"]
     return records
 
 
 def format_losses(records: list[dict], block: int = LOSS_BLOCK) -> str:
     """Markdown table of each variant's mean micro-step loss per block of `block` micro-steps (warm-up included)
-    and its `loss_gap` from its reference; empty when no record has a whole block."""
+    and its `loss_gap` from its reference, if it has one; empty when no record has a whole block."""
     rows = [(r, block_means(r.get("losses") or [], block)) for r in records]
     rows = [(r, means) for r, means in rows if means]
     if not rows:
