@@ -569,7 +569,10 @@ def test_microscopy_8b_runs_on_one_gpu_and_report_recipes_read_a_random_encoder(
     swift, _, _ = variants.trainer_config(report, "swift_stage2_tuned", {}, **args)
     assert swift["ENV"]["QVR_VISION_ENCODER_ENCODER_PATH"] == str(tmp_path / "encoder")
     assert swift["ENV"]["QVR_VISION_ENCODER_MERGER_PATH"] == "null"
-    assert swift["model_type"] == "qwen3_vl_vision_encoder" and swift["per_device_train_batch_size"] == 16
+    assert swift["model_type"] == "qwen3_vl_vision_encoder" and swift["per_device_train_batch_size"] == 4
+    assert swift["gradient_checkpointing"] is False and swift["use_liger_kernel"] is True
+    report_8b = variants.BENCHES["qwen3_vl_8b", "report"]
+    assert variants.trainer_config(report_8b, "lf_stage2_tuned", {}, **args)[0]["per_device_train_batch_size"] == 2
 
 
 def test_fp8_variant_switches_fp8_on_and_gets_torchao(tmp_path):

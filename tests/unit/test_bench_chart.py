@@ -23,6 +23,7 @@ RECORDS = [
            variant="seed_loop"),
     record("qwen2_5_vl_7b", "lf_t1", "llamafactory", 11.0, "2026-12-07 run AB (H200; ...)", task="forgery"),
     record("qwen2_vl_2b", "swift_ours", "ms-swift", 64.7, "2026-12-04 run Y2 (H200; ...)"),
+    record("qwen2_5_vl_7b", "lf_ours:x=1", "llamafactory", 33.0, "2026-12-08 run AC1 (H100; ...)"),  # a lever's A/B
 ]
 
 

@@ -1,4 +1,5 @@
-"""The chart docs/performance.md opens with: samples/s of every variant of each benchmark's latest run, one panel
+"""The chart docs/performance.md opens with: samples/s of every variant of each benchmark's latest table (its
+latest run with a baseline beside our recipes; a lever's A/B of our recipes alone does not replace it), one panel
 per model and task, one colour per trainer; `python -m tools.bench report` redraws it from docs/performance.json."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ TRAINER_NAMES = {"transformers": "seed loop (transformers)", "llamafactory": "LL
 MODEL_NAMES = {"qwen2_vl_2b": "Qwen2-VL-2B", "qwen2_5_vl_7b": "Qwen2.5-VL-7B", "qwen3_vl_2b": "Qwen3-VL-2B",
                "qwen3_vl_4b": "Qwen3-VL-4B", "qwen3_vl_8b": "Qwen3-VL-8B"}
 # Records written before benchmarks had a task are the perf recipes' runs.
+BASELINE_KINDS = ("seed_loop", "trainer_default", "trainer_tuned", "unsloth")
 PERF_TASK = {"qwen2_vl_2b": "caption"}
 
 
@@ -34,11 +36,14 @@ def task_of(record: dict) -> str:
 
 
 def chart_panels(records: list[dict]) -> list[Panel]:
-    """One panel per (model, task), in the order they first appear: the measured records of the run that wrote
-    its last record, each a bar labelled with its variant name (overrides included)."""
-    latest = {}
+    """One panel per (model, task), in the order they first appear: the measured records of the latest run that
+    holds a baseline (else of the latest run), each a bar labelled with its variant name (overrides included)."""
+    latest, tables = {}, {}
     for r in records:
         latest[r["model"], task_of(r)] = r.get("run")
+        if r["variant"] in BASELINE_KINDS:
+            tables[r["model"], task_of(r)] = r.get("run")
+    latest.update(tables)
     panels = []
     for (model, task), run in latest.items():
         rows = [r for r in records if (r["model"], task_of(r)) == (model, task) and r.get("run") == run
