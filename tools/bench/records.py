@@ -163,7 +163,7 @@ def format_losses(records: list[dict], block: int = LOSS_BLOCK) -> str:
     if not rows:
         return ""
     n = max(len(means) for _, means in rows)
-    lines = [f"| trainer | variant | " + " | ".join(f"steps {i * block + 1}-{(i + 1) * block}" for i in range(n)) +
+    lines = ["| trainer | variant | " + " | ".join(f"steps {i * block + 1}-{(i + 1) * block}" for i in range(n)) +
              " | largest gap | reference |", "|---|---|" + "---|" * (n + 2)]
     for r, means in rows:
         cells = [_fmt(means[i] if i < len(means) else None, ".4f") for i in range(n)]

@@ -109,8 +109,9 @@ class Meter:
         cuda = torch.cuda.is_available()
         flops = step_flops(self.n_lm, self.n_vis, rates["tokens"], rates["patches"], **self.modes)
         losses = torch.stack(self.losses[:self.window]).float().tolist() if self.losses else []
-        return dict(rates, losses=losses, batch_digest=batch_digest(counts), n_lm=self.n_lm, n_vis=self.n_vis, n_trainable=self.n_trainable,
-                    n_trainable_with_grad=self.n_with_grad, trained=self.modes, mfu=mfu(flops, rates["seconds"]),
+        return dict(rates, losses=losses, batch_digest=batch_digest(counts), n_lm=self.n_lm, n_vis=self.n_vis,
+                    n_trainable=self.n_trainable, n_trainable_with_grad=self.n_with_grad, trained=self.modes,
+                    mfu=mfu(flops, rates["seconds"]),
                     peak_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
                     peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
                     device=torch.cuda.get_device_name(0) if cuda else "cpu",
