@@ -8,6 +8,14 @@ from custom_modules.speedups.fp8_base import (E4M3_MAX, Fp8FrozenMatmul, FrozenW
 from tests.unit.test_speedups import largest_relative_error, lora_model, seeded_loss_and_grads
 
 
+def quantised_products(x, grad, rows, row_scale, cols, col_scale):
+    """The forward and input-gradient products of the quantised operands, in fp32: what the FP8 matmuls compute."""
+    x8, x_scale = quantize_rows(x.detach())
+    grad8, grad_scale = quantize_rows(grad)
+    return ((x8.float() * x_scale) @ (rows.float() * row_scale.t()).t(),
+            (grad8.float() * grad_scale) @ (cols.float() * col_scale.t()).t())
+
+
 def test_quantize_rows_scales_each_row_by_a_power_of_two_within_e4m3():
     t = torch.tensor([[0.5, -1.0, 0.25, 0.0], [1000.0, 3.0, -7.0, 1.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
     t8, scale = quantize_rows(t)
@@ -29,11 +37,8 @@ def test_fp8_matmul_is_the_product_of_the_quantised_operands_and_computes_no_wei
     grad = torch.randn(7, 48, dtype=torch.bfloat16)
     out.backward(grad)
 
-    x8, x_scale = quantize_rows(x.detach())
-    expected = (x8.float() * x_scale) @ (rows.float() * row_scale.t()).t()
+    expected, expected_grad = quantised_products(x, grad, rows, row_scale, cols, col_scale)
     torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=1e-2)  # bf16 output rounding only
-    grad8, grad_scale = quantize_rows(grad)
-    expected_grad = (grad8.float() * grad_scale) @ (cols.float() * col_scale.t()).t()
     torch.testing.assert_close(x.grad.float(), expected_grad, rtol=1e-2, atol=1e-2)
     # and e4m3's 3 mantissa bits keep it near the bf16 product
     exact = x.detach().float() @ weight.float().t()
@@ -93,10 +98,7 @@ def test_fp8_matmul_on_the_gpu_is_the_product_of_the_quantised_operands():
     out = Fp8FrozenMatmul.apply(x, rows, row_scale, cols, col_scale)
     grad = torch.randn_like(out)
     out.backward(grad)
-    x8, x_scale = quantize_rows(x.detach())
-    grad8, grad_scale = quantize_rows(grad)
-    expected = (x8.float() * x_scale) @ (rows.float() * row_scale.t()).t()
-    expected_grad = (grad8.float() * grad_scale) @ (cols.float() * col_scale.t()).t()
+    expected, expected_grad = quantised_products(x, grad, rows, row_scale, cols, col_scale)
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(x.grad.float(), expected_grad, rtol=2e-2, atol=2e-2)
 
