@@ -244,6 +244,27 @@ def test_seed_grounding_and_microscopy_recipes(trainer):
         assert (c["lora_rank"], c["learning_rate"], c["num_train_epochs"]) == (64, 2e-4, 3), name
 
 
+# What a fast recipe may change against the recipe it speeds up: how a step is computed, never what is learned.
+SPEED_KEYS = {"per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+              "disable_gradient_checkpointing", "use_liger_kernel", "flash_attn", "attn_impl", "trust_remote_code",
+              "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_pin_memory",
+              "preprocessing_num_workers", "dataset_num_proc", "logging_nan_inf_filter", "output_dir", "callbacks",
+              "qwenvl_recipes"}
+SPEED_ENV = {"QVR_SPEEDUPS_COMPILE_VISION", "PYTORCH_CUDA_ALLOC_CONF"}
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_fast_microscopy_recipe_learns_what_the_committed_one_learns(trainer):
+    base, fast = (_get(trainer, "microscopy", name).config for name in ("qwen3_vl_2b_lora", "qwen3_vl_2b_lora_fast"))
+    changed = {k for k in base.keys() | fast.keys() if k != "ENV" and base.get(k) != fast.get(k)}
+    assert changed <= SPEED_KEYS, changed - SPEED_KEYS
+    base_env, fast_env = base.get("ENV", {}), fast.get("ENV", {})
+    assert {k for k in base_env.keys() | fast_env.keys() if base_env.get(k) != fast_env.get(k)} <= SPEED_ENV
+    effective = [c["per_device_train_batch_size"] * c["gradient_accumulation_steps"] for c in (base, fast)]
+    assert effective == [16, 16]
+    assert not fast.get("gradient_checkpointing", False) and fast.get("use_liger_kernel")
+
+
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_seed_merger_recipes(trainer):
     for name in ("qwen3_vl_4b_merger", "qwen3_vl_8b_merger_zero2"):

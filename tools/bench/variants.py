@@ -132,11 +132,12 @@ def lora_recipe_variants(lf: str, swift: str, seed_loop: dict, seed_settings: st
             "swift_ours": Variant("ours", "ms-swift", swift, "the recipe as committed")}
 
 
-def microscopy_variants(stem: str, tuned_batch: int) -> dict[str, Variant]:
-    """recipes/microscopy/<trainer>/<stem>.yaml; the seed's loop: the same LoRA (r64, alpha 128) and batch 2 in a
-    plain loop with gradient checkpointing. A sample holds two images of up to 768 visual tokens each, so the tuned
-    micro-batch is what the model's activations leave room for on 80 GB (an estimate from the grounding runs'
-    memory: override it to sweep)."""
+def microscopy_variants(stem: str, tuned_batch: int, fast_stem: str | None = None) -> dict[str, Variant]:
+    """recipes/microscopy/<trainer>/<stem>.yaml (and the fast recipes, <fast_stem>.yaml, as `lf_fast` /
+    `swift_fast`); the seed's loop: the same LoRA (r64, alpha 128) and batch 2 in a plain loop with gradient
+    checkpointing. A sample holds two images of up to 768 visual tokens each, so the tuned micro-batch is what the
+    model's activations leave room for on 80 GB (an estimate from the grounding runs' memory: override it to
+    sweep)."""
     seed = dict(SEED_LM_LOOP, learning_rate=2e-4, lora=dict(SEED_LM_LOOP["lora"], lora_alpha=128))
     variants = lora_recipe_variants(f"recipes/microscopy/llamafactory/{stem}.yaml",
                                     f"recipes/microscopy/swift/{stem}.yaml", seed,
@@ -145,6 +146,11 @@ def microscopy_variants(stem: str, tuned_batch: int) -> dict[str, Variant]:
         plain = variants[name]
         variants[name] = Variant(plain.kind, plain.trainer, plain.source, plain.settings,
                                  dict(plain.overrides, per_device_train_batch_size=tuned_batch))
+    if fast_stem:
+        variants.update(
+            lf_fast=Variant("ours", "llamafactory", f"recipes/microscopy/llamafactory/{fast_stem}.yaml",
+                            "the fast recipe"),
+            swift_fast=Variant("ours", "ms-swift", f"recipes/microscopy/swift/{fast_stem}.yaml", "the fast recipe"))
     return variants
 
 
@@ -196,8 +202,8 @@ BENCH_LIST = [
     Bench("qwen2_5_vl_7b", "forgery", (200704, 200704), forgery_variants("qwen2_5_vl_7b"),
           ("seed_t1", "seed_t3", "lf_plain", "swift_plain", "lf_t1", "swift_t1", "lf_t3", "swift_t3",
            "lf_head_pretrain", "swift_head_pretrain")),
-    Bench("qwen3_vl_2b", "microscopy", (4096, 786432), microscopy_variants("qwen3_vl_2b_lora", tuned_batch=8),
-          ("seed", "lf_plain", "swift_plain", "lf_ours", "swift_ours"), images_per_sample=2),
+    Bench("qwen3_vl_2b", "microscopy", (4096, 786432), microscopy_variants("qwen3_vl_2b_lora", 8, "qwen3_vl_2b_lora_fast"),
+          ("seed", "lf_plain", "swift_plain", "lf_fast", "swift_fast", "lf_ours", "swift_ours"), images_per_sample=2),
     # The 8B recipes train on 4 GPUs with DeepSpeed ZeRO-2; one GPU runs them without it (trainer_config).
     Bench("qwen3_vl_8b", "microscopy", (4096, 786432), microscopy_variants("qwen3_vl_8b_lora_zero2", tuned_batch=2),
           ("seed", "lf_plain", "swift_plain", "lf_ours", "swift_ours"), images_per_sample=2),
