@@ -27,6 +27,17 @@ def test_quantize_rows_scales_each_row_by_a_power_of_two_within_e4m3():
     assert torch.equal(t8[2].float(), torch.zeros(4))  # an all-zero row stays zero
 
 
+@pytest.mark.parametrize("shape", [(37, 64), (5, 1040), (300, 48)])
+def test_quantize_rows_compiled_for_any_shape_matches_the_eager_operations(shape):
+    torch.manual_seed(0)
+    t = torch.randn(shape, dtype=torch.bfloat16) * torch.logspace(-3, 3, shape[0]).unsqueeze(1).to(torch.bfloat16)
+    t8, scale = quantize_rows(t)
+    amax = t.float().abs().amax(dim=-1, keepdim=True)
+    expected_scale = torch.exp2(torch.ceil(torch.log2(amax / E4M3_MAX)))
+    assert torch.equal(scale, expected_scale)
+    assert torch.equal(t8.view(torch.uint8), (t / expected_scale.to(t.dtype)).to(torch.float8_e4m3fn).view(torch.uint8))
+
+
 def test_fp8_matmul_is_the_product_of_the_quantised_operands_and_computes_no_weight_gradient():
     torch.manual_seed(0)
     x = torch.randn(7, 32, dtype=torch.bfloat16, requires_grad=True)
