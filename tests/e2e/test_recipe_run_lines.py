@@ -42,6 +42,7 @@ DATA = {
     "forgery": (synthetic_data.make_forgery, "forgery", []),
     "report": (synthetic_data.make_coco_caption, "coco-caption", ["--name", "report", "--split", "train"]),
     "refcoco": (synthetic_data.make_refcoco, "refcoco", ["--name", "refcoco", "--max-pixels", "200704"]),
+    "microscopy": (synthetic_data.make_microscopy, "microscopy", []),
 }
 
 
