@@ -35,7 +35,8 @@ def test_quantize_rows_compiled_for_any_shape_matches_the_eager_operations(shape
     amax = t.float().abs().amax(dim=-1, keepdim=True)
     expected_scale = torch.exp2(torch.ceil(torch.log2(amax / E4M3_MAX)))
     assert torch.equal(scale, expected_scale)
-    assert torch.equal(t8.view(torch.uint8), (t / expected_scale.to(t.dtype)).to(torch.float8_e4m3fn).view(torch.uint8))
+    expected = (t / expected_scale.to(t.dtype)).to(torch.float8_e4m3fn)
+    assert torch.equal(t8.view(torch.uint8), expected.view(torch.uint8))
 
 
 def test_fp8_matmul_is_the_product_of_the_quantised_operands_and_computes_no_weight_gradient():
