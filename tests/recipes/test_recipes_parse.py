@@ -258,6 +258,7 @@ def test_fast_microscopy_recipe_learns_what_the_committed_one_learns(trainer):
     base, fast = (_get(trainer, "microscopy", name).config for name in ("qwen3_vl_2b_lora", "qwen3_vl_2b_lora_fast"))
     changed = {k for k in base.keys() | fast.keys() if k != "ENV" and base.get(k) != fast.get(k)}
     assert changed <= SPEED_KEYS, changed - SPEED_KEYS
+    assert set(fast.get("qwenvl_recipes", {})) <= {"speedups"} and set(fast.get("callbacks", [])) <= {"speedups"}
     base_env, fast_env = base.get("ENV", {}), fast.get("ENV", {})
     assert {k for k in base_env.keys() | fast_env.keys() if base_env.get(k) != fast_env.get(k)} <= SPEED_ENV
     effective = [c["per_device_train_batch_size"] * c["gradient_accumulation_steps"] for c in (base, fast)]
