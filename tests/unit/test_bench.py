@@ -223,6 +223,8 @@ def test_parse_variant_overrides():
         variants.parse_variant("lf_t1", GROUNDING_7B)
     with pytest.raises(ValueError, match="key=value"):
         variants.parse_variant("lf_ours:batch", GROUNDING_7B)
+    assert variants.parse_variant("swift_ours:callbacks=[forgery,speedups],lora_rank=8", GROUNDING_7B) == (
+        "swift_ours", {"callbacks": ["forgery", "speedups"], "lora_rank": 8})
 
 
 def test_bench_of_a_model_defaults_to_its_perf_task_and_names_the_tasks_it_has():

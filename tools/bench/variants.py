@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,13 +249,14 @@ def without_our_features(config: dict) -> dict:
 
 def parse_variant(spec: str, bench: Bench) -> tuple[str, dict]:
     """'lf_ours:per_device_train_batch_size=12,enable_liger_kernel=false' -> ('lf_ours', {...: 12, ...: False});
-    a dotted key names a nested setting (`qwenvl_recipes.speedups.compile_language=true`)."""
+    a dotted key names a nested setting (`qwenvl_recipes.speedups.compile_language=true`); a value may be a YAML
+    flow list (`callbacks=[forgery,speedups]`), whose commas do not end the override."""
     name, _, rest = spec.partition(":")
     if name not in bench.variants:
         raise ValueError(f"unknown variant {name!r} of the {bench.model} {bench.task} benchmark; expected one of "
                          f"{', '.join(bench.variants)}")
     overrides = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} in {spec!r} is not key=value")
