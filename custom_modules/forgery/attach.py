@@ -121,6 +121,19 @@ def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> Forge
     return modules
 
 
+def keep_forgery_forward(model: nn.Module) -> bool:
+    """Put the forgery forward back in front of the model's forward when something replaced it after `attach`: the
+    transformers Trainer does at its start under `use_liger_kernel` (Liger binds its own forward to the instance),
+    and the model would then train as a plain LM, the head and fusion without a gradient. The replacement becomes
+    the forward the forgery one calls. Returns True if the forward had been replaced."""
+    hf = transformers_model(model)
+    forward = hf.forward
+    if isinstance(forward, functools.partial) and forward.func is _forgery_forward:
+        return False
+    hf.forward = functools.partial(_forgery_forward, hf, forward, find_visual(hf), find_modules(hf))
+    return True
+
+
 def _inject_fusion(modules: ForgeryModules, module, args, kwargs):
     """language_model pre-hook: the placeholder positions' embeddings become the projected head features."""
     positions, modules.fusion_positions = modules.fusion_positions, None  # one-shot: later decode steps pass
@@ -192,6 +205,8 @@ def lm_pass(original_forward, kwargs: dict, answer_ids: tuple[int, int]):
         need[rows, first] = True
     keep = need.any(0).nonzero().squeeze(1)
     logits = original_forward(**kwargs, logits_to_keep=keep).logits
+    if logits.shape[1] != len(keep):  # a forward that ignores logits_to_keep (Liger's) returns every position
+        logits = logits[:, keep]
     column = torch.full((ids.shape[1],), -1, dtype=torch.long, device=ids.device)
     column[keep] = torch.arange(len(keep), device=ids.device)
     loss = None

@@ -5,6 +5,7 @@ from one, and (with `eval_file`) evaluation at each epoch end keeping the best-A
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,7 +13,7 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from custom_modules.checkpoints import save_trained_parts_only
-from custom_modules.forgery.attach import find_modules
+from custom_modules.forgery.attach import find_modules, keep_forgery_forward
 from custom_modules.forgery.checkpoint import BEST_DIR, load_head_weights, save_checkpoint, save_head
 from custom_modules.forgery.data import read_rows
 from custom_modules.forgery.evaluate import evaluate
@@ -20,6 +21,7 @@ from custom_modules.forgery.settings import ForgerySettings
 
 EVAL_LOG = "forgery_eval.jsonl"
 BEST_KEY = "forgery_best_auroc"  # the trainer's log_history entry of each new best, saved in every checkpoint
+logger = logging.getLogger(__name__)
 
 
 class ForgeryCallback(TrainerCallback):
@@ -38,8 +40,13 @@ class ForgeryCallback(TrainerCallback):
             load_head_weights(modules, args.resume_from_checkpoint)
         save_trained_parts_only(model, [modules], args)
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        """The best AUROC so far, from the log a resumed run continues (so a worse epoch never replaces the best)."""
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """The forgery forward in front of whatever the trainer bound to the model since it was attached (Liger's,
+        under `use_liger_kernel`); the best AUROC so far, from the log a resumed run continues (so a worse epoch never
+        replaces the best)."""
+        if keep_forgery_forward(model):
+            logger.warning("forgery: the trainer replaced the model's forward after the forgery modules were attached "
+                           "(use_liger_kernel binds Liger's); the forgery forward now runs in front of it")
         self.best_auroc = max((entry[BEST_KEY] for entry in state.log_history if BEST_KEY in entry), default=None)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):

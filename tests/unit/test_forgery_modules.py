@@ -1,6 +1,7 @@
 """Forgery modules on the tiny Qwen2.5-VL: settings, ViT block capture, fusion tokens, LoRA placement, loss
 terms, LM answer score, checkpoint round trip, recipes and the trainer-entry dispatch."""
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from custom_modules.forgery.attach import IGNORE_INDEX, find_modules, insert_fusion_tokens
+from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import load_checkpoint, save_checkpoint
 from custom_modules.forgery.data import Collator
 from custom_modules.forgery.head import HeadOutput
@@ -110,6 +112,40 @@ def test_lm_score_is_the_answer_word_probability(tiny, rows):
     two = logits[torch.arange(3), last][:, [neg, pos]].softmax(-1)[:, 1]
     assert torch.allclose(out.lm_fake_prob, two, atol=1e-5) and torch.allclose(out.score, two, atol=1e-5)
     assert processor.tokenizer.decode([pos]) == "fake" and processor.tokenizer.decode([neg]) == "real"
+
+
+def bind_liger_like_forward(hf):
+    """What the transformers Trainer does under `use_liger_kernel`: a forward bound to the instance, Liger's way
+    (the model's own forward here, with `logits_to_keep` ignored: Liger's returns logits at every position)."""
+    class_forward = type(hf).forward
+
+    def forward(self, *args, logits_to_keep=0, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("forgery_")}  # Liger's takes **kwargs
+        return class_forward(self, *args, **kwargs)
+
+    hf.forward = types.MethodType(forward, hf)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "lm_supervised"])
+def test_forgery_forward_is_put_back_in_front_of_one_the_trainer_binds_later(tiny, rows, mode):
+    path, processor = tiny
+    model, modules = build(tiny, mode)
+    batch = Collator(processor, 16)(rows[:3])
+    model.eval()  # the fusion's dropout off: two forwards compare exactly
+    expected = model(**batch)
+    hf = model.get_base_model()
+    bind_liger_like_forward(hf)
+    assert not isinstance(model(**batch), type(expected))  # the plain LM: no head, no fusion, no answer score
+    callback = ForgeryCallback(modules.settings, lambda: processor)
+    callback.on_train_begin(None, types.SimpleNamespace(log_history=[]), None, model=model)
+    out = model(**batch)
+    assert torch.allclose(out.loss, expected.loss, atol=1e-5) and torch.allclose(out.score, expected.score, atol=1e-5)
+    out.loss.backward()
+    trained = modules.head.project[0][1].weight if mode == "hybrid" else next(
+        p for n, p in model.named_parameters() if "lora_B" in n and "language_model" in n)
+    assert trained.grad is not None and trained.grad.abs().sum() > 0
+    callback.on_train_begin(None, types.SimpleNamespace(log_history=[]), None, model=model)  # once is enough
+    assert hf.forward.args[1].__func__.__name__ == "forward" and hf.forward.args[1].__self__ is hf
 
 
 def test_fusion_tokens_enter_the_lm_input(tiny, rows):
