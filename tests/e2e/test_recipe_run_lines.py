@@ -71,7 +71,8 @@ def previous_stage(recipe) -> str | None:
     stem = recipe.path.stem
     if "_t4_" in stem or "_t5_" in stem:
         return "qwen2_5_vl_7b_head_pretrain"
-    return stem.replace("stage2", "stage1") if stem.endswith("stage2") else None
+    model, stage2, _ = stem.partition("_stage2")  # stage 2 and its fast twin read the same stage 1
+    return f"{model}_stage1" if stage2 else None
 
 
 @pytest.fixture(scope="module")

@@ -573,8 +573,13 @@ def test_microscopy_8b_runs_on_one_gpu_and_report_recipes_read_a_random_encoder(
     assert swift["ENV"]["QVR_VISION_ENCODER_MERGER_PATH"] == "null"
     assert swift["model_type"] == "qwen3_vl_vision_encoder" and swift["per_device_train_batch_size"] == 4
     assert swift["gradient_checkpointing"] is False and swift["use_liger_kernel"] is True
+    fast, _, _ = variants.trainer_config(report, "swift_stage2_fast", {}, **args)
+    assert fast["callbacks"] == ["vision_encoder_save", "speedups"]
+    assert fast["ENV"]["QVR_VISION_ENCODER_MERGER_PATH"] == "null"
+    assert "speedups" in variants.trainer_config(report, "lf_stage2_fast", {}, **args)[0]["qwenvl_recipes"]
     report_8b = variants.BENCHES["qwen3_vl_8b", "report"]
     assert variants.trainer_config(report_8b, "lf_stage2_tuned", {}, **args)[0]["per_device_train_batch_size"] == 2
+    assert "lf_stage2_fast" not in report_8b.variants  # no 8B fast recipe yet
 
 
 def test_fp8_variant_switches_fp8_on_and_gets_torchao(tmp_path):
