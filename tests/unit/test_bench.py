@@ -167,6 +167,19 @@ def test_ratios_skip_failed_baselines():
     assert rows[1]["ratio_vs_best_tuned"] is None
 
 
+@pytest.mark.parametrize("with_grad,failed", [(67026178, False), (11486464, True), (None, False)])
+def test_a_row_that_trained_less_than_its_recipe_is_a_failure(with_grad, failed):
+    measured = record("ours", 33.14, n_trainable=67026178, n_trainable_with_grad=with_grad)
+    row = records.without_partial_training(measured)
+    assert (row.get("error") is not None) == failed
+    if failed:
+        assert row["error"].startswith("only 11,486,464 of 67,026,178 trainable values got a gradient (measured 33.14")
+        assert row["samples_per_s"] is None and row["mfu"] is None
+        assert records.add_ratios([record("trainer_tuned", 20.0), row])[1]["ratio_vs_best_tuned"] is None
+    else:
+        assert row == measured
+
+
 def test_table_rows_and_failures():
     rows = records.add_ratios([record("seed_loop", 2.0, "transformers", settings="batch 2"),
                           record("ours", 12.0, settings="batch 16", steps=20, padding_share=0.25),

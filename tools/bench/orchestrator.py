@@ -67,7 +67,8 @@ from pathlib import Path
 import yaml
 
 from tools.bench.chart import write_chart
-from tools.bench.records import add_loss_gaps, add_ratios, check_record, format_losses, format_rounds, format_table
+from tools.bench.records import (add_loss_gaps, add_ratios, check_record, format_losses, format_rounds, format_table,
+                                 without_partial_training)
 from tools.bench.variants import (BENCH_LIST, ENCODER, FORGERY_HEAD, REPO_ROOT, TINY_VIT_BLOCKS, Bench, bench_of,
                                   data_label, parse_variant, pop_worker_env, rows_needed, settings_text,
                                   trainer_config)
@@ -166,7 +167,7 @@ def run_variant(spec_name: str, bench: Bench, args, ckpt: Path, data: Path, work
     if failed:
         return dict(record, error=error, samples_per_s=None, tokens_per_s=None, peak_gib=None, mfu=None,
                     device=None)
-    return dict(record, **json.loads(Path(spec["record"]).read_text()))
+    return without_partial_training(dict(record, **json.loads(Path(spec["record"]).read_text())))
 
 
 # trainer -> the wheel sets of tools/prepare_gpu_wheels.sh on its PYTHONPATH, first first; "fp8" (torchao) is added

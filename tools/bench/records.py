@@ -74,6 +74,18 @@ RATIOS = {"ratio_vs_seed": "seed_loop", "ratio_vs_best_default": "trainer_defaul
           "ratio_vs_best_tuned": "trainer_tuned", "ratio_vs_best_unsloth": "unsloth"}
 
 
+def without_partial_training(record: dict) -> dict:
+    """A measured record whose trainable weights did not all get a gradient, as a failure: its step trained less
+    than its recipe does (the forgery head bypassed under Liger gave 11.5 M of 67.0 M in run AE), so its figures
+    are not the recipe's. The figures stay in the error text; no ratio or report uses them."""
+    trainable, with_grad = record.get("n_trainable"), record.get("n_trainable_with_grad")
+    if record.get("error") or not trainable or with_grad is None or with_grad >= trainable:
+        return record
+    error = (f"only {with_grad:,} of {trainable:,} trainable values got a gradient (measured "
+             f"{record['samples_per_s']:.2f} samples/s): the step trains less than the recipe")
+    return dict(record, error=error, samples_per_s=None, tokens_per_s=None, peak_gib=None, mfu=None)
+
+
 def add_ratios(records: list[dict]) -> list[dict]:
     """Each record of one model run gets its samples/s over the seed loop's, the faster trainer example's, the
     faster plainly tuned trainer's and the faster Unsloth variant's (None where that baseline is absent or
