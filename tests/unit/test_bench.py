@@ -548,6 +548,8 @@ def test_forgery_recipes_read_the_bench_head_and_evaluate_nothing(cpu, tmp_path)
     assert "head_checkpoint" not in t1["qwenvl_recipes"]["forgery"]  # only the frozen-head modes load one
     seed, _, _ = variants.trainer_config(FORGERY_7B, "seed_t3", {}, **args)
     assert seed["qwenvl_recipes"]["forgery"]["mode"] == "hybrid" and (seed["lora_rank"], seed["lora_alpha"]) == (16, 32)
+    seed_t1, _, _ = variants.trainer_config(FORGERY_7B, "seed_t1", {}, **args)
+    assert list(seed_t1["qwenvl_recipes"]) == ["forgery"]  # the T1 recipe's speed-ups are not the seed's loop's
     if cpu:  # the tiny ViT's two blocks in place of 7/15/23/31, in the head and the LoRA targets
         assert block["head_blocks"] == [0, 1] and seed["qwenvl_recipes"]["forgery"]["head_blocks"] == [0, 1]
         assert lf["lora_target"] == ",".join(f"blocks.{b}.{m}" for b in (0, 1) for m in (

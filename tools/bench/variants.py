@@ -350,12 +350,15 @@ def bench_inputs(config: dict, trainer: str, work: Path, cpu: bool) -> None:
 
 def seed_loop_config(source: dict) -> dict:
     """A seed loop's settings; a loop that names a `recipe` takes the family's own settings from it (the
-    `qwenvl_recipes` block, the LoRA rank, alpha and targets)."""
+    `qwenvl_recipes` block without its speed-ups, which the seeds' loops never had, the LoRA rank, alpha and
+    targets)."""
     config = {k: v for k, v in source.items() if k != "recipe"}
     if "recipe" in source:
         recipe = yaml.safe_load((REPO_ROOT / source["recipe"]).read_text())
         config.update({k: recipe[k] for k in (CUSTOM_KEY, "lora_rank", "lora_alpha", "lora_dropout", "lora_target")
                        if k in recipe})
+        if CUSTOM_KEY in config:
+            config[CUSTOM_KEY] = {k: v for k, v in config[CUSTOM_KEY].items() if k != "speedups"}
     return config
 
 
