@@ -100,9 +100,10 @@ def test_a_resumed_run_takes_the_forgery_modules_from_its_checkpoint(tiny_model_
     assert all(torch.equal(resumed_modules.state_dict()[name], value) for name, value in saved.items())
 
     # the best AUROC before the interruption stays the one to beat
-    callback.on_train_begin(args, SimpleNamespace(log_history=[{"loss": 1.0}, {BEST_KEY: 0.75}, {BEST_KEY: 0.8}]), None)
+    history = [{"loss": 1.0}, {BEST_KEY: 0.75}, {BEST_KEY: 0.8}]
+    callback.on_train_begin(args, SimpleNamespace(log_history=history), None, model=resumed)
     assert callback.best_auroc == 0.8
-    callback.on_train_begin(args, SimpleNamespace(log_history=[]), None)
+    callback.on_train_begin(args, SimpleNamespace(log_history=[]), None, model=resumed)
     assert callback.best_auroc is None
 
 
