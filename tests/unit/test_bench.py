@@ -548,6 +548,16 @@ def test_forgery_recipes_read_the_bench_head_and_evaluate_nothing(cpu, tmp_path)
     assert "head_checkpoint" not in t1["qwenvl_recipes"]["forgery"]  # only the frozen-head modes load one
     seed, _, _ = variants.trainer_config(FORGERY_7B, "seed_t3", {}, **args)
     assert seed["qwenvl_recipes"]["forgery"]["mode"] == "hybrid" and (seed["lora_rank"], seed["lora_alpha"]) == (16, 32)
+    for name in ("lf_t3_fast", "swift_t5_fast"):  # T1's levers, the mode's own settings kept
+        fast, _, _ = variants.trainer_config(FORGERY_7B, name, {}, **args)
+        assert (fast["per_device_train_batch_size"], fast["gradient_accumulation_steps"]) == (16, 1)
+        assert not fast["gradient_checkpointing"] and fast["use_liger_kernel"] is not cpu
+        if name.startswith("lf"):
+            assert fast["qwenvl_recipes"]["speedups"] == {"compile_vision": True}
+            assert fast["qwenvl_recipes"]["forgery"]["mode"] == "hybrid"
+        else:
+            assert fast["callbacks"] == ["forgery", "speedups"] and fast["ENV"]["QVR_SPEEDUPS_COMPILE_VISION"]
+            assert fast["ENV"]["QVR_FORGERY_MODE"] == "frozen_head_hybrid"
     seed_t1, _, _ = variants.trainer_config(FORGERY_7B, "seed_t1", {}, **args)
     assert list(seed_t1["qwenvl_recipes"]) == ["forgery"]  # the T1 recipe's speed-ups are not the seed's loop's
     if cpu:  # the tiny ViT's two blocks in place of 7/15/23/31, in the head and the LoRA targets

@@ -100,6 +100,14 @@ FORGERY_MODES = {"t1": "t1_vit_lora_head", "t2": "t2_lm_supervised", "t3": "t3_h
                  "t5": "t5_frozen_head_hybrid", "head_pretrain": "head_pretrain"}
 
 
+# The forgery modes that run the LM, and the levers of the T1 recipes (batch 16 x 1, no gradient checkpointing, Liger,
+# `speedups` with compiled vision blocks) as `{lf,swift}_<mode>_fast`: the candidates for those modes' recipes.
+LM_FORGERY_MODES = ("t2", "t3", "t5")
+FORGERY_FAST = {"llamafactory": {**TUNED["llamafactory"], "qwenvl_recipes.speedups.compile_vision": True},
+                "ms-swift": {**TUNED["ms-swift"], "callbacks": ["forgery", "speedups"],
+                             "ENV.QVR_SPEEDUPS_COMPILE_VISION": True}}
+
+
 def forgery_variants(model: str) -> dict[str, Variant]:
     """The forgery recipes (recipes/forgery/<trainer>/<model>_<mode>.yaml), the seed study's own loop for T1 and
     T3 (a plain PyTorch loop over the recipe's settings: batch 4, gradient checkpointing, the mode's LoRA and
@@ -119,6 +127,10 @@ def forgery_variants(model: str) -> dict[str, Variant]:
     for mode in FORGERY_MODES:
         for trainer, prefix in (("llamafactory", "lf"), ("ms-swift", "swift")):
             variants[f"{prefix}_{mode}"] = Variant("ours", trainer, recipe[trainer, mode], f"forgery {mode.upper()}")
+            if mode in LM_FORGERY_MODES:
+                variants[f"{prefix}_{mode}_fast"] = Variant("ours", trainer, recipe[trainer, mode],
+                                                            f"forgery {mode.upper()} with T1's levers",
+                                                            FORGERY_FAST[trainer])
     return variants
 
 
