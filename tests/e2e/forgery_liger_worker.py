@@ -18,11 +18,14 @@ PARTS: list = []
 
 
 def bind_liger_forward(model, kernel_config=None):
+    """What the Trainer's `apply_liger_kernel` does to the model's forward: one bound to the (PEFT-unwrapped)
+    instance that ignores `logits_to_keep` and takes any other keyword (here the model's own forward, without the
+    forgery fields it would refuse)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     class_forward = type(base).forward
 
     def forward(self, *args, logits_to_keep=0, **kwargs):
-        return class_forward(self, *args, **kwargs)
+        return class_forward(self, *args, **{k: v for k, v in kwargs.items() if not k.startswith("forgery_")})
 
     base.forward = types.MethodType(forward, base)
 

@@ -20,6 +20,7 @@ from custom_modules.forgery.settings import MODES, default_head_blocks, parse_se
 from custom_modules.forgery.vit import find_visual, lora_target_regex, lora_targets, patch_grids, unpermute
 from custom_modules.integrations.env_settings import recipe_features
 from custom_modules.integrations.llamafactory_cli import RecipeError, feature_callbacks, read_recipe
+from tests.e2e.forgery_liger_worker import bind_liger_forward
 from tools.synthetic_data import make_forgery
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,18 +115,6 @@ def test_lm_score_is_the_answer_word_probability(tiny, rows):
     assert processor.tokenizer.decode([pos]) == "fake" and processor.tokenizer.decode([neg]) == "real"
 
 
-def bind_liger_like_forward(hf):
-    """What the transformers Trainer does under `use_liger_kernel`: a forward bound to the instance, Liger's way
-    (the model's own forward here, with `logits_to_keep` ignored: Liger's returns logits at every position)."""
-    class_forward = type(hf).forward
-
-    def forward(self, *args, logits_to_keep=0, **kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("forgery_")}  # Liger's takes **kwargs
-        return class_forward(self, *args, **kwargs)
-
-    hf.forward = types.MethodType(forward, hf)
-
-
 @pytest.mark.parametrize("mode", ["hybrid", "lm_supervised"])
 def test_forgery_forward_is_put_back_in_front_of_one_the_trainer_binds_later(tiny, rows, mode):
     path, processor = tiny
@@ -134,7 +123,7 @@ def test_forgery_forward_is_put_back_in_front_of_one_the_trainer_binds_later(tin
     model.eval()  # the fusion's dropout off: two forwards compare exactly
     expected = model(**batch)
     hf = model.get_base_model()
-    bind_liger_like_forward(hf)
+    bind_liger_forward(hf)
     assert not isinstance(model(**batch), type(expected))  # the plain LM: no head, no fusion, no answer score
     callback = ForgeryCallback(modules.settings, lambda: processor)
     callback.on_train_begin(None, types.SimpleNamespace(log_history=[]), None, model=model)
