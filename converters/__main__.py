@@ -80,12 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bind_options(to_sample, sample_options, record: dict, resize_path: str):
-    """A source's to_sample(record, options, resize_path) as the pipeline's convert(record, resize_path);
-    module-level so worker processes can receive it."""
-    return to_sample(record, sample_options, resize_path)
-
-
 def _options(args: argparse.Namespace, settled: dict) -> dict:
     """The manifest's options: the command line as JSON values, with what the reader settled over it.
     workers and debug change nothing in the output, so they stay out (reruns stay byte-identical)."""
@@ -131,7 +125,7 @@ def _convert(source: Source, args: argparse.Namespace) -> int:
     name = args.name or source.dataset
     task = args.task if len(source.tasks) > 1 else source.tasks[0]
     entries = pipeline.run(name=name, task=task, converter=source.command, items=conversion.items,
-                           convert=partial(_bind_options, conversion.to_sample, conversion.sample_options),
+                           convert=conversion.convert(),
                            out=args.out, targets=TARGET_CHOICES[args.target], inputs=conversion.inputs,
                            options=_options(args, conversion.options), trainer_dependent=conversion.trainer_dependent,
                            strict=args.strict, workers=args.workers)

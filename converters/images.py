@@ -355,6 +355,21 @@ def configure_copies(images_out: Path | None, images_root: Path | str | None, bi
     _COPIES.update(out=images_out, root=images_root, bit_depth=bit_depth)
 
 
+def conversion_settings() -> dict:
+    """What this conversion set in this process (allow_outside_root, writing_into, configure_copies, the log of
+    decoded images): its worker processes start without it and take it over (adopt_conversion_settings)."""
+    return {"outside_root": dict(_OUTSIDE_ROOT), "staged": dict(_STAGED), "copies": dict(_COPIES),
+            "decoded_log": _decoded_log().path}
+
+
+def adopt_conversion_settings(settings: dict) -> None:
+    _OUTSIDE_ROOT.update(settings["outside_root"])
+    _STAGED.clear()
+    _STAGED.update(settings["staged"])
+    _COPIES.update(settings["copies"])
+    _LOG[:] = [_DecodedLog(settings["decoded_log"])]  # the conversion's log, wherever this process's env points
+
+
 class TrainerImage(NamedTuple):
     path: str                  # the file the rows name: the image itself, or its 8-bit copy
     size: tuple[int, int]      # (width, height)

@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from converters import __version__
-from converters.images import reset_listings, writing_into
+from converters.images import adopt_conversion_settings, conversion_settings, reset_listings, writing_into
 from converters.schema import Sample, Skip, SkipRecord
 from converters.sources.tables import DEFAULT_SPLIT
 from converters.targets import TARGETS, RowWriter, dataset_info_entry, encode_row
-from converters.trainable import check_sample
+from converters.trainable import active_rule, adopt_rule, check_sample
 from qwenvl_recipes.io import FolderUpdate, InputError, name_problem, read_json, sha256_file, write_text_atomic
 
 MAX_IN_FLIGHT = 32768  # records read but not yet written (bounds memory with --workers)
@@ -67,6 +67,23 @@ def _set_render(render) -> None:
     _RENDER = render
 
 
+def _start_worker(render, image_settings: dict, rule) -> None:
+    """A worker process starts clean (forkserver): it takes over the conversion's settings, then its render."""
+    adopt_conversion_settings(image_settings)
+    adopt_rule(rule)
+    _set_render(render)
+
+
+def _worker_pool(workers: int, render):
+    """`workers` processes forked from the forkserver, a fresh interpreter of one thread: a fork of this process
+    could copy a lock another of its threads holds (the tokenizers', torch's, a progress bar's) and wait on it
+    forever. What each needs comes pickled: the render (module-level functions and plain options) and the
+    settings of this conversion."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context.Pool(workers, _start_worker, (render, conversion_settings(), active_rule()))
+
+
 def _render(record: dict):
     """One record -> its encoded line (shared by all targets), or one line per target's resize path, or
     ("skip", reason, field): also for a sample a trainer cannot take as it is (converters.trainable)."""
@@ -87,7 +104,7 @@ def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, obje
     entries of this run (`task`: the samples' task name, `converter`: the subcommand of the registered source
     that read them; converters.registry).
 
-    workers > 1 renders records in that many forked processes (order kept: the output is identical).
+    workers > 1 renders records in that many worker processes (order kept: the output is identical).
     """
     problem = name_problem(name)
     if problem is not None:
@@ -162,7 +179,7 @@ def _convert(name: str, task: str, converter: str, items: Iterable[tuple[str, ob
             yield item
 
     _set_render(render)
-    pool = multiprocessing.get_context("fork").Pool(workers, _set_render, (render,)) if workers > 1 else None
+    pool = _worker_pool(workers, render) if workers > 1 else None
     try:
         results = pool.imap(_render, to_render(), chunksize=512) if pool else map(_render, to_render())
         for result in results:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -36,6 +37,16 @@ class Conversion:
     inputs: list[Path]
     options: dict = field(default_factory=dict)
     trainer_dependent: bool = False
+
+    def convert(self) -> Callable[[dict, str], Sample]:
+        """to_sample with this run's options, as the pipeline's convert(record, resize_path); made of module-level
+        functions and plain options, so worker processes receive it pickled (not of `__main__`, which a worker
+        does not import)."""
+        return partial(_apply_options, self.to_sample, self.sample_options)
+
+
+def _apply_options(to_sample, sample_options, record: dict, resize_path: str) -> Sample:
+    return to_sample(record, sample_options, resize_path)
 
 
 # check_row(row, options, resize_path, image_sizes) -> problems: `row` is a written row with a messages list,

@@ -157,13 +157,22 @@ def text_rule(family: str | None, tokenizer: str | None = None) -> TextRule:
     return TextRule(added_tokens(tokenizer) if tokenizer else family_tokens(family), family)
 
 
-_ACTIVE: list[TextRule] = []  # the rule of this conversion (configure); worker processes inherit it
+_ACTIVE: list[TextRule] = []  # the rule of this conversion (configure; worker processes: adopt_rule)
+
+
+def active_rule() -> TextRule | None:
+    return _ACTIVE[0] if _ACTIVE else None
+
+
+def adopt_rule(rule: TextRule | None) -> None:
+    """A worker process of the conversion takes over its rule (active_rule)."""
+    _ACTIVE[:] = [rule] if rule is not None else []
 
 
 def check_sample(sample: Sample) -> Sample:
     """`sample`, when a trainer can take it as it is, else a SkipRecord: its text (the rule of this conversion,
     by default the shipped tokenizer's whole list) and every image it names (converters.images.check_decodes)."""
-    rule = _ACTIVE[0] if _ACTIVE else text_rule(None)
+    rule = active_rule() or text_rule(None)
     found = rule.problem([(turn.role, turn.content) for turn in sample.turns], len(sample.images),
                          bool(sample.objects), [phrase for phrase, _ in sample.objects])
     if found:

@@ -1,12 +1,16 @@
 """Cross-source behaviour: strict mode, idempotence, atomic index files, the check command, trainer loading."""
 import json
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from PIL import Image
 
+from converters import pipeline
 from converters.__main__ import main
 from converters.check import check_dir
+from converters.schema import Sample, Turn
 from tools.synthetic_data import make_coco_caption, make_forgery, make_refcoco
 
 
@@ -131,7 +135,32 @@ def test_worker_processes_give_byte_identical_output(tmp_path):
     args = ["coco-caption", "--input", str(source), "--out", str(out)]
     assert main(args) == 0
     single = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert main(args + ["--workers", "2"]) == 0
+    # as users run it: the workers take nothing from `python -m converters`'s __main__, which they do not import
+    done = subprocess.run([sys.executable, "-m", "converters", *args, "--workers", "2"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == single
     skipped = json.loads(single["manifest.json"])["datasets"]["coco_caption_train"]["skipped"]
     assert [s["id"] for s in skipped] == ["424242_999", "1_13"]
+
+
+HELD = threading.Lock()
+
+
+def render_taking_a_lock(record: dict, resize_path: str) -> Sample:
+    """A record -> Sample step that takes a lock of its module, as a library call inside a converter may."""
+    if not HELD.acquire(timeout=20):
+        raise TimeoutError("the worker waits on a lock its parent held when the worker was made")
+    HELD.release()
+    return Sample(record["id"], (), (Turn("user", "Say it."), Turn("assistant", record["text"])))
+
+
+def test_worker_processes_do_not_wait_on_a_lock_another_thread_of_the_parent_holds(tmp_path):
+    items = [("train", {"id": str(i), "text": f"Text {i}."}) for i in range(6)]
+    with HELD:  # as a tokenizer's or torch's thread may hold one of theirs while the converter starts its pool
+        entries = pipeline.run(name="locked", task="caption", converter="test", items=items,
+                               convert=render_taking_a_lock, out=tmp_path / "out", targets=("llamafactory",),
+                               inputs=[], options={}, trainer_dependent=False, workers=2)
+    assert entries["locked_train"]["count"] == 6
+    rows = json.loads((tmp_path / "out" / "locked_train.json").read_text())
+    assert [row["messages"][1]["content"] for row in rows] == [f"Text {i}." for i in range(6)]

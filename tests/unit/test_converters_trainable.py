@@ -148,6 +148,32 @@ def test_sixteen_bit_pair_is_trained_on_8_bit_copies_scaled_by_its_bit_depth(tmp
     assert "holds 4095, over the 10-bit range" in capsys.readouterr().err  # nothing usable: nothing written
 
 
+def test_worker_processes_keep_the_conversions_settings(tmp_path, monkeypatch):
+    """--workers 2 writes what one process writes: the 8-bit copies go into the run's staged output, and the images
+    that decoded are logged where this process's XDG_CACHE_HOME points, not where it pointed when the workers'
+    server started."""
+    Image.fromarray(np.array([[0, 1, 2048, 4095]] * 2, np.uint16)).save(tmp_path / "f1.png")
+    Image.fromarray(np.array([[9, 1, 2048, 4000]] * 2, np.uint16)).save(tmp_path / "f2.png")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"id": "p", "image1": "f1.png", "image2": "f2.png",
+                                                      "direction": "+", "distance": 3}) + "\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "earlier"))
+    assert main(["coco-caption", "--input", str(captions(tmp_path, "A red image.")), "--out", str(tmp_path / "c"),
+                 "--workers", "2"]) == 0  # the workers' server runs by now, under that environment
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    outputs = {}
+    for workers in ("2", "1"):
+        out = tmp_path / f"out{workers}"
+        assert main(["microscopy", "--input", str(tmp_path / "pairs.jsonl"), "--out", str(out),
+                     "--workers", workers]) == 0
+        (row,) = json.loads((out / "microscopy_train.json").read_text())
+        assert row["images"] == [str(out / "images" / f"f{i}_8bit_from_12-bit.png") for i in (1, 2)]
+        outputs[workers] = [Path(path).read_bytes() for path in row["images"]]
+        if workers == "2":
+            log = tmp_path / "cache" / "qwenvl-recipes" / converters.images.DECODED_LOG_NAME
+            assert len(log.read_text().split()) == 2  # both copies, logged by the workers
+    assert outputs["2"] == outputs["1"]
+
+
 def test_a_16_bit_image_that_reached_the_rows_is_named_by_check(tmp_path):
     out = tmp_path / "out"
     assert main(["coco-caption", "--input", str(captions(tmp_path, "A red image.")), "--out", str(out)]) == 0
