@@ -12,7 +12,6 @@ from pathlib import Path
 
 import yaml
 
-from custom_modules.forgery.settings import MODES, SEED_TASKS
 from custom_modules.integrations.env_settings import FEATURE_CALLBACKS
 from custom_modules.recipe_keys import BLOCK_KEY as CUSTOM_KEY, ENV_PREFIX
 from custom_modules.model_configs import FAMILY_OF_MODEL
@@ -101,13 +100,6 @@ FORGERY_MODES = {"t1": "t1_vit_lora_head", "t2": "t2_lm_supervised", "t3": "t3_h
                  "t5": "t5_frozen_head_hybrid", "head_pretrain": "head_pretrain"}
 
 
-# The levers of the T1 recipes (batch 16 x 1, no gradient checkpointing, Liger, `speedups` with compiled vision
-# blocks) on the forgery modes that run the LM, as `{lf,swift}_<mode>_fast`: the candidates for those modes' recipes.
-FORGERY_FAST = {"llamafactory": {**TUNED["llamafactory"], f"{CUSTOM_KEY}.speedups.compile_vision": True},
-                "ms-swift": {**TUNED["ms-swift"], "callbacks": ["forgery", "speedups"],
-                             "ENV.QVR_SPEEDUPS_COMPILE_VISION": True}}
-
-
 def forgery_variants(model: str) -> dict[str, Variant]:
     """The forgery recipes (recipes/forgery/<trainer>/<model>_<mode>.yaml), the seed study's own loop for T1 and
     T3 (a plain PyTorch loop over the recipe's settings: batch 4, gradient checkpointing, the mode's LoRA and
@@ -127,10 +119,6 @@ def forgery_variants(model: str) -> dict[str, Variant]:
     for mode in FORGERY_MODES:
         for trainer, prefix in (("llamafactory", "lf"), ("ms-swift", "swift")):
             variants[f"{prefix}_{mode}"] = Variant("ours", trainer, recipe[trainer, mode], f"forgery {mode.upper()}")
-            if mode.upper() in SEED_TASKS and MODES[SEED_TASKS[mode.upper()]].lm:
-                variants[f"{prefix}_{mode}_fast"] = Variant("ours", trainer, recipe[trainer, mode],
-                                                            f"forgery {mode.upper()} with T1's levers",
-                                                            FORGERY_FAST[trainer])
     return variants
 
 
