@@ -62,3 +62,13 @@ def test_report_draws_the_records_bars(tmp_path, monkeypatch):
 def test_a_trainer_without_a_colour_is_an_error(tmp_path):
     with pytest.raises(KeyError, match="axolotl"):
         chart.write_chart([record("qwen2_vl_2b", "x", "axolotl", 1.0, "run Z")], tmp_path / "chart.png")
+
+
+@pytest.mark.parametrize("label, shown", [
+    ("swift_ours", "swift_ours"),
+    ("lf_ours:x=1", "lf_ours:x=1"),  # short: one line
+    ("swift_t1:ENV.PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",  # its overrides on a line of their own
+     "swift_t1:\nENV.PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"),
+])
+def test_a_long_variant_name_is_drawn_on_two_lines(label, shown):
+    assert chart._wrapped(label) == shown
