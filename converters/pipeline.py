@@ -18,6 +18,7 @@ import re
 import threading
 from collections import Counter, deque
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -84,6 +85,18 @@ def _worker_pool(workers: int, render):
     return context.Pool(workers, _start_worker, (render, conversion_settings(), active_rule()))
 
 
+def main_script_functions(convert) -> list[str]:
+    """The functions of `convert` (a function, or a partial of one over options) that the running script defines in
+    its own `__main__`: a worker process, which does not run that script, cannot find them by name, dies as it
+    starts, and the pool starts another in its place, forever."""
+    if isinstance(convert, partial):
+        parts = [convert.func, *convert.args, *convert.keywords.values()]
+        return [name for part in parts for name in main_script_functions(part)]
+    if callable(convert) and getattr(convert, "__module__", None) == "__main__":
+        return [getattr(convert, "__qualname__", repr(convert))]
+    return []
+
+
 def _render(record: dict):
     """One record -> its encoded line (shared by all targets), or one line per target's resize path, or
     ("skip", reason, field): also for a sample a trainer cannot take as it is (converters.trainable)."""
@@ -110,6 +123,10 @@ def run(*, name: str, task: str, converter: str, items: Iterable[tuple[str, obje
     if problem is not None:
         raise InputError(f"--name {name!r} {problem}: it names the output files")
     _refuse_inputs_inside(out, inputs)
+    in_main = main_script_functions(convert) if workers > 1 else []
+    if in_main:
+        raise ValueError(f"workers={workers}: {', '.join(in_main)} is defined in the main script, which worker "
+                         "processes do not run; define it in an importable module, or use one worker")
     with FolderUpdate(out) as update, writing_into(out, update.staging):
         index = _read_index_files(out)
         entries = _convert(name, task, converter, items, convert, update.staging, targets, inputs, options,

@@ -164,3 +164,32 @@ def test_worker_processes_do_not_wait_on_a_lock_another_thread_of_the_parent_hol
     assert entries["locked_train"]["count"] == 6
     rows = json.loads((tmp_path / "out" / "locked_train.json").read_text())
     assert [row["messages"][1]["content"] for row in rows] == [f"Text {i}." for i in range(6)]
+
+
+# A program whose own script defines the record -> Sample step, run with two workers.
+MAIN_SCRIPT_CONVERSION = """
+import sys
+from pathlib import Path
+from converters import pipeline
+from converters.schema import Sample, Turn
+
+def caption(record, resize_path):
+    return Sample(record["id"], (), (Turn("user", "Say it."), Turn("assistant", record["text"])))
+
+try:
+    pipeline.run(name="own", task="caption", converter="test", items=[("train", {"id": "1", "text": "A."})],
+                 convert=caption, out=Path(sys.argv[1]), targets=("llamafactory",), inputs=[], options={},
+                 trainer_dependent=False, workers=2)
+except ValueError as error:
+    sys.exit(str(error))
+"""
+
+
+def test_a_conversion_the_main_script_defines_is_refused_with_workers_instead_of_hanging(tmp_path):
+    script = tmp_path / "convert_mine.py"
+    script.write_text(MAIN_SCRIPT_CONVERSION)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 1
+    assert "workers=2: caption is defined in the main script" in done.stderr
+    assert not (tmp_path / "out").exists()
