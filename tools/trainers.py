@@ -55,9 +55,9 @@ def trainer_env(trainer: str, **extra) -> dict:
     DeepSpeed JIT-builds its CPU shm comm op into TORCH_EXTENSIONS_DIR even just to parse a DeepSpeed recipe
     (~1 min on 2 cores). The build is redone whenever the sources or the build command differ from the last
     one, so each venv gets its own directory and every subprocess of a venv the same PATH."""
-    allocator = {k: v for k, v in CPU_ALLOCATOR_ENV.items() if k not in os.environ}
-    env = offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer),
-                      **{**allocator, **extra})
+    env = offline_env(TORCH_EXTENSIONS_DIR=str(REPO_ROOT / ".cache" / "torch_extensions" / trainer), **extra)
+    for name, value in CPU_ALLOCATOR_ENV.items():
+        env.setdefault(name, value)
     env["PATH"] = f"{venv_bin(trainer)}:{env['PATH']}"
     return env
 
