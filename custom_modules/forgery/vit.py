@@ -2,7 +2,7 @@
 
 Block outputs are (total patches, D) for the whole batch, in the processor's patch order
 (t, h/m, w/m, m, m) per image; Qwen2.5-VL additionally permutes merge units into attention windows
-before the blocks, which `unpermute` undoes with the tower's own `get_window_index`.
+before the blocks, which `unpermute` undoes with the tower's own `get_window_index` (`patch_order`).
 """
 from __future__ import annotations
 
@@ -41,20 +41,28 @@ def lora_target_regex(targets: list[str]) -> str:
     return r"^(.*\.)?(" + "|".join(t.replace(".", r"\.") for t in targets) + r")$"
 
 
-def unpermute(visual: nn.Module, states: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """Block output rows back into processor patch order (only Qwen2.5-VL's window attention permutes)."""
+def patch_order(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The row index on `device` that puts block outputs back into processor patch order, or None where the
+    tower keeps that order (only Qwen2.5-VL's window attention permutes). Built on the host, sent without a wait."""
     if not hasattr(visual, "get_window_index"):
-        return states
+        return None
     window_index, _ = visual.get_window_index(grid_thw)
+    return torch.argsort(window_index).to(device, non_blocking=True)
+
+
+def unpermute(visual: nn.Module, states: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Block output rows back into processor patch order (`order`: patch_order's index)."""
+    if order is None:
+        return states
     unit = visual.spatial_merge_unit
-    reverse = torch.argsort(window_index.to(states.device))
-    return states.reshape(-1, unit, states.shape[-1])[reverse].reshape(states.shape)
+    return states.reshape(-1, unit, states.shape[-1])[order].reshape(states.shape)
 
 
-def patch_grids(states: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> list[torch.Tensor]:
-    """(total patches, D) in processor order -> one (D, H, W) map per image (frames averaged)."""
+def patch_grids(states: torch.Tensor, grid_thw: list[list[int]], merge: int) -> list[torch.Tensor]:
+    """(total patches, D) in processor order -> one (D, H, W) map per image (frames averaged); `grid_thw` is the
+    images' (t, h, w) as host integers."""
     grids, offset = [], 0
-    for t, h, w in grid_thw.tolist():
+    for t, h, w in grid_thw:
         n = t * h * w
         x = states[offset:offset + n].reshape(t, h // merge, w // merge, merge, merge, -1)
         grids.append(x.permute(0, 5, 1, 3, 2, 4).reshape(t, -1, h, w).mean(0))
@@ -92,8 +100,10 @@ class BlockCapture:
         if self.grid_thw is None or len(self.outputs) != len(self.blocks):
             raise RuntimeError("the vision tower has not run on this batch (no pixel_values?)")
         merge = self.visual.spatial_merge_size
-        return [patch_grids(unpermute(self.visual, self.outputs[b], self.grid_thw), self.grid_thw, merge)
-                for b in self.blocks]
+        grid_thw = self.grid_thw.cpu()  # the host reads the grid once for every block
+        states = [self.outputs[b] for b in self.blocks]
+        order = patch_order(self.visual, grid_thw, states[0].device)
+        return [patch_grids(unpermute(self.visual, s, order), grid_thw.tolist(), merge) for s in states]
 
     def clear(self) -> None:
         self.outputs.clear()

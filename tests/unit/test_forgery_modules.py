@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from custom_modules.forgery.attach import IGNORE_INDEX, find_modules, insert_fusion_tokens
@@ -17,7 +19,8 @@ from custom_modules.forgery.head import HeadOutput
 from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.losses import forgery_loss, heatmap_loss, upsample_heatmaps
 from custom_modules.forgery.settings import MODES, default_head_blocks, parse_settings, resolve_blocks
-from custom_modules.forgery.vit import find_visual, lora_target_regex, lora_targets, patch_grids, unpermute
+from custom_modules.forgery.vit import (find_visual, lora_target_regex, lora_targets, patch_grids, patch_order,
+                                        unpermute)
 from custom_modules.integrations.env_settings import recipe_features
 from custom_modules.integrations.llamafactory_cli import RecipeError, feature_callbacks, read_recipe
 from tests.e2e.forgery_liger_worker import bind_liger_forward
@@ -83,7 +86,8 @@ def test_block_outputs_back_in_patch_order(tiny):
     window_index, _ = visual.get_window_index(grid_thw)
     permuted = states.reshape(-1, merge * merge, 1)[window_index].reshape(states.shape)  # what the ViT does
     assert not torch.equal(permuted, states)
-    grids = patch_grids(unpermute(visual, permuted, grid_thw), grid_thw, merge)
+    grids = patch_grids(unpermute(visual, permuted, patch_order(visual, grid_thw, permuted.device)),
+                        grid_thw.tolist(), merge)
     assert [tuple(g.shape) for g in grids] == [(1, 8, 12), (1, 6, 4)]
     assert torch.equal(grids[0][0], torch.arange(96.0).reshape(8, 12))
     assert torch.equal(grids[1][0], torch.arange(24.0).reshape(6, 4))
@@ -135,6 +139,53 @@ def test_forgery_forward_is_put_back_in_front_of_one_the_trainer_binds_later(tin
     assert trained.grad is not None and trained.grad.abs().sum() > 0
     callback.on_train_begin(None, types.SimpleNamespace(log_history=[]), None, model=model)  # once is enough
     assert hf.forward.args[1].__func__.__name__ == "forward" and hf.forward.args[1].__self__ is hf
+
+
+class HostReads(TorchFunctionMode):
+    """The calls that read a value of the `device` tensors, or of tensors computed from them, back into the host:
+    on a GPU each one makes the host wait until the device has computed it. On the CPU nothing waits, so the
+    tensors are followed by identity instead: `.cpu()` is the one read that yields host data (a copy, as on a
+    GPU); a boolean mask index counts, since the result's size is data the host needs."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__index__, torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.cpu}
+
+    def __init__(self, device_tensors):
+        super().__init__()
+        self.device, self.reads = list(device_tensors), []
+
+    def on_device(self, value) -> bool:
+        return isinstance(value, torch.Tensor) and any(value is d for d in self.device)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not any(map(self.on_device, tree_leaves((args, kwargs)))):
+            return out
+        masked = func is torch.Tensor.__getitem__ and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_leaves(args[1:]))
+        if func in self.READS or masked:
+            self.reads.append(func.__name__)
+        if func is torch.Tensor.cpu:
+            return out.clone()
+        self.device += [o for o in tree_leaves(out) if isinstance(o, torch.Tensor)]
+        return out
+
+
+def test_fusion_layout_and_head_grids_read_the_batch_once(tiny, rows):
+    """T3/T5's fusion tokens and the head's per-image grids: one host copy each, not reads row by row or block by
+    block (on a GPU, ~10 waits a row in transformers' get_rope_index)."""
+    model, modules = build(tiny, "hybrid")
+    batch = Collator(tiny[1], 16)(rows[:3])
+    hf = model.get_base_model()
+    with HostReads(batch.values()) as reads:
+        grown, _ = insert_fusion_tokens(hf, dict(batch), 2, modules.settings.fusion_token_id)
+    assert reads.reads == ["cpu"]
+    model(**batch)
+    capture = modules.capture
+    with HostReads([*capture.outputs.values(), capture.grid_thw]) as reads:
+        capture.grids()
+    assert reads.reads == ["cpu"]
 
 
 def test_fusion_tokens_enter_the_lm_input(tiny, rows):
