@@ -23,6 +23,8 @@ RECORDS = [
            variant="seed_loop"),
     record("qwen2_5_vl_7b", "lf_t1", "llamafactory", 11.0, "2026-12-07 run AB (H200; ...)", task="forgery"),
     record("qwen2_vl_2b", "swift_ours", "ms-swift", 64.7, "2026-12-04 run Y2 (H200; ...)"),
+    record("qwen2_vl_2b", "swift_ours:x=1", "ms-swift", 60.1, "2026-12-04 run Y2 (H200; ...)"),  # A/B: in the text
+    record("qwen2_vl_2b", "lf_ours:y=2", "llamafactory", 70.2, "2026-12-04 run Y2 (H200; ...)"),  # no lf_ours: a bar
     record("qwen2_5_vl_7b", "lf_ours:x=1", "llamafactory", 33.0, "2026-12-08 run AC1 (H100; ...)"),  # a lever's A/B
 ]
 
@@ -35,6 +37,7 @@ def test_panels_hold_each_benchmarks_latest_run():
     assert panels[0].bars == (chart.Bar("lf_plain", "llamafactory", 15.0), chart.Bar("unsloth_tuned", "unsloth", 13.4),
                               chart.Bar("swift_ours", "ms-swift", 36.0))  # run S's row is an earlier run
     assert panels[1].bars == (chart.Bar("seed_t1", "transformers", 4.0), chart.Bar("lf_t1", "llamafactory", 11.0))
+    assert panels[2].bars == (chart.Bar("swift_ours", "ms-swift", 64.7), chart.Bar("lf_ours:y=2", "llamafactory", 70.2))
 
 
 def test_report_draws_the_records_bars(tmp_path, monkeypatch):
@@ -56,7 +59,7 @@ def test_report_draws_the_records_bars(tmp_path, monkeypatch):
     assert png.startswith(b"\x89PNG") and len(png) < 200_000
     blue, orange, green, grey = (chart.TRAINER_COLOURS[t] for t in ("llamafactory", "ms-swift", "unsloth", "transformers"))
     assert drawn == [([15.0, 13.4, 36.0], [blue, green, orange]), ([4.0, 11.0], [grey, blue]),
-                     ([64.7], [orange])]  # the failed record has no bar
+                     ([64.7, 70.2], [orange, blue])]  # the failed record has no bar
 
 
 def test_a_trainer_without_a_colour_is_an_error(tmp_path):

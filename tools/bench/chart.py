@@ -37,7 +37,8 @@ def task_of(record: dict) -> str:
 
 def chart_panels(records: list[dict]) -> list[Panel]:
     """One panel per (model, task), in the order they first appear: the measured records of the latest run that
-    holds a baseline (else of the latest run), each a bar labelled with its variant name (overrides included)."""
+    holds a baseline (else of the latest run), each a bar labelled with its variant name (overrides included). A
+    variant with overrides beside its own name in the same run is a lever's A/B, which the text gives: no bar."""
     latest, tables = {}, {}
     for r in records:
         latest[r["model"], task_of(r)] = r.get("run")
@@ -48,6 +49,8 @@ def chart_panels(records: list[dict]) -> list[Panel]:
     for (model, task), run in latest.items():
         rows = [r for r in records if (r["model"], task_of(r)) == (model, task) and r.get("run") == run
                 and r.get("samples_per_s")]
+        names = {r.get("name") for r in rows}
+        rows = [r for r in rows if (r.get("name") or "").split(":")[0] not in names - {r.get("name")}]
         device = rows[-1].get("device") or ""
         when = (run or "").split(" (")[0]
         panels.append(Panel(f"{MODEL_NAMES.get(model, model)} {task}: {when}, {device}".rstrip(", "),
