@@ -89,9 +89,10 @@ def bench_command(tmp_path: Path, *arguments: str) -> list[str]:
 
 def test_bench_runs_speedup_recipes_through_both_trainers_and_unsloths_path(tmp_path):
     out = tmp_path / "out"
-    # adamw_torch: Unsloth's 8-bit AdamW needs bitsandbytes, which the CPU environment lacks; micro-batch 4: the
-    # tiny model's full logits over its 152k vocabulary dominate a CPU step
-    command = bench_command(tmp_path, "--model", "qwen2_5_vl_7b", "--variants", "lf_ours_24gib", "swift_ours_24gib",
+    # adamw_torch: Unsloth's 8-bit AdamW needs bitsandbytes, which the CPU environment lacks; micro-batch 4 for
+    # all three: the tiny model's full logits over its 152k vocabulary dominate a CPU step
+    variants = [f"{name}:per_device_train_batch_size=4" for name in ("lf_ours_24gib", "swift_ours_24gib")]
+    command = bench_command(tmp_path, "--model", "qwen2_5_vl_7b", "--variants", *variants,
                             "unsloth_tuned:optim=adamw_torch,per_device_train_batch_size=4", "--profile", "1",
                             "--unsloth-python", str(venv_bin("llamafactory") / "python"),
                             "--unsloth-path", str(write_fake_unsloth(tmp_path / "fake_unsloth")))
@@ -130,9 +131,10 @@ def test_bench_runs_speedup_recipes_through_both_trainers_and_unsloths_path(tmp_
     assert sorted(Path(tempfile.gettempdir()).glob("qvr*")) == temp_before
     # --profile 1: one traced micro-step after the measured window, inside each trainer's loop
     for name in ("lf_ours_24gib", "swift_ours_24gib"):
-        events = json.loads(gzip.decompress((out / f"trace_{name}.json.gz").read_bytes()))["traceEvents"]
+        trace = f"trace_{name}-per_device_train_batch_size-4"
+        events = json.loads(gzip.decompress((out / f"{trace}.json.gz").read_bytes()))["traceEvents"]
         assert any(e.get("name") == "aten::scaled_dot_product_attention" for e in events), name
-        assert "Self CPU" in (out / f"trace_{name}.txt").read_text()
+        assert "Self CPU" in (out / f"{trace}.txt").read_text()
 
 
 def test_profile_step_runs_each_lever_on_the_tiny_model(tmp_path):
