@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from custom_modules.forgery.checkpoint import BEST_DIR
 from custom_modules.forgery.vit import lora_target_regex, lora_targets
 from qwenvl_recipes.io import read_json, read_jsonl, write_jsonl_atomic
@@ -205,6 +207,17 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
     return {"model": model_dir, "dataset": data_dir / f"{data_name}_train.jsonl", **common}
 
 
+# Liger's kernels are Triton, GPU only: a recipe that switches them on (forgery T2, T3, T5) trains without them on
+# the CPU, with the same forward and loss.
+GPU_ONLY_OFF = {"use_liger_kernel": False}
+
+
+def cpu_kernel_overrides(recipe: Path) -> dict:
+    """GPU_ONLY_OFF's keys that `recipe` sets."""
+    config = yaml.safe_load(recipe.read_text()) or {}
+    return {key: value for key, value in GPU_ONLY_OFF.items() if key in config}
+
+
 def adapter_dir(trainer: str, output_dir: Path, selected_dir: str | None = None) -> Path:
     """LLaMA-Factory saves the final adapter in output_dir; ms-swift in its last checkpoint-N; a run that selects
     its checkpoint during training keeps it in output_dir/selected_dir."""
@@ -373,15 +386,16 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
 
     output_dir = work / "outputs" / trainer
     steps = task.overrides[trainer]["max_steps"]
+    recipe = REPO_ROOT / task.recipes[trainer]
     overrides = {**location_overrides(trainer, model_dir, data_dir, task.data_name, output_dir, steps),
-                 **task.overrides[trainer]}
+                 **cpu_kernel_overrides(recipe), **task.overrides[trainer]}
     env = dict(task.env.get(trainer, {}))
     val_file = eval_split_file("swift", data_dir, task.data_name, "val")
     if trainer in task.select_key:
         overrides[task.select_key[trainer]] = val_file
     if trainer in task.select_env:
         env[task.select_env[trainer]] = str(val_file)
-    command = train_command(trainer, REPO_ROOT / task.recipes[trainer], overrides)
+    command = train_command(trainer, recipe, overrides)
     train_seconds = run_logged(command, logs / f"train_{trainer}.log", env=trainer_env(trainer, **env),
                                timeout=timeout)
     adapter = adapter_dir(trainer, output_dir, task.selected_dir)

@@ -1,5 +1,6 @@
-"""The pure parts of tools.learning: baselines and target checks."""
-from tools.learning import TASKS, best_fixed_box, missed_targets
+"""The pure parts of tools.learning: baselines, target checks and the overrides a CPU run adds."""
+from tools.learning import TASKS, best_fixed_box, cpu_kernel_overrides, missed_targets
+from tools.trainers import REPO_ROOT, TRAINERS
 
 
 def test_best_fixed_box_is_the_one_right_most_often():
@@ -32,3 +33,12 @@ def test_forgery_tasks_select_the_best_val_checkpoint_and_score_the_test_split()
     assert TASKS["forgery_t3"].env["swift"]["QVR_FORGERY_FUSION_TOKENS"] == "2"
     assert "QVR_FORGERY_FUSION_TOKENS" not in TASKS["forgery_t1"].env["swift"]
     assert "qwenvl_recipes.forgery.fusion_tokens" not in TASKS["forgery_t1"].overrides["llamafactory"]
+
+
+def test_learning_runs_switch_off_the_gpu_only_kernels_their_recipes_switch_on():
+    """Forgery T3 sets Liger (Triton, GPU only): its CPU learning run trains without it; T1 and the caption recipe
+    set nothing to switch off."""
+    for trainer in TRAINERS:
+        assert cpu_kernel_overrides(REPO_ROOT / TASKS["forgery_t3"].recipes[trainer]) == {"use_liger_kernel": False}
+        for name in ("forgery_t1", "caption"):
+            assert cpu_kernel_overrides(REPO_ROOT / TASKS[name].recipes[trainer]) == {}
