@@ -108,9 +108,7 @@ def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> Forge
     modules = build_modules(hf, settings, answer_token_ids(tokenizer, settings) if spec.lm else None)
     if modules.head is not None:
         modules.capture = BlockCapture(visual, modules.head_blocks)
-    # LoRA-only ViT training under reentrant checkpointing needs a grad-requiring input to the blocks
-    visual.patch_embed.register_forward_hook(
-        lambda m, a, out: out.requires_grad_(True) if torch.is_grad_enabled() and not out.requires_grad else None)
+    visual.patch_embed.register_forward_hook(functools.partial(_grad_into_trained_tower, visual))
     if modules.fusion is not None:
         hf.model.language_model.register_forward_pre_hook(functools.partial(_inject_fusion, modules),
                                                           with_kwargs=True)
@@ -119,6 +117,15 @@ def attach(model: nn.Module, settings: ForgerySettings, tokenizer=None) -> Forge
     hf.accepts_loss_kwargs = False
     hf.forward = functools.partial(_forgery_forward, hf, hf.forward, visual, modules)
     return modules
+
+
+def _grad_into_trained_tower(visual: nn.Module, module, args, out: torch.Tensor) -> None:
+    """patch_embed forward hook: the output requires a gradient when LoRA in the tower's blocks trains (a reentrant
+    checkpoint records nothing unless its input requires one). A tower with nothing trainable in its blocks (T2,
+    head pretraining: the head reads block outputs, its gradient needs none through the tower) records no graph:
+    its blocks' activations are not kept and no backward pass runs through it for a gradient nothing reads."""
+    if torch.is_grad_enabled() and not out.requires_grad and any(p.requires_grad for p in visual.blocks.parameters()):
+        out.requires_grad_(True)
 
 
 def keep_forgery_forward(model: nn.Module) -> bool:

@@ -103,6 +103,18 @@ def test_vit_lora_only_on_chosen_blocks_and_head_trains(tiny):
     assert not any("language_model" in n for n in names)
 
 
+@pytest.mark.parametrize("mode, recorded", [("lm_supervised", False), ("head_pretrain", False), ("hybrid", True),
+                                             ("vit_lora_head", True)])
+def test_the_tower_records_a_graph_only_where_its_blocks_train(tiny, rows, mode, recorded):
+    """T2 and head pretraining train nothing in the tower: its blocks keep no activations for a backward pass."""
+    model, modules = build(tiny, mode)
+    visual = find_visual(model)
+    seen = []
+    visual.blocks[0].register_forward_hook(lambda module, args, out: seen.append(args[0].requires_grad))
+    model(**Collator(tiny[1], 16, with_answer=mode in ("lm_supervised", "hybrid"))(rows[:2])).loss.backward()
+    assert seen == [recorded]
+
+
 def test_lm_score_is_the_answer_word_probability(tiny, rows):
     path, processor = tiny
     model, modules = build(tiny, "lm_supervised")
@@ -179,7 +191,7 @@ def test_fusion_layout_and_head_grids_read_the_batch_once(tiny, rows):
     batch = Collator(tiny[1], 16)(rows[:3])
     hf = model.get_base_model()
     with HostReads(batch.values()) as reads:
-        grown, _ = insert_fusion_tokens(hf, dict(batch), 2, modules.settings.fusion_token_id)
+        insert_fusion_tokens(hf, dict(batch), 2, modules.settings.fusion_token_id)
     assert reads.reads == ["cpu"]
     model(**batch)
     capture = modules.capture
