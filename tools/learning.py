@@ -33,8 +33,8 @@ from qwenvl_recipes.io import read_json, read_jsonl, write_jsonl_atomic
 from tools.model_configs import model_family
 from tools.synthetic_data import make_focus_pairs, make_forgery, make_shape_caption, make_shape_grounding
 from tools.tiny_models import ensure_tiny_models
-from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, TRAINERS, loss_history, run_logged,
-                            train_command, trainer_env)
+from tools.trainers import (CPU_OVERRIDES, OFFLINE_OVERRIDES, REPO_ROOT, TRAINERS, gpu_only_overrides, loss_history,
+                            run_logged, train_command, trainer_env)
 
 TINY_MODEL_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 
@@ -207,17 +207,6 @@ def location_overrides(trainer: str, model_dir: Path, data_dir: Path, data_name:
     return {"model": model_dir, "dataset": data_dir / f"{data_name}_train.jsonl", **common}
 
 
-# Liger's kernels are Triton, GPU only: a recipe that switches them on (forgery T2, T3, T5) trains without them on
-# the CPU, with the same forward and loss.
-GPU_ONLY_OFF = {"use_liger_kernel": False}
-
-
-def cpu_kernel_overrides(recipe: Path) -> dict:
-    """GPU_ONLY_OFF's keys that `recipe` sets."""
-    config = yaml.safe_load(recipe.read_text()) or {}
-    return {key: value for key, value in GPU_ONLY_OFF.items() if key in config}
-
-
 def adapter_dir(trainer: str, output_dir: Path, selected_dir: str | None = None) -> Path:
     """LLaMA-Factory saves the final adapter in output_dir; ms-swift in its last checkpoint-N; a run that selects
     its checkpoint during training keeps it in output_dir/selected_dir."""
@@ -388,7 +377,8 @@ def run_learning(task: LearningTask | str, trainer: str, work: Path, *, timeout:
     steps = task.overrides[trainer]["max_steps"]
     recipe = REPO_ROOT / task.recipes[trainer]
     overrides = {**location_overrides(trainer, model_dir, data_dir, task.data_name, output_dir, steps),
-                 **cpu_kernel_overrides(recipe), **task.overrides[trainer]}
+                 **gpu_only_overrides(yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}),
+                 **task.overrides[trainer]}
     env = dict(task.env.get(trainer, {}))
     val_file = eval_split_file("swift", data_dir, task.data_name, "val")
     if trainer in task.select_key:

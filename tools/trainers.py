@@ -30,6 +30,15 @@ CPU_OVERRIDES = {
     "swift": {"torch_dtype": "float32", "bf16": False, "fp16": False},
 }
 
+# Settings only a GPU machine can honour: Liger's kernels are Triton, absent from a CPU machine. A CPU run switches
+# them off where a recipe sets them (the same forward and loss), so the override is always a key the recipe knows.
+GPU_ONLY_OFF = {"use_liger_kernel": False}
+
+
+def gpu_only_overrides(config: dict) -> dict:
+    """GPU_ONLY_OFF's keys that the recipe `config` sets."""
+    return {key: value for key, value in GPU_ONLY_OFF.items() if key in config}
+
 
 # ms-swift checks a local model dir against the ModelScope hub (check_model) unless told not to: offline,
 # that is four retries against an unreachable host.

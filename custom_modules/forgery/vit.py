@@ -103,7 +103,8 @@ class BlockCapture:
         grid_thw = self.grid_thw.cpu()  # the host reads the grid once for every block
         states = [self.outputs[b] for b in self.blocks]
         order = patch_order(self.visual, grid_thw, states[0].device)
-        return [patch_grids(unpermute(self.visual, s, order), grid_thw.tolist(), merge) for s in states]
+        sizes = grid_thw.tolist()
+        return [patch_grids(unpermute(self.visual, s, order), sizes, merge) for s in states]
 
     def clear(self) -> None:
         self.outputs.clear()

@@ -31,7 +31,7 @@ from tools import synthetic_data
 from tools.checkpoint_size import checkpoint_bytes, recipe_settings
 from tools.model_configs import tiny_config
 from tools.tiny_dinov2 import ensure_tiny_dinov2
-from tools.trainers import REPO_ROOT, loss_history, run_logged, trainer_env, venv_bin
+from tools.trainers import REPO_ROOT, gpu_only_overrides, loss_history, run_logged, trainer_env, venv_bin
 
 CUSTOM = [r for r in RECIPES if r.custom is not None]
 TINY_BLOCKS = (0, 1)  # the tiny Qwen2.5-VL ViT's blocks, for the 7B recipes' 7/15/23/31
@@ -133,8 +133,7 @@ def run_line(recipe, tiny: Path, data_dir: Path, encoder: Path, output_dir: Path
     for feature, values in variant.get("settings", {}).items():
         settings.setdefault(feature, {}).update(values)
     # one step, logged, without warm-up (a warm-up step has learning rate 0)
-    overrides = {"max_steps": 1, "logging_steps": 1, "warmup_ratio": 0,
-                 **({"use_liger_kernel": False} if "use_liger_kernel" in config else {})}
+    overrides = {"max_steps": 1, "logging_steps": 1, "warmup_ratio": 0, **gpu_only_overrides(config)}
     if lora := tiny_lora(recipe):
         overrides[lora[0]] = lora[1]
     overrides.update(variant.get("overrides", {}))

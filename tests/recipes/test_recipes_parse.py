@@ -14,12 +14,9 @@ from converters.registry import TASK_NAMES
 from tests.recipes.recipe_cases import RECIPES, recipe_id, run_parse_worker
 from tools.recipes_table import (HEADER_KEYS, METHODS, MODELS, README, TRAINERS, discover,
                                  render_readme)
-from tools.trainers import CPU_OVERRIDES
+from tools.trainers import CPU_OVERRIDES, gpu_only_overrides
 
 
-# Settings only a GPU machine can honour (triton kernels, absent from the CPU environments), switched off here
-# like bf16 is; only where a recipe sets them, so the override itself is always a known key.
-GPU_ONLY = {"use_liger_kernel": False}
 TYPO = "#with-typo"  # parse_results key of the seed recipe with a misspelt key
 SETTING_TYPO = "#with-setting-typo"  # ... of a swift forgery recipe with a misspelt setting of ours (ENV QVR_*)
 
@@ -27,7 +24,7 @@ SETTING_TYPO = "#with-setting-typo"  # ... of a swift forgery recipe with a miss
 def parse_item(recipe, tiny_model_dir, tmp_path) -> dict:
     """The recipe as its trainer would see it on this CPU machine with the matching tiny model."""
     config = dict(recipe.config)
-    config.update({key: value for key, value in GPU_ONLY.items() if key in config})
+    config.update(gpu_only_overrides(config))
     tiny = str(tiny_model_dir(recipe.family))
     kind = "export" if recipe.is_export else "train"
     if recipe.trainer == "llamafactory":

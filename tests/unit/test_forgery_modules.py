@@ -200,6 +200,16 @@ def test_fusion_layout_and_head_grids_read_the_batch_once(tiny, rows):
     assert reads.reads == ["cpu"]
 
 
+def test_fusion_tokens_name_a_row_without_its_image(tiny, rows):
+    model, modules = build(tiny, "hybrid")
+    batch = dict(Collator(tiny[1], 16)(rows[:2]))
+    hf = model.get_base_model()
+    ids = batch["input_ids"].clone()
+    ids[1][ids[1] == hf.config.vision_end_token_id] = hf.config.vision_start_token_id  # truncated before its end
+    with pytest.raises(ValueError, match=r"a batch row has no <\|vision_end\|> token"):
+        insert_fusion_tokens(hf, dict(batch, input_ids=ids), 2, modules.settings.fusion_token_id)
+
+
 def test_fusion_tokens_enter_the_lm_input(tiny, rows):
     path, processor = tiny
     model, modules = build(tiny, "hybrid", cls_weight=0.0, heatmap_weight=0.0)

@@ -1,6 +1,8 @@
 """The pure parts of tools.learning: baselines, target checks and the overrides a CPU run adds."""
-from tools.learning import TASKS, best_fixed_box, cpu_kernel_overrides, missed_targets
-from tools.trainers import REPO_ROOT, TRAINERS
+import yaml
+
+from tools.learning import TASKS, best_fixed_box, missed_targets
+from tools.trainers import REPO_ROOT, TRAINERS, gpu_only_overrides
 
 
 def test_best_fixed_box_is_the_one_right_most_often():
@@ -38,7 +40,9 @@ def test_forgery_tasks_select_the_best_val_checkpoint_and_score_the_test_split()
 def test_learning_runs_switch_off_the_gpu_only_kernels_their_recipes_switch_on():
     """Forgery T3 sets Liger (Triton, GPU only): its CPU learning run trains without it; T1 and the caption recipe
     set nothing to switch off."""
+    def overrides(name: str, trainer: str) -> dict:
+        return gpu_only_overrides(yaml.safe_load((REPO_ROOT / TASKS[name].recipes[trainer]).read_text()))
+
     for trainer in TRAINERS:
-        assert cpu_kernel_overrides(REPO_ROOT / TASKS["forgery_t3"].recipes[trainer]) == {"use_liger_kernel": False}
-        for name in ("forgery_t1", "caption"):
-            assert cpu_kernel_overrides(REPO_ROOT / TASKS[name].recipes[trainer]) == {}
+        assert overrides("forgery_t3", trainer) == {"use_liger_kernel": False}
+        assert overrides("forgery_t1", trainer) == overrides("caption", trainer) == {}

@@ -50,7 +50,7 @@ def chart_panels(records: list[dict]) -> list[Panel]:
         rows = [r for r in records if (r["model"], task_of(r)) == (model, task) and r.get("run") == run
                 and r.get("samples_per_s")]
         names = {r.get("name") for r in rows}
-        rows = [r for r in rows if (r.get("name") or "").split(":")[0] not in names - {r.get("name")}]
+        rows = [r for r in rows if ":" not in (r.get("name") or "") or r["name"].split(":")[0] not in names]
         device = rows[-1].get("device") or ""
         when = (run or "").split(" (")[0]
         panels.append(Panel(f"{MODEL_NAMES.get(model, model)} {task}: {when}, {device}".rstrip(", "),
