@@ -63,7 +63,7 @@ class ForgeryCallback(TrainerCallback):
         rows = read_rows(self.settings.eval_file, self.settings.dataset_limit)
         metrics, _ = evaluate(model, modules, self.processor(), rows, batch_size=self.settings.eval_batch_size,
                               amp_dtype="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32")
-        metrics.update(epoch=state.epoch, step=state.global_step, maskless_fakes_skipped=modules.maskless_fakes)
+        metrics.update(epoch=state.epoch, step=state.global_step, maskless_fakes_skipped=int(modules.maskless_fakes))
         with open(Path(args.output_dir) / EVAL_LOG, "a", encoding="utf-8") as log:
             log.write(json.dumps(metrics) + "\n")
         auroc = metrics["auroc"]

@@ -13,23 +13,25 @@ def upsample_heatmaps(heatmaps: list[torch.Tensor], size: int) -> torch.Tensor:
                       for h in heatmaps])
 
 
-def heatmap_loss(heat_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Pixel BCE + soft Dice (Dice over images with manipulated pixels; BCE alone would favour background)."""
-    bce = F.binary_cross_entropy_with_logits(heat_logits, masks)
-    has_region = masks.flatten(1).amax(1) > 0
-    if not has_region.any():
-        return bce
-    prob = torch.sigmoid(heat_logits[has_region]).flatten(1)
-    target = masks[has_region].flatten(1)
+def heatmap_loss(heat_logits: torch.Tensor, masks: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel BCE + soft Dice (Dice over images with manipulated pixels; BCE alone would favour background), over the
+    images whose mask is `known` (B bools; default all). Rows are weighted, not selected: boolean indexing would
+    make the host wait for the device, and the loss and its gradient are the same (0 where no row counts)."""
+    weight = (torch.ones(len(masks), dtype=heat_logits.dtype, device=masks.device) if known is None
+              else known.to(heat_logits.dtype))
+    pixel_bce = F.binary_cross_entropy_with_logits(heat_logits, masks, reduction="none").flatten(1).mean(1)
+    bce = (pixel_bce * weight).sum() / weight.sum().clamp_min(1)
+    prob, target = torch.sigmoid(heat_logits).flatten(1), masks.flatten(1)
+    region = weight * (target.amax(1) > 0)
     dice = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
-    return bce + dice.mean()
+    return bce + (dice * region).sum() / region.sum().clamp_min(1)
 
 
 def forgery_loss(head: HeadOutput | None, labels: torch.Tensor | None, masks: torch.Tensor | None,
                  mask_valid: torch.Tensor | None, lm_loss: torch.Tensor | None, *, cls_weight: float,
                  heatmap_weight: float, lm_weight: float) -> tuple[torch.Tensor, dict]:
     """(total, parts). Heatmap terms use only samples whose mask is known (reals: all-zero masks); fakes
-    without a mask are skipped and counted in parts["maskless_fakes"]."""
+    without a mask are skipped and counted in parts["maskless_fakes"] (a tensor). Nothing here reads the device."""
     terms, parts = [], {}
     if head is not None and labels is not None:
         labels = labels.to(head.image_logits.dtype)
@@ -38,13 +40,11 @@ def forgery_loss(head: HeadOutput | None, labels: torch.Tensor | None, masks: to
         parts["cls_loss"] = bce.detach()
         if masks is not None and heatmap_weight > 0:
             valid = mask_valid.bool()
-            parts["maskless_fakes"] = int(((~valid) & (labels > 0.5)).sum())
-            if valid.any():
-                size = masks.shape[-1]
-                heat = upsample_heatmaps([h for h, v in zip(head.heatmaps, valid.tolist()) if v], size)
-                hm = heatmap_loss(heat, masks[valid].to(heat.dtype))
-                terms.append(heatmap_weight * hm)
-                parts["heatmap_loss"] = hm.detach()
+            parts["maskless_fakes"] = ((~valid) & (labels > 0.5)).sum()  # a device count: read when logged
+            heat = upsample_heatmaps(head.heatmaps, masks.shape[-1])
+            hm = heatmap_loss(heat, masks.to(heat.dtype), valid)
+            terms.append(heatmap_weight * hm)
+            parts["heatmap_loss"] = hm.detach()
     if lm_loss is not None and lm_weight > 0:
         terms.append(lm_weight * lm_loss)
         parts["lm_loss"] = lm_loss.detach()

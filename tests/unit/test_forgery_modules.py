@@ -252,19 +252,39 @@ def test_hybrid_trains_on_the_other_families(tiny_model_dir, rows, family):
 
 
 def test_loss_skips_and_counts_maskless_fakes():
-    heat = [torch.randn(4, 6), torch.randn(4, 6), torch.randn(5, 5)]
+    heat = [torch.randn(4, 6, requires_grad=True), torch.randn(4, 6), torch.randn(5, 5, requires_grad=True)]
     head = HeadOutput(torch.tensor([0.3, -0.2, 1.0]), heat, torch.zeros(3, 4))
     labels = torch.tensor([0.0, 1.0, 1.0])
     masks = torch.zeros(3, 8, 8)
     masks[1, 2:5, 2:5] = 1
     valid = torch.tensor([True, True, False])
-    total, parts = forgery_loss(head, labels, masks, valid, torch.tensor(2.0), cls_weight=1.0, heatmap_weight=0.5,
-                                lm_weight=0.25)
-    expected_hm = heatmap_loss(upsample_heatmaps(heat[:2], 8), masks[:2])
+    with HostReads([head.image_logits, *heat, labels, masks, valid]) as reads:
+        total, parts = forgery_loss(head, labels, masks, valid, torch.tensor(2.0), cls_weight=1.0,
+                                    heatmap_weight=0.5, lm_weight=0.25)
+    assert reads.reads == []  # nothing waits for the device: the unknown mask is weighted out, not selected
+    # the reference selects the rows with a known mask: BCE over their pixels, Dice over the one with a region
+    known = upsample_heatmaps(heat[:2], 8)
+    prob = torch.sigmoid(known[1])
+    dice = 1 - (2 * (prob * masks[1]).sum() + 1) / (prob.sum() + masks[1].sum() + 1)
+    expected_hm = torch.nn.functional.binary_cross_entropy_with_logits(known, masks[:2]) + dice
     bce = torch.nn.functional.binary_cross_entropy_with_logits(head.image_logits, labels)
     assert parts["maskless_fakes"] == 1
     assert torch.isclose(parts["heatmap_loss"], expected_hm)
     assert torch.isclose(total, bce + 0.5 * expected_hm + 0.25 * 2.0)
+    total.backward()
+    assert heat[0].grad.abs().sum() > 0 and torch.equal(heat[2].grad, torch.zeros(5, 5))
+
+
+def test_heatmap_loss_without_a_known_mask_is_zero():
+    heat = torch.randn(2, 8, 8, requires_grad=True)
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :3] = 1
+    loss = heatmap_loss(heat, masks, torch.tensor([False, False]))
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(heat.grad, torch.zeros_like(heat))
+    # no region in any known mask: BCE alone
+    assert torch.isclose(heatmap_loss(heat, masks, torch.tensor([False, True])),
+                         torch.nn.functional.binary_cross_entropy_with_logits(heat[1], masks[1]))
 
 
 def test_heatmap_warmup_then_heatmap(tiny, rows):
