@@ -62,7 +62,7 @@ class ForgeryModules(nn.Module):
 
     def head_output(self) -> HeadOutput:
         if self.last_head is None:
-            self.last_head = self.head(self.capture.grids())
+            self.last_head = self.head(*self.capture.layout())
         return self.last_head
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from custom_modules.forgery.vit import PatchLayout
+
 
 @dataclass
 class HeadOutput:
@@ -15,7 +17,8 @@ class HeadOutput:
 
 
 class DetectionHead(nn.Module):
-    """Per block: norm + projection; blocks fused by convs; a 1x1 conv gives the heatmap, pooling the logit."""
+    """Per block: norm + projection; blocks fused by convs; a 1x1 conv gives the heatmap, pooling the logit. The
+    fusing 1x1 conv, GELU, 3x3 conv and GELU are `fuse[0..3]`."""
 
     def __init__(self, vit_dim: int, num_blocks: int, head_dim: int = 256):
         super().__init__()
@@ -26,19 +29,31 @@ class DetectionHead(nn.Module):
         self.heatmap = nn.Conv2d(head_dim, 1, 1)
         self.classify = nn.Sequential(nn.Linear(2 * head_dim + 1, head_dim), nn.GELU(), nn.Linear(head_dim, 1))
 
-    def forward(self, block_grids: list[list[torch.Tensor]]) -> HeadOutput:
-        """block_grids[k][i]: block k's (D, H, W) map of image i (images may differ in H, W)."""
+    def forward(self, layout: PatchLayout, block_states: list[torch.Tensor]) -> HeadOutput:
+        """block_states[k]: block k's output rows (total patches, D), placed by `layout`. The batch's images are
+        read on one canvas padded to the largest (images may differ in H, W): what lies outside an image is zero
+        where the 3x3 convolution reads it, as its own zero padding would be, and no output reads it."""
         dtype = self.heatmap.weight.dtype
-        logits, heatmaps, features = [], [], []
-        for per_block in zip(*block_grids):
-            projected = [proj(g.to(dtype).permute(1, 2, 0)).permute(2, 0, 1) for proj, g in zip(self.project, per_block)]
-            fused = self.fuse(torch.cat(projected).unsqueeze(0))[0]
-            heat = self.heatmap(fused.unsqueeze(0))[0, 0]
-            pooled = torch.cat([fused.mean((1, 2)), fused.amax((1, 2))])
-            logits.append(self.classify(torch.cat([pooled, heat.amax().reshape(1)]))[0])
-            heatmaps.append(heat)
-            features.append(pooled)
-        return HeadOutput(torch.stack(logits), heatmaps, torch.stack(features))
+        projected = []
+        for project, states in zip(self.project, block_states):
+            rows = states[layout.rows].to(dtype)  # (P, T, D): each position's frames
+            rows = rows[:, 0] if layout.frame_weight is None else (rows * layout.frame_weight[..., None]).sum(1)
+            projected.append(project(rows))
+        projected = torch.cat(projected, 1)
+        batch, height, width = layout.valid.shape
+        canvas = projected.new_zeros(batch * height * width, projected.shape[1])
+        canvas = canvas.index_copy(0, layout.canvas_index, projected)
+        canvas = canvas.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        inside = layout.valid[:, None].to(dtype)
+        hidden = self.fuse[1](self.fuse[0](canvas)) * inside
+        fused = self.fuse[3](self.fuse[2](hidden))
+        heat = self.heatmap(fused)[:, 0]
+        outside = ~layout.valid
+        mean = (fused * inside).sum((2, 3)) / inside.sum((2, 3))
+        pooled = torch.cat([mean, fused.masked_fill(outside[:, None], float("-inf")).amax((2, 3))], 1)
+        peak = heat.masked_fill(outside, float("-inf")).amax((1, 2))
+        logits = self.classify(torch.cat([pooled, peak[:, None]], 1))[:, 0]
+        return HeadOutput(logits, [heat[i, :h, :w] for i, (h, w) in enumerate(layout.sizes)], pooled)
 
 
 class FusionProjector(nn.Module):

@@ -1,10 +1,13 @@
-"""The Qwen-VL vision tower as the head sees it: its blocks, their outputs as per-image patch grids, LoRA names.
+"""The Qwen-VL vision tower as the head sees it: its blocks, where their output rows lie on the images (the
+batch's patch layout), LoRA names.
 
 Block outputs are (total patches, D) for the whole batch, in the processor's patch order
 (t, h/m, w/m, m, m) per image; Qwen2.5-VL additionally permutes merge units into attention windows
-before the blocks, which `unpermute` undoes with the tower's own `get_window_index` (`patch_order`).
+before the blocks, which `patch_layout` undoes with the tower's own `get_window_index`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,33 +44,54 @@ def lora_target_regex(targets: list[str]) -> str:
     return r"^(.*\.)?(" + "|".join(t.replace(".", r"\.") for t in targets) + r")$"
 
 
-def patch_order(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """The row index on `device` that puts block outputs back into processor patch order, or None where the
-    tower keeps that order (only Qwen2.5-VL's window attention permutes). Built on the host, sent without a wait."""
-    if not hasattr(visual, "get_window_index"):
-        return None
-    window_index, _ = visual.get_window_index(grid_thw)
-    return torch.argsort(window_index).to(device, non_blocking=True)
+@dataclass
+class PatchLayout:
+    """Where a block output's rows go on the head's canvas, a (B, H, W) grid of patches padded to the batch's
+    largest image: built once a batch on the host from the images' grids, so that the head reads every image
+    with one gather and one scatter per block instead of slicing and permuting each image."""
+    rows: torch.Tensor                  # (P, T): per image position, the block-output rows of its T frames
+    frame_weight: torch.Tensor | None   # (P, T): 1/t for an image's frames, 0 past them; None when t == 1 for all
+    canvas_index: torch.Tensor          # (P,): each position's flat index into the (B * H * W) canvas
+    valid: torch.Tensor                 # (B, H, W): the canvas positions an image covers
+    sizes: list[tuple[int, int]]        # each image's (h, w) patch grid
 
 
-def unpermute(visual: nn.Module, states: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-    """Block output rows back into processor patch order (`order`: patch_order's index)."""
-    if order is None:
-        return states
-    unit = visual.spatial_merge_unit
-    return states.reshape(-1, unit, states.shape[-1])[order].reshape(states.shape)
+def patch_layout(visual: nn.Module, grid_thw: list[list[int]], device: torch.device) -> PatchLayout:
+    """The layout of block outputs for images of these (t, h, w) grids, as host integers. Block rows come in the
+    processor's patch order (t, h/m, w/m, m, m) per image; Qwen2.5-VL's window attention also permutes merge units
+    into windows before the blocks, which the rows undo with the tower's own `get_window_index`. The index
+    tensors go to `device` without a wait."""
+    merge = visual.spatial_merge_size
+    frames = max(t for t, _, _ in grid_thw)
+    height, width = max(h for _, h, _ in grid_thw), max(w for _, _, w in grid_thw)
+    rows, weights, canvas = [], [], []
+    offset = 0
+    for image, (t, h, w) in enumerate(grid_thw):
+        # processor order within one frame: row r of the frame holds patch (y, x)
+        y = torch.arange(h).reshape(h // merge, merge, 1, 1).expand(h // merge, merge, w // merge, merge)
+        x = torch.arange(w).reshape(1, 1, w // merge, merge).expand_as(y)
+        yx = (y * w + x).permute(0, 2, 1, 3).reshape(-1)          # the patch of each processor row
+        position_row = torch.argsort(yx)                           # the processor row of each patch, raster order
+        frame = torch.arange(frames).clamp(max=t - 1)
+        rows.append(offset + frame[None] * h * w + position_row[:, None])
+        weights.append((torch.arange(frames) < t).float().expand(h * w, frames) / t)
+        yy, xx = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+        canvas.append((image * height + yy) * width + xx)
+        offset += t * h * w
+    rows = torch.cat(rows)
+    if hasattr(visual, "get_window_index"):
+        window_index, _ = visual.get_window_index(torch.tensor(grid_thw))
+        unit = visual.spatial_merge_unit
+        rows = torch.argsort(window_index)[rows // unit] * unit + rows % unit  # processor row -> window row
+    valid = torch.zeros(len(grid_thw), height, width, dtype=torch.bool)
+    for image, (_, h, w) in enumerate(grid_thw):
+        valid[image, :h, :w] = True
 
+    def send(tensor):  # pageable host memory: staged before `to` returns, no wait for the device
+        return tensor.to(device, non_blocking=True)
 
-def patch_grids(states: torch.Tensor, grid_thw: list[list[int]], merge: int) -> list[torch.Tensor]:
-    """(total patches, D) in processor order -> one (D, H, W) map per image (frames averaged); `grid_thw` is the
-    images' (t, h, w) as host integers."""
-    grids, offset = [], 0
-    for t, h, w in grid_thw:
-        n = t * h * w
-        x = states[offset:offset + n].reshape(t, h // merge, w // merge, merge, merge, -1)
-        grids.append(x.permute(0, 5, 1, 3, 2, 4).reshape(t, -1, h, w).mean(0))
-        offset += n
-    return grids
+    return PatchLayout(send(rows), send(torch.cat(weights)) if frames > 1 else None, send(torch.cat(canvas)),
+                       send(valid), [(h, w) for _, h, w in grid_thw])
 
 
 class BlockCapture:
@@ -87,7 +111,9 @@ class BlockCapture:
             self.handles.append(after.register_forward_pre_hook(self._keeper(b), with_kwargs=True))
 
     def _grid(self, module, args, kwargs):
-        self.grid_thw = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        # read to the host before the tower's work is queued: read after it, the host would wait for the whole tower
+        # and then leave the device idle while it queues the head
+        self.grid_thw = (kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]).cpu()
 
     def _keeper(self, index: int):
         def keep(module, args, kwargs):
@@ -95,16 +121,12 @@ class BlockCapture:
             self.outputs[index] = args[0] if args else kwargs["hidden_states"]
         return keep
 
-    def grids(self) -> list[list[torch.Tensor]]:
-        """Per chosen block, the per-image (D, H, W) maps of the last vision forward."""
+    def layout(self) -> tuple[PatchLayout, list[torch.Tensor]]:
+        """The patch layout of the last vision forward and the chosen blocks' outputs, in the order of `blocks`."""
         if self.grid_thw is None or len(self.outputs) != len(self.blocks):
             raise RuntimeError("the vision tower has not run on this batch (no pixel_values?)")
-        merge = self.visual.spatial_merge_size
-        grid_thw = self.grid_thw.cpu()  # the host reads the grid once for every block
         states = [self.outputs[b] for b in self.blocks]
-        order = patch_order(self.visual, grid_thw, states[0].device)
-        sizes = grid_thw.tolist()
-        return [patch_grids(unpermute(self.visual, s, order), sizes, merge) for s in states]
+        return patch_layout(self.visual, self.grid_thw.tolist(), states[0].device), states
 
     def clear(self) -> None:
         self.outputs.clear()

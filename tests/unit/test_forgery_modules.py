@@ -15,12 +15,11 @@ from custom_modules.forgery.attach import IGNORE_INDEX, find_modules, insert_fus
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import load_checkpoint, save_checkpoint
 from custom_modules.forgery.data import Collator
-from custom_modules.forgery.head import HeadOutput
+from custom_modules.forgery.head import DetectionHead, HeadOutput
 from custom_modules.forgery.lora import prepare_model
 from custom_modules.forgery.losses import forgery_loss, heatmap_loss, upsample_heatmaps
 from custom_modules.forgery.settings import MODES, default_head_blocks, parse_settings, resolve_blocks
-from custom_modules.forgery.vit import (find_visual, lora_target_regex, lora_targets, patch_grids, patch_order,
-                                        unpermute)
+from custom_modules.forgery.vit import find_visual, lora_target_regex, lora_targets, patch_layout
 from custom_modules.integrations.env_settings import recipe_features
 from custom_modules.integrations.llamafactory_cli import RecipeError, feature_callbacks, read_recipe
 from tests.e2e.forgery_liger_worker import bind_liger_forward
@@ -72,25 +71,94 @@ def test_settings_validation_names_the_key():
     assert resolve_blocks(parse_settings({"mode": "T1", "vit_lora_blocks": [31]}), 32) == ((7, 15, 23, 31), (31,))
 
 
-def test_block_outputs_back_in_patch_order(tiny):
+def processor_rows(grid_thw: list[list[int]], merge: int) -> torch.Tensor:
+    """Block-output rows in the processor's order (t, h/m, w/m, m, m), each holding 100 * frame + y * W + x."""
+    values = []
+    for t, h, w in grid_thw:
+        for frame in range(t):
+            for by in range(h // merge):
+                for bx in range(w // merge):
+                    values += [100 * frame + (by * merge + iy) * w + bx * merge + ix
+                               for iy in range(merge) for ix in range(merge)]
+    return torch.tensor(values, dtype=torch.float32)[:, None]
+
+
+def canvas_of(layout, rows: torch.Tensor) -> torch.Tensor:
+    """What the head reads: each image's positions on the padded canvas (frames averaged), NaN outside."""
+    batch, height, width = layout.valid.shape
+    picked = rows[layout.rows][..., 0]
+    picked = picked[:, 0] if layout.frame_weight is None else (picked * layout.frame_weight).sum(1)
+    return torch.full((batch * height * width,), float("nan")).index_copy(0, layout.canvas_index, picked).reshape(
+        batch, height, width)
+
+
+def test_block_outputs_placed_on_their_images(tiny):
     visual = find_visual(AutoModelForImageTextToText.from_pretrained(tiny[0]))
-    grid_thw = torch.tensor([[1, 8, 12], [1, 6, 4]])
+    grid_thw = [[1, 8, 12], [1, 6, 4]]
     merge = visual.spatial_merge_size
-    # processor order (t, h/m, w/m, m, m): give each patch the value y * W + x of its position
-    rows_ = []
-    for _, h, w in grid_thw.tolist():
-        for by in range(h // merge):
-            for bx in range(w // merge):
-                rows_ += [(by * merge + iy) * w + bx * merge + ix for iy in range(merge) for ix in range(merge)]
-    states = torch.tensor(rows_, dtype=torch.float32)[:, None]
-    window_index, _ = visual.get_window_index(grid_thw)
+    states = processor_rows(grid_thw, merge)
+    window_index, _ = visual.get_window_index(torch.tensor(grid_thw))
     permuted = states.reshape(-1, merge * merge, 1)[window_index].reshape(states.shape)  # what the ViT does
     assert not torch.equal(permuted, states)
-    grids = patch_grids(unpermute(visual, permuted, patch_order(visual, grid_thw, permuted.device)),
-                        grid_thw.tolist(), merge)
-    assert [tuple(g.shape) for g in grids] == [(1, 8, 12), (1, 6, 4)]
-    assert torch.equal(grids[0][0], torch.arange(96.0).reshape(8, 12))
-    assert torch.equal(grids[1][0], torch.arange(24.0).reshape(6, 4))
+    layout = patch_layout(visual, grid_thw, permuted.device)
+    canvas = canvas_of(layout, permuted)
+    assert layout.sizes == [(8, 12), (6, 4)] and layout.frame_weight is None
+    assert torch.equal(canvas[0], torch.arange(96.0).reshape(8, 12))
+    assert torch.equal(canvas[1, :6, :4], torch.arange(24.0).reshape(6, 4))
+    assert canvas[1, 6:].isnan().all() and canvas[1, :, 4:].isnan().all()
+    assert torch.equal(layout.valid, ~canvas.isnan())
+
+
+def test_frames_of_an_image_are_averaged():
+    visual = types.SimpleNamespace(spatial_merge_size=2)  # a tower without windows (Qwen2-VL, Qwen3-VL)
+    grid_thw = [[2, 4, 4], [1, 2, 6]]
+    layout = patch_layout(visual, grid_thw, torch.device("cpu"))
+    canvas = canvas_of(layout, processor_rows(grid_thw, 2))
+    assert torch.equal(canvas[0, :, :4], 50 + torch.arange(16.0).reshape(4, 4))  # frames 0 and 1: 100 apart
+    assert torch.equal(canvas[1, :2], torch.arange(12.0).reshape(2, 6)) and canvas[1, 2:].isnan().all()
+
+
+def per_image_head(head: DetectionHead, grids: list[list[torch.Tensor]]) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """The head image by image, on each image's own (D, H, W) maps: what one padded canvas must equal."""
+    logits, heatmaps, features = [], [], []
+    for per_block in zip(*grids):
+        projected = [p(g.permute(1, 2, 0)).permute(2, 0, 1) for p, g in zip(head.project, per_block)]
+        fused = head.fuse(torch.cat(projected).unsqueeze(0))[0]
+        heat = head.heatmap(fused.unsqueeze(0))[0, 0]
+        pooled = torch.cat([fused.mean((1, 2)), fused.amax((1, 2))])
+        logits.append(head.classify(torch.cat([pooled, heat.amax().reshape(1)]))[0])
+        heatmaps.append(heat)
+        features.append(pooled)
+    return torch.stack(logits), heatmaps, torch.stack(features)
+
+
+def test_head_on_one_canvas_equals_the_head_image_by_image():
+    torch.manual_seed(0)
+    head = DetectionHead(vit_dim=12, num_blocks=2, head_dim=8)
+    visual = types.SimpleNamespace(spatial_merge_size=2)
+    grid_thw = [[1, 6, 4], [1, 2, 8], [1, 4, 4]]
+    patches = sum(t * h * w for t, h, w in grid_thw)
+    states = [torch.randn(patches, 12, requires_grad=True) for _ in range(2)]
+    out = head(patch_layout(visual, grid_thw, torch.device("cpu")), states)
+    # the same rows as (D, H, W) maps per image, in raster order
+    order = processor_rows(grid_thw, 2)[:, 0].long()
+    grids, offset = [], 0
+    for _, h, w in grid_thw:
+        raster = torch.argsort(order[offset:offset + h * w])
+        grids.append([s[offset:offset + h * w][raster].T.reshape(12, h, w) for s in states])
+        offset += h * w
+    logits, heatmaps, features = per_image_head(head, [list(b) for b in zip(*grids)])
+    torch.testing.assert_close(out.image_logits, logits)
+    torch.testing.assert_close(out.features, features)
+    for got, want in zip(out.heatmaps, heatmaps, strict=True):
+        torch.testing.assert_close(got, want)
+    (out.image_logits.sum() + sum(h.sum() for h in out.heatmaps)).backward()
+    got_grads = [s.grad.clone() for s in states]
+    for s in states:
+        s.grad = None
+    (logits.sum() + sum(h.sum() for h in heatmaps)).backward()
+    for got, s in zip(got_grads, states):
+        torch.testing.assert_close(got, s.grad)
 
 
 def test_vit_lora_only_on_chosen_blocks_and_head_trains(tiny):
@@ -184,20 +252,21 @@ class HostReads(TorchFunctionMode):
         return out
 
 
-def test_fusion_layout_and_head_grids_read_the_batch_once(tiny, rows):
-    """T3/T5's fusion tokens and the head's per-image grids: one host copy each, not reads row by row or block by
-    block (on a GPU, ~10 waits a row in transformers' get_rope_index)."""
+def test_fusion_layout_and_head_layout_read_the_batch_once(tiny, rows):
+    """T3/T5's fusion tokens: one host copy of the batch, not reads row by row (on a GPU, ~10 waits a row in
+    transformers' get_rope_index); the head's patch layout: from the grid read before the tower ran."""
     model, modules = build(tiny, "hybrid")
     batch = Collator(tiny[1], 16)(rows[:3])
     hf = model.get_base_model()
     with HostReads(batch.values()) as reads:
         insert_fusion_tokens(hf, dict(batch), 2, modules.settings.fusion_token_id)
     assert reads.reads == ["cpu"]
-    model(**batch)
+    with HostReads(batch.values()):  # the capture's host copy of the grid is a copy here too
+        model(**batch)
     capture = modules.capture
-    with HostReads([*capture.outputs.values(), capture.grid_thw]) as reads:
-        capture.grids()
-    assert reads.reads == ["cpu"]
+    with HostReads([*capture.outputs.values(), batch["image_grid_thw"]]) as reads:
+        capture.layout()
+    assert reads.reads == []  # the grid was read before the tower ran: nothing waits for the tower
 
 
 def test_fusion_tokens_name_a_row_without_its_image(tiny, rows):
