@@ -66,17 +66,15 @@ def patch_layout(visual: nn.Module, grid_thw: list[list[int]], device: torch.dev
     height, width = max(h for _, h, _ in grid_thw), max(w for _, _, w in grid_thw)
     rows, weights, canvas = [], [], []
     offset = 0
+    frame = torch.arange(frames)
     for image, (t, h, w) in enumerate(grid_thw):
-        # processor order within one frame: row r of the frame holds patch (y, x)
-        y = torch.arange(h).reshape(h // merge, merge, 1, 1).expand(h // merge, merge, w // merge, merge)
-        x = torch.arange(w).reshape(1, 1, w // merge, merge).expand_as(y)
-        yx = (y * w + x).permute(0, 2, 1, 3).reshape(-1)          # the patch of each processor row
-        position_row = torch.argsort(yx)                           # the processor row of each patch, raster order
-        frame = torch.arange(frames).clamp(max=t - 1)
-        rows.append(offset + frame[None] * h * w + position_row[:, None])
-        weights.append((torch.arange(frames) < t).float().expand(h * w, frames) / t)
-        yy, xx = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
-        canvas.append((image * height + yy) * width + xx)
+        y, x = torch.arange(h)[:, None], torch.arange(w)[None, :]
+        # the processor row of patch (y, x) within a frame, raster order
+        position_row = (((y // merge) * (w // merge) + x // merge) * merge + y % merge) * merge + x % merge
+        rows.append(offset + frame.clamp(max=t - 1) * h * w + position_row.reshape(-1, 1))
+        if frames > 1:
+            weights.append((frame < t).float().expand(h * w, frames) / t)
+        canvas.append(((image * height + y) * width + x).reshape(-1))
         offset += t * h * w
     rows = torch.cat(rows)
     if hasattr(visual, "get_window_index"):
@@ -90,7 +88,7 @@ def patch_layout(visual: nn.Module, grid_thw: list[list[int]], device: torch.dev
     def send(tensor):  # pageable host memory: staged before `to` returns, no wait for the device
         return tensor.to(device, non_blocking=True)
 
-    return PatchLayout(send(rows), send(torch.cat(weights)) if frames > 1 else None, send(torch.cat(canvas)),
+    return PatchLayout(send(rows), send(torch.cat(weights)) if weights else None, send(torch.cat(canvas)),
                        send(valid), [(h, w) for _, h, w in grid_thw])
 
 
