@@ -165,10 +165,66 @@ def host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # The batch entries the fusion layout reads or grows, all integer tensors.
 FUSION_LAYOUT_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
+# What a fusion placeholder holds in each per-token entry (input_ids: the placeholder token id): attended, no label,
+# a text token; loss_scale is ms-swift's per-token loss weight.
+FUSION_FILL = {"attention_mask": 1, "labels": IGNORE_INDEX, "mm_token_type_ids": 0, "loss_scale": 0.0}
+# The batch key of a layout done by the trainer's collator: the placeholders' (B, L) positions.
+FUSION_POSITIONS = "fusion_positions"
+
+
+def fusion_cut(ids, vision_end_id: int) -> int:
+    """The position after a row's first <|vision_end|>, where the fusion placeholders go."""
+    where = (torch.as_tensor(ids) == vision_end_id).nonzero()
+    if len(where) == 0:
+        raise ValueError("fusion tokens go after the image: a batch row has no <|vision_end|> token")
+    return int(where[0]) + 1
+
+
+def add_fusion_placeholders(sample: dict, count: int, token_id: int, vision_end_id: int) -> dict:
+    """A trainer's encoded sample (per-token lists or 1-D tensors) with `count` placeholders after its first
+    <|vision_end|> in every per-token entry: for the collator, whose trainer then pads the rows and computes the
+    M-RoPE positions over them in its loader workers, as it does for any row, so the forward has nothing to lay out
+    and the host never waits for the device to read the ids back."""
+    ids = sample["input_ids"]
+    cut = fusion_cut(ids, vision_end_id)
+    out = dict(sample)
+    for key, fill in {"input_ids": token_id, **FUSION_FILL}.items():
+        value = sample.get(key)
+        if value is None:
+            continue
+        if len(value) != len(ids):
+            raise ValueError(f"sample entry {key!r} has {len(value)} values for {len(ids)} tokens: the fusion "
+                             "placeholders cannot be placed in it")
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.cat([value[:cut], torch.full((count,), fill, dtype=value.dtype), value[cut:]])
+        else:
+            out[key] = list(value[:cut]) + [fill] * count + list(value[cut:])
+    return out
+
+
+def fusion_positions(input_ids: torch.Tensor, count: int, vision_end_id: int) -> torch.Tensor:
+    """(B, L) bools: the `count` placeholders after each padded row's first <|vision_end|>."""
+    positions = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, ids in enumerate(input_ids):
+        cut = fusion_cut(ids, vision_end_id)
+        positions[row, cut:cut + count] = True
+    return positions
+
+
+def collator_fusion(samples: list[dict], settings: ForgerySettings, vision_end_id: int, pad):
+    """For a trainer's collator: `pad(samples)` (the trainer's own collation) over samples with the mode's fusion
+    placeholders, the batch then carrying their positions; modes without fusion collate the samples as they are."""
+    if not settings.spec.fusion:
+        return pad(samples)
+    count = settings.fusion_tokens
+    batch = pad([add_fusion_placeholders(s, count, settings.fusion_token_id, vision_end_id) for s in samples])
+    batch[FUSION_POSITIONS] = fusion_positions(batch["input_ids"], count, vision_end_id)
+    return batch
 
 
 def insert_fusion_tokens(hf: nn.Module, kwargs: dict, count: int, token_id: int) -> tuple[dict, torch.Tensor]:
-    """Insert `count` placeholder tokens after each row's first <|vision_end|>; recompute M-RoPE positions.
+    """Insert `count` placeholder tokens after each row's first <|vision_end|>; recompute M-RoPE positions. For
+    batches whose collator did not (evaluation, prediction, the seed's loop).
 
     The layout is integer bookkeeping row by row (transformers' `get_rope_index` loops over the rows with boolean
     indexing, `tolist` and `item`): on GPU tensors each of those is a wait for the device, ~10 a row. It runs on
@@ -177,12 +233,7 @@ def insert_fusion_tokens(hf: nn.Module, kwargs: dict, count: int, token_id: int)
     host = host_copies({k: kwargs[k] for k in FUSION_LAYOUT_KEYS if kwargs.get(k) is not None})
     ids = host["input_ids"]
     cfg = hf.config
-    cut = []
-    for row in ids:
-        where = (row == cfg.vision_end_token_id).nonzero()
-        if len(where) == 0:
-            raise ValueError("fusion tokens go after the image: a batch row has no <|vision_end|> token")
-        cut.append(int(where[0]) + 1)
+    cut = [fusion_cut(row, cfg.vision_end_token_id) for row in ids]
 
     def grow(tensor: torch.Tensor, fill) -> torch.Tensor:
         rows = [torch.cat([t[:c], torch.full((count,), fill, dtype=t.dtype), t[c:]]) for t, c in zip(tensor, cut)]
@@ -191,12 +242,13 @@ def insert_fusion_tokens(hf: nn.Module, kwargs: dict, count: int, token_id: int)
     grown = {"input_ids": grow(ids, token_id)}
     positions = grow(torch.zeros_like(ids, dtype=torch.bool), True)
     attention = host.get("attention_mask")
-    grown["attention_mask"] = grow(attention if attention is not None else torch.ones_like(ids), 1)
-    if "labels" in host:
-        grown["labels"] = grow(host["labels"], IGNORE_INDEX)
-    if "mm_token_type_ids" in host:
-        token_types = grown["mm_token_type_ids"] = grow(host["mm_token_type_ids"], 0)
-    else:
+    grown["attention_mask"] = grow(attention if attention is not None else torch.ones_like(ids),
+                                   FUSION_FILL["attention_mask"])
+    for key in ("labels", "mm_token_type_ids"):
+        if key in host:
+            grown[key] = grow(host[key], FUSION_FILL[key])
+    token_types = grown.get("mm_token_type_ids")
+    if token_types is None:
         token_types = ((grown["input_ids"] == cfg.image_token_id).long()
                        + 2 * (grown["input_ids"] == cfg.video_token_id).long())
     grown["position_ids"], _ = hf.model.get_rope_index(
@@ -254,9 +306,11 @@ def _forgery_forward(hf, original_forward, visual, modules: ForgeryModules, **kw
     if modules.capture is not None:
         modules.capture.clear()
     has_image = kwargs.get("pixel_values") is not None
+    laid_out = kwargs.pop(FUSION_POSITIONS, None)
     if modules.fusion is not None and has_image:
-        kwargs, modules.fusion_positions = insert_fusion_tokens(hf, kwargs, settings.fusion_tokens,
-                                                                settings.fusion_token_id)
+        if laid_out is None:
+            kwargs, laid_out = insert_fusion_tokens(hf, kwargs, settings.fusion_tokens, settings.fusion_token_id)
+        modules.fusion_positions = laid_out
     kwargs.pop("num_items_in_batch", None)  # the loss is a mean per batch (accepts_loss_kwargs is False)
     lm_loss = answer_logits = None
     if spec.lm:

@@ -8,13 +8,15 @@ looked up by image path in the same dataset files; its collator still sees each 
 - load_model: after LLaMA-Factory's own LoRA (the recipe's lora_target), attaches the head/fusion (recording
   image_min/max_pixels, which its plugin scales every image into, for scoring) and warns where that LoRA disagrees
   with the mode (ViT blocks other than the head's, LM LoRA);
-- SFTDataCollatorWith4DAttentionMask: adds forgery_labels / forgery_masks / forgery_mask_valid.
+- SFTDataCollatorWith4DAttentionMask: adds forgery_labels / forgery_masks / forgery_mask_valid and, in the fusion
+  modes, the fusion placeholders (its own M-RoPE positions then count them).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from custom_modules.forgery.attach import collator_fusion
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import attach_for_training
 from custom_modules.forgery.data import RowIndex, TrainingImages, forgery_fields, read_rows
@@ -67,7 +69,7 @@ def setup(block: dict, args: dict) -> list:
     class ForgeryCollator(workflow.SFTDataCollatorWith4DAttentionMask):
         def __call__(self, features):
             rows = [state["index"].lookup(feature["images"][0]) for feature in features]
-            batch = super().__call__(features)
+            batch = collator_fusion(features, settings, self.model.config.vision_end_token_id, super().__call__)
             batch.update(forgery_fields(rows, settings.mask_size))
             return batch
 

@@ -5,9 +5,10 @@
 
 - template `qwen2_5_vl_forgery`: swift's Qwen2.5-VL template whose samples also carry the row's `label` (one of
   swift's own row keys) and `mask` (an extra column, kept by `remove_unused_columns: false`); its collator turns
-  them into forgery_labels / forgery_masks / forgery_mask_valid. The model gets input_ids + pixel_values as the
-  HF processor made them (swift's Qwen2/2.5-VL template would run the ViT in a pre-forward hook and pass
-  inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
+  them into forgery_labels / forgery_masks / forgery_mask_valid and, in the fusion modes, places the fusion
+  placeholders before swift pads the rows and computes their M-RoPE positions. The model gets input_ids +
+  pixel_values as the HF processor made them (swift's Qwen2/2.5-VL template would run the ViT in a pre-forward
+  hook and pass inputs_embeds only), because the forgery forward needs them (fusion placement, the ViT-only modes).
 - callback `forgery`: when the trainer is built (after swift's own tuner: the recipe's target_regex) it attaches
   the head/fusion (recording the pixel limits the template resizes images into, for scoring) and warns where that
   LoRA disagrees with the mode (ViT blocks other than the head's, LM LoRA), then steps the heatmap warm-up, saves
@@ -20,6 +21,7 @@ output_dir are; a missing one is an error naming its ENV variable.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from swift.template import register_template
 from swift.template.templates.qwen import Qwen2_5VLTemplate, QwenTemplateMeta
 from swift.utils import get_logger
 
+from custom_modules.forgery.attach import collator_fusion
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import BEST_DIR, attach_for_training
 from custom_modules.forgery.data import TrainingImages, forgery_fields
@@ -59,7 +62,7 @@ def training_images(processor) -> TrainingImages:
 
 
 class ForgeryTemplate(Qwen2_5VLTemplate):
-    mask_size: int | None = None  # set by the callback from the recipe's settings
+    settings: ForgerySettings | None = None  # set by the callback from the recipe's settings
 
     def _encode(self, inputs):
         encoded = super()._encode(inputs)
@@ -77,11 +80,12 @@ class ForgeryTemplate(Qwen2_5VLTemplate):
     def _data_collator(self, batch, *, padding_to=None):
         if not self.is_training:
             return super()._data_collator(batch, padding_to=padding_to)
-        if self.mask_size is None:
+        if self.settings is None:
             raise ValueError(f"template: {TEMPLATE} needs `callbacks: [{CALLBACK}]` (it attaches the forgery head)")
         rows = [sample.pop(ROW_KEY) for sample in batch]
-        result = super()._data_collator(batch, padding_to=padding_to)
-        result.update(forgery_fields(rows, self.mask_size))
+        pad = functools.partial(super()._data_collator, padding_to=padding_to)
+        result = collator_fusion(batch, self.settings, self.config.vision_end_token_id, pad)
+        result.update(forgery_fields(rows, self.settings.mask_size))
         return result
 
     def _post_encode(self, model, inputs):
@@ -110,7 +114,7 @@ def register(environment_settings) -> None:
                                  f"(got {type(trainer.template).__name__})")
             TrainerCallback.__init__(self, args, trainer)
             ForgeryCallback.__init__(self, settings_from(environment_settings), lambda: trainer.template.processor)
-            trainer.template.mask_size = self.settings.mask_size
+            trainer.template.settings = self.settings
 
         def on_init_end(self, args, state, control, model=None, **kwargs):
             modules = attach_for_training(model, self.settings, self.trainer.template.tokenizer)

@@ -11,7 +11,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from custom_modules.forgery.attach import IGNORE_INDEX, find_modules, insert_fusion_tokens
+from custom_modules.forgery.attach import (FUSION_POSITIONS, IGNORE_INDEX, add_fusion_placeholders, collator_fusion,
+                                           find_modules, insert_fusion_tokens)
 from custom_modules.forgery.callbacks import ForgeryCallback
 from custom_modules.forgery.checkpoint import load_checkpoint, save_checkpoint
 from custom_modules.forgery.data import Collator
@@ -267,6 +268,52 @@ def test_fusion_layout_and_head_layout_read_the_batch_once(tiny, rows):
     with HostReads([*capture.outputs.values(), batch["image_grid_thw"]]) as reads:
         capture.layout()
     assert reads.reads == []  # the grid was read before the tower ran: nothing waits for the tower
+
+
+def test_fusion_placeholders_in_a_trainers_samples():
+    sample = {"input_ids": [5, 7, 9, 3], "labels": [-100, -100, 9, 3], "loss_scale": [0.0, 0.0, 1.0, 1.0],
+              "mm_token_type_ids": torch.tensor([0, 1, 0, 0]), "images": ["a.png"]}
+    grown = add_fusion_placeholders(sample, 2, 42, vision_end_id=7)
+    assert grown["input_ids"] == [5, 7, 42, 42, 9, 3] and grown["labels"] == [-100, -100, -100, -100, 9, 3]
+    assert grown["loss_scale"] == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0] and grown["images"] == ["a.png"]
+    assert torch.equal(grown["mm_token_type_ids"], torch.tensor([0, 1, 0, 0, 0, 0]))
+    assert sample["input_ids"] == [5, 7, 9, 3]  # the trainer's sample is left as it was
+    with pytest.raises(ValueError, match=r"sample entry 'labels' has 3 values for 4 tokens"):
+        add_fusion_placeholders(dict(sample, labels=[1, 2, 3]), 2, 42, vision_end_id=7)
+    with pytest.raises(ValueError, match=r"a batch row has no <\|vision_end\|> token"):
+        add_fusion_placeholders(sample, 2, 42, vision_end_id=8)
+
+
+def test_collator_layout_equals_the_forward_layout(tiny, rows):
+    """A trainer's collator places the placeholders in its samples before it pads them (its M-RoPE positions then
+    count them): the same ids, labels, mask, positions and loss as the forward laying out the batch itself."""
+    model, modules = build(tiny, "hybrid")
+    model.eval()
+    hf, settings = model.get_base_model(), modules.settings
+    batch = Collator(tiny[1], 16)(rows[:3])
+    keys = {"input_ids": tiny[1].tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    samples = [{k: batch[k][i][batch["attention_mask"][i].bool()].tolist() for k in keys} for i in range(3)]
+
+    def pad(samples):  # a trainer's collation: rows padded on the right
+        length = max(len(s["input_ids"]) for s in samples)
+        return {k: torch.tensor([s[k] + [fill] * (length - len(s[k])) for s in samples]) for k, fill in keys.items()}
+
+    collated = collator_fusion(samples, settings, hf.config.vision_end_token_id, pad)
+    extra = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "forgery_labels", "forgery_masks",
+                                   "forgery_mask_valid")}
+    plain = dict(pad(samples), **extra)
+    grown, positions = insert_fusion_tokens(hf, dict(plain), settings.fusion_tokens, settings.fusion_token_id)
+    for key in keys:
+        assert torch.equal(collated[key], grown[key]), key
+    assert torch.equal(collated[FUSION_POSITIONS], positions)
+    image_tokens = (collated["input_ids"] == hf.config.image_token_id).long()
+    position_ids, _ = hf.model.get_rope_index(input_ids=collated["input_ids"], image_grid_thw=batch["image_grid_thw"],
+                                              attention_mask=collated["attention_mask"], mm_token_type_ids=image_tokens)
+    assert torch.equal(position_ids, grown["position_ids"])
+    with torch.no_grad():
+        laid_out_by_forward = model(**plain).loss
+        laid_out_by_collator = model(**collated, **extra, position_ids=position_ids).loss
+    torch.testing.assert_close(laid_out_by_collator, laid_out_by_forward)
 
 
 def test_fusion_tokens_name_a_row_without_its_image(tiny, rows):
